@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The CPU recipe, end to end on a laptop-class CPU (<= 20 min on 2 cores):
+# offline Shakespeare -> BPE tokenizer -> a small base model -> val BPB vs the unigram baseline -> samples -> plots.
+#   bash runs/cpu.sh [NAME]            the recipe (run folder runs/NAME, default 'cpu')
+#   LMLIT_SMOKE=1 bash runs/cpu.sh X   every stage smoke-sized (~3 min; what CI runs)
+set -euo pipefail
+NAME=${1:-cpu}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python3 -c 'import lmlit' 2>/dev/null || pip install -e "$REPO"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+RUNS=${LMLIT_RUNS:-runs}
+START=$(date +%s)
+
+if [ -n "${LMLIT_SMOKE:-}" ]; then
+  VOCAB=1024; COMPARE=''
+  TRAIN=(-p depth 2 -p aspect_ratio 32 -p head_dim 32 -p seq_len 128 -p device_batch 4 -p total_batch 1024
+         -p steps 30 -p eval_every 15 -p eval_batches 4 -p sample_every 15 -p sample_tokens 32 -p checkpoint_every 15)
+else
+  # 1.4M parameters (d=128, 2 blocks, 4096-token vocabulary: most of them embeddings); 300 steps x 4096 tokens = 1.2M tokens (~0.9 epoch)
+  VOCAB=4096; COMPARE='1024,2048,8192'
+  TRAIN=(-p depth 2 -p aspect_ratio 64 -p head_dim 64 -p seq_len 256 -p device_batch 16 -p total_batch 4096
+         -p steps 300 -p warmdown_ratio 0.3 -p eval_every 100 -p eval_batches 14 -p sample_every 100 -p sample_tokens 64
+         -p checkpoint_every 100)
+fi
+
+rm -rf "${RUNS:?}/$NAME"          # a recipe run starts from a clean run folder
+echo "== data";      lmlit data --source shakespeare
+echo "== tokenizer"; lmlit tokenizer --source shakespeare --vocab-size "$VOCAB" --run "$NAME" --compare "$COMPARE"
+echo "== train";     lmlit train --run "$NAME" -p source shakespeare -p vocab_size "$VOCAB" "${TRAIN[@]}"
+echo "== val BPB vs unigram"
+python3 -m lmlit.train --compare-unigram "$RUNS/$NAME"
+echo "== where the time went"
+python3 -c "import sys; from lmlit.train import throughput_report; print(throughput_report(sys.argv[1]))" "$RUNS/$NAME"
+
+# == eval: the lead adds `lmlit eval --run "$NAME" ...` (CORE tasks, diagnostics) here ==
+
+echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
+echo "== plots";     ls "$RUNS/$NAME/plots/"
+echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/)"
