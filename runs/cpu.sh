@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU recipe, end to end on a laptop-class CPU (<= 20 min on 2 cores):
 # offline Shakespeare -> BPE tokenizer -> a small base model -> val BPB vs the unigram baseline -> samples -> plots.
-#   bash runs/cpu.sh [NAME]            the recipe (run folder runs/NAME, default 'cpu')
+#   bash runs/cpu.sh [NAME]            the recipe (run folder runs/NAME, default cpu-<date>-<time>)
 #   LMLIT_SMOKE=1 bash runs/cpu.sh X   every stage smoke-sized (~3 min; what CI runs)
 set -euo pipefail
-NAME=${1:-cpu}
+NAME=${1:-cpu-$(date +%Y%m%d-%H%M%S)}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python3 -c 'import lmlit' 2>/dev/null || pip install -e "$REPO"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -12,18 +12,21 @@ RUNS=${LMLIT_RUNS:-runs}
 START=$(date +%s)
 
 if [ -n "${LMLIT_SMOKE:-}" ]; then
-  VOCAB=1024; COMPARE=''
+  VOCAB=1024; COMPARE=''; EVAL_ITEMS=4
   TRAIN=(-p depth 2 -p aspect_ratio 32 -p head_dim 32 -p seq_len 128 -p device_batch 4 -p total_batch 1024
          -p steps 30 -p eval_every 15 -p eval_batches 4 -p sample_every 15 -p sample_tokens 32 -p checkpoint_every 15)
 else
   # 1.4M parameters (d=128, 2 blocks, 4096-token vocabulary: most of them embeddings); 300 steps x 4096 tokens = 1.2M tokens (~0.9 epoch)
-  VOCAB=4096; COMPARE='1024,2048,8192'
+  VOCAB=4096; COMPARE='1024,2048,8192'; EVAL_ITEMS=50
   TRAIN=(-p depth 2 -p aspect_ratio 64 -p head_dim 64 -p seq_len 256 -p device_batch 16 -p total_batch 4096
          -p steps 300 -p warmdown_ratio 0.3 -p eval_every 100 -p eval_batches 14 -p sample_every 100 -p sample_tokens 64
          -p checkpoint_every 100)
 fi
 
-rm -rf "${RUNS:?}/$NAME"          # a recipe run starts from a clean run folder
+if [ -e "$RUNS/$NAME" ]; then      # never overwrite a run: its checkpoints may be all someone has
+  echo "runs/cpu.sh: $RUNS/$NAME already exists; pass another name (bash runs/cpu.sh NEWNAME) or move it away" >&2
+  exit 2
+fi
 echo "== data";      lmlit data --source shakespeare
 echo "== tokenizer"; lmlit tokenizer --source shakespeare --vocab-size "$VOCAB" --run "$NAME" --compare "$COMPARE"
 echo "== train";     lmlit train --run "$NAME" -p source shakespeare -p vocab_size "$VOCAB" "${TRAIN[@]}"
@@ -32,7 +35,8 @@ python3 -m lmlit.train --compare-unigram "$RUNS/$NAME"
 echo "== where the time went"
 python3 -c "import sys; from lmlit.train import throughput_report; print(throughput_report(sys.argv[1]))" "$RUNS/$NAME"
 
-# == eval: the lead adds `lmlit eval --run "$NAME" ...` (CORE tasks, diagnostics) here ==
+echo "== eval: CORE tasks available offline, $EVAL_ITEMS items each (per-task table, diagnostics, chart in $RUNS/$NAME/eval/)"
+lmlit eval --run "$NAME" --max-per-task "$EVAL_ITEMS"
 
 echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
 echo "== plots";     ls "$RUNS/$NAME/plots/"

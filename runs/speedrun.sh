@@ -25,6 +25,7 @@ lmlit train --nproc "$NPROC" ${LMLIT_TORCHRUN_FLAGS:-} --run "$NAME" -p source "
   -p sample_every 2000 -p checkpoint_every 1000 -p keep_last 3 -p log_every 10
 echo "== val BPB vs unigram"; python3 -m lmlit.train --compare-unigram "$RUNS/$NAME"
 
-# == eval: the lead adds `lmlit eval --run "$NAME" ...` (CORE) here ==
+echo "== eval: CORE (the official DCLM bundle if EVAL_BUNDLE points at it, else the offline sets + BIG-bench)"
+lmlit eval --run "$NAME" --bigbench ${EVAL_BUNDLE:+--bundle "$EVAL_BUNDLE"} --max-per-task "${EVAL_ITEMS:-1000}"
 
 echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME"
