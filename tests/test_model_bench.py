@@ -1,0 +1,25 @@
+"""The benchmark scripts run: bench/gpu.py's logic on the CPU (--dry-run) and bench/cpu_mfu.py on a tiny model.
+Their speed is not tested here (speed goals live in bench/RESULTS.md); only that they run and print their tables."""
+import re, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import child_env, ROOT
+
+
+@pytest.mark.timeout(120)
+def test_gpu_bench_dry_run():
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'gpu.py'), '--dry-run'], env=child_env(),
+                       capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [l for l in r.stdout.splitlines() if re.match(r'\| 2 \| [\d.]+M \| \d+ \| [\d,]+ \|', l)]
+    assert len(rows) == 2, r.stdout
+
+
+@pytest.mark.timeout(120)
+def test_cpu_mfu_bench_tiny():
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'cpu_mfu.py'), '--depth', '1', '--width', '64', '--head-dim', '32',
+                        '--seq', '32', '--batch', '2', '--vocab', '256', '--steps', '2', '--warmup', '1', '--threads', '1', '--sizes', '256,512'],
+                       env=child_env(), capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r'CPU MFU by CPU time.*\| \*\*([\d.]+)\*\* \|', r.stdout)
+    assert m and 0 < float(m.group(1)) < 1.5, r.stdout
