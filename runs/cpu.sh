@@ -6,7 +6,7 @@
 set -euo pipefail
 NAME=${1:-cpu-$(date +%Y%m%d-%H%M%S)}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python3 -c 'import lmlit' 2>/dev/null || pip install -e "$REPO"
+python3 -c "import lmlit" 2>/dev/null || python3 -m pip install -e "$REPO"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 RUNS=${LMLIT_RUNS:-runs}
 START=$(date +%s)

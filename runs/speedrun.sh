@@ -7,7 +7,7 @@ set -euo pipefail
 NAME=${1:-speedrun}
 NPROC=${NPROC:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))' 2>/dev/null || echo 1)}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python3 -c 'import lmlit' 2>/dev/null || pip install -e "$REPO"
+python3 -c "import lmlit" 2>/dev/null || python3 -m pip install -e "$REPO"
 SOURCE=${SOURCE:-hub:karpathy/fineweb-edu-100b-shuffle}
 SHARDS=${SHARDS:-240}            # ~240 x 100M chars: enough for d20 at 20 tokens per parameter
 VOCAB=${VOCAB:-65536}
