@@ -6,7 +6,11 @@
 set -euo pipefail
 NAME=${1:-cpu-$(date +%Y%m%d-%H%M%S)}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python3 -c "import lmlit" 2>/dev/null || python3 -m pip install -e "$REPO"
+cd "$REPO"                        # run folders land in this checkout's runs/ (unless LMLIT_RUNS says otherwise)
+# install lmlit into this python3 (a virtualenv's, when one is active) unless it is there already;
+# asked from / so the checkout's own lmlit/ folder does not answer for an installed package
+(cd / && python3 -c "import lmlit, tiktoken, rustbpe, papermill") 2>/dev/null || python3 -m pip install -e "$REPO"
+lmlit() { python3 -m lmlit.cli "$@"; }   # this interpreter's lmlit, whatever else is first on PATH
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 RUNS=${LMLIT_RUNS:-runs}
 START=$(date +%s)

@@ -7,7 +7,11 @@ set -euo pipefail
 NAME=${1:-speedrun}
 NPROC=${NPROC:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))' 2>/dev/null || echo 1)}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python3 -c "import lmlit" 2>/dev/null || python3 -m pip install -e "$REPO"
+cd "$REPO"                        # run folders land in this checkout's runs/ (unless LMLIT_RUNS says otherwise)
+# install lmlit into this python3 (a virtualenv's, when one is active) unless it is there already;
+# asked from / so the checkout's own lmlit/ folder does not answer for an installed package
+(cd / && python3 -c "import lmlit, tiktoken, rustbpe, papermill") 2>/dev/null || python3 -m pip install -e "$REPO"
+lmlit() { python3 -m lmlit.cli "$@"; }   # this interpreter's lmlit, whatever else is first on PATH
 SOURCE=${SOURCE:-hub:karpathy/fineweb-edu-100b-shuffle}
 SHARDS=${SHARDS:-240}            # ~240 x 100M chars: enough for d20 at 20 tokens per parameter
 VOCAB=${VOCAB:-65536}

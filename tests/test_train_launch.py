@@ -54,7 +54,7 @@ def test_two_ranks_match_one_rank_and_resume_on_one(tmp_path):
     diff = max(abs(a - b) for a, b in zip(l1, l2))
     print(f"\n1 rank {t1:.0f}s losses {[round(x, 3) for x in l1]} val bpb {[round(x, 4) for x in b1]}"
           f"\n2 ranks {t2:.0f}s losses {[round(x, 3) for x in l2]} val bpb {[round(x, 4) for x in b2]}"
-          f"\nmax |loss diff| {diff:.4f}; final val bpb rel diff {abs(b1[-1] - b2[-1]) / b1[-1]:.4f}")
+          f"\nmax |loss diff| {diff:.2e}; final val bpb rel diff {abs(b1[-1] - b2[-1]) / b1[-1]:.2e}")
     # Same initialisation, same data streams, so the same global batch token for token: only the
     # order of float sums differs (gradients summed by accumulation vs averaged by all-reduce), so
     # losses agree to 1e-3 nats and val BPB to 1e-4 relative. (A run reading different batches
