@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from lmlit.model import GPTConfig, build_model
-from lmlit.optim import setup_optimizer, newton_schulz
+from lmlit.optim import setup_optimizer, newton_schulz, fast_bf16_matmul
 
 
 class Clock:
@@ -84,6 +84,7 @@ def main(argv=None):
     ap.add_argument('--vocab', type=int, default=8192); ap.add_argument('--head-dim', type=int, default=128)
     ap.add_argument('--steps', type=int, default=6); ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)))
+    ap.add_argument('--ns-fp32', action='store_true', help='Newton-Schulz in fp32 even where bf16 matmuls are fast (the default picks by fast_bf16_matmul)')
     ap.add_argument('--plain-loss', action='store_true', help="use the model's plain softcap + cross-entropy, not the fused CPU one")
     ap.add_argument('--sizes', default='512,1024,1536,2048', help='square matmul sizes for the fp32 peak')
     ap.add_argument('--compile', action='store_true', help='torch.compile the model (optional; needs a C++ compiler, ~1 min to compile)')
@@ -95,7 +96,8 @@ def main(argv=None):
     cfg = GPTConfig.from_depth(a.depth, vocab_size=a.vocab, sequence_len=a.seq, aspect_ratio=a.width // a.depth, head_dim=a.head_dim)
     model = build_model(cfg, 'cpu')
     model.fused_cpu_loss = not a.plain_loss
-    opt = setup_optimizer(model)
+    opt = setup_optimizer(model, ns_dtype=torch.float32 if a.ns_fp32 else None)
+    ns_dtype = opt.ns_dtype or (torch.bfloat16 if fast_bf16_matmul('cpu') else torch.float32)
     fwd = torch.compile(model) if a.compile else model
     x = torch.randint(0, a.vocab, (a.batch, a.seq)); y = torch.randint(0, a.vocab, (a.batch, a.seq))
 
@@ -118,7 +120,7 @@ def main(argv=None):
             opt.step(); opt.zero_grad(set_to_none=True)
             t3 = time.perf_counter()
         with Clock(a.threads) as nsc:
-            for s in stacks: newton_schulz(s)
+            for s in stacks: newton_schulz(s, dtype=ns_dtype)
         if i >= a.warmup:
             t_f.append(t1 - t0); t_b.append(t2 - t1); t_o.append(t3 - t2); t_step.append(t3 - t0); t_ns.append(nsc.wall)
             probe.append(pr); cpu_step.append(whole.cpu); cpu_ns.append(nsc.cpu)
@@ -127,7 +129,8 @@ def main(argv=None):
     step = med(t_step)
     achieved = flops_step / step
     print(f"torch {torch.__version__}, {a.threads} threads, depth {a.depth} width {cfg.n_embd} heads {cfg.n_head}x{cfg.head_dim} "
-          f"seq {a.seq} batch {a.batch} vocab {a.vocab}{' compiled' if a.compile else ''}{' plain loss' if a.plain_loss else ''}")
+          f"seq {a.seq} batch {a.batch} vocab {a.vocab}{' compiled' if a.compile else ''}{' plain loss' if a.plain_loss else ''}, "
+          f"Newton-Schulz in {str(ns_dtype).replace('torch.', '')}")
     print("| fp32 matmul n | GFLOP/s (wall) | GFLOP/s (CPU time) |\n|---|---|---|")
     for n, f, fc in peak_rows: print(f"| {n} | {f/1e9:.1f} | {fc/1e9:.1f} |")
     print()
@@ -136,7 +139,7 @@ def main(argv=None):
     print(f"| model FLOPs per step (flops_per_token x {a.batch * a.seq} tokens) | {flops_step/1e9:.2f} GFLOP |")
     print(f"| step time (median of {a.steps}) | {step*1e3:.0f} ms |")
     print(f"| forward / backward / optimizer | {med(t_f)*1e3:.0f} / {med(t_b)*1e3:.0f} / {med(t_o)*1e3:.0f} ms |")
-    print(f"| Newton-Schulz (all Muon stacks) | {med(t_ns)*1e3:.0f} ms = {med(t_ns)/step:.1%} of the step "
+    print(f"| Newton-Schulz (all Muon stacks, {str(ns_dtype).replace('torch.', '')}) | {med(t_ns)*1e3:.0f} ms = {med(t_ns)/step:.1%} of the step "
           f"({med(cpu_ns)/med(cpu_step):.1%} by CPU time) |")
     print(f"| model FLOP/s | {achieved/1e9:.1f} GFLOP/s |")
     interleaved = med([flops_step / t / pr for t, pr in zip(t_step, probe)])

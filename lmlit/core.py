@@ -14,9 +14,9 @@ from pathlib import Path
 import importlib.metadata as _md
 
 # %% auto #0
-__all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'DistInfo', 'dist_env', 'dist_setup', 'dist_teardown',
-           'is_main_process', 'print0', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline', 'run_name',
-           'make_run_dir', 'git_state', 'package_versions', 'device_info', 'provenance', 'write_json',
+__all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'DistInfo', 'dist_env', 'dist_setup',
+           'dist_teardown', 'is_main_process', 'print0', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline',
+           'run_name', 'make_run_dir', 'git_state', 'package_versions', 'device_info', 'provenance', 'write_json',
            'write_provenance', 'update_provenance']
 
 # %% ../nbs/00_core.ipynb #7a7603bf
@@ -49,6 +49,16 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     device = torch.device(device)
     if device.type == 'cuda' and torch.cuda.get_device_capability(device)[0] >= 8: return torch.bfloat16
     return torch.float32
+
+# %% ../nbs/00_core.ipynb #36f3c61b
+def keep_freed_memory() -> bool:
+    "Make glibc's malloc keep freed memory for reuse (no mmap'd blocks, no trimming): no page faults on re-allocation."
+    if not sys.platform.startswith('linux'): return False
+    import ctypes
+    try: mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError): return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                 # glibc's <malloc.h> parameter numbers
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 # %% ../nbs/00_core.ipynb #3c64201b
 @dataclass

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['NS_COEFFS', 'NS_BAND', 'newton_schulz_reference', 'newton_schulz', 'MuonAdamW', 'setup_optimizer', 'lr_multiplier',
-           'muon_momentum', 'set_lr', 'set_muon_momentum', 'clip_grad_norm', 'optimizer_state_for_checkpoint',
-           'load_optimizer_state']
+__all__ = ['NS_COEFFS', 'NS_BAND', 'newton_schulz_reference', 'fast_bf16_matmul', 'newton_schulz', 'MuonAdamW', 'setup_optimizer',
+           'lr_multiplier', 'muon_momentum', 'set_lr', 'set_muon_momentum', 'clip_grad_norm',
+           'optimizer_state_for_checkpoint', 'load_optimizer_state']
 
 # %% ../nbs/03_optim.ipynb #60d550a2
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -37,10 +37,17 @@ def newton_schulz_reference(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) 
     return X.T if tall else X
 
 # %% ../nbs/03_optim.ipynb #a7c41338
+def fast_bf16_matmul(device) -> bool:
+    "Are bf16 matmuls faster than fp32 on `device`? CUDA: yes. CPU: only with AMX tiles (else emulated, slower)."
+    device = torch.device(device)
+    if device.type == 'cuda': return True
+    amx = getattr(torch.cpu, '_is_amx_tile_supported', None)
+    return device.type == 'cpu' and amx is not None and bool(amx())
+
 def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None, eps: float = 1e-7) -> torch.Tensor:
-    "Approximately orthogonalise each matrix of `G` (..., m, n); bf16 on CUDA, fp32 elsewhere unless `dtype` is given."
+    "Approximately orthogonalise each matrix of `G` (..., m, n); bf16 where that is fast, else fp32, unless `dtype` is given."
     a, b, c = NS_COEFFS
-    if dtype is None: dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    if dtype is None: dtype = torch.bfloat16 if fast_bf16_matmul(G.device) else torch.float32
     shape = G.shape
     X = G.reshape(-1, shape[-2], shape[-1]).to(dtype)
     tall = X.size(-2) > X.size(-1)
@@ -75,11 +82,11 @@ def _adamw_step(p, g, st, lr, betas, eps, wd):
     _fused_adamw([p], [g], [st['exp_avg']], [st['exp_avg_sq']], [], [torch.tensor(float(st['step']))], lr=lr,
                  beta1=betas[0], beta2=betas[1], weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
 
-def _muon_update(ps, g, buf, lr, momentum, wd):
+def _muon_update(ps, g, buf, lr, momentum, wd, dtype=None):
     "Muon step on the k matrices `ps` (same shape m x n) with stacked gradients `g` and momentum buffers `buf` (k, m, n)."
     buf.lerp_(g, 1 - momentum)
     u = g.lerp_(buf, momentum)                        # Nesterov: (1-β) g + β m
-    o = newton_schulz(u)
+    o = newton_schulz(u, dtype=dtype)                 # dtype None: bf16 where fast (fast_bf16_matmul)
     scale = max(1.0, g.size(-2) / g.size(-1)) ** 0.5
     for p, oj in zip(ps, o):                          # in place, matrix by matrix: no stacked copy of the weights
         if wd: p.mul_(1 - lr * wd)
@@ -96,10 +103,11 @@ _all_gather = getattr(dist, 'all_gather_single', None) or getattr(dist, 'all_gat
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for `kind='muon'` groups, AdamW for `kind='adamw'` groups; averages gradients across
     ranks in `step()` and, with `shard=True`, keeps and updates only this rank's share (ZeRO-2)."""
-    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None):
+    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
         self.rank, self.world = _world()
+        self.ns_dtype = ns_dtype          # Newton–Schulz precision; None: bf16 where fast_bf16_matmul, else fp32
         self.shard, self.max_grad_norm, self.last_grad_norm = shard and self.world > 1, max_grad_norm, None
         self._plan()
 
@@ -174,7 +182,7 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == 'muon':
                 own, chunk = info['own'], info['chunk']
                 n = len(own)
-                if n: _muon_update([ps[i].data for i in own], g[:n], info['buf'][:n], lr, group['momentum'], wd)
+                if n: _muon_update([ps[i].data for i in own], g[:n], info['buf'][:n], lr, group['momentum'], wd, self.ns_dtype)
                 if self.shard:
                     send = g.new_zeros(chunk, *g.shape[1:])
                     for j, i in enumerate(own): send[j] = ps[i].data
@@ -213,7 +221,7 @@ class MuonAdamW(torch.optim.Optimizer):
 # %% ../nbs/03_optim.ipynb #2290a84d
 def setup_optimizer(model, unembedding_lr: float = 0.004, embedding_lr: float = 0.2, matrix_lr: float = 0.02,
                     weight_decay: float = 0.0, adam_betas=(0.8, 0.95), muon_momentum: float = 0.95,
-                    shard: bool = True, max_grad_norm: float | None = None) -> MuonAdamW:
+                    shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None) -> MuonAdamW:
     "Muon for the blocks' 2-D matrices, AdamW for embedding, head and the rest, LRs scaled by width."
     scale = (model.config.n_embd / 768) ** -0.5
     matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
@@ -226,7 +234,7 @@ def setup_optimizer(model, unembedding_lr: float = 0.004, embedding_lr: float = 
               dict(params=matrices, lr=matrix_lr, name='matrices', kind='muon', momentum=muon_momentum, weight_decay=weight_decay)]
     if rest: groups.append(dict(params=rest, lr=embedding_lr * scale, name='scalars', **adam))
     for g in groups: g['initial_lr'] = g['lr']
-    return MuonAdamW(groups, shard=shard, max_grad_norm=max_grad_norm)
+    return MuonAdamW(groups, shard=shard, max_grad_norm=max_grad_norm, ns_dtype=ns_dtype)
 
 # %% ../nbs/03_optim.ipynb #2a663b49
 def lr_multiplier(step: int, total_steps: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2,

@@ -12,15 +12,15 @@ import os, sys, json, math, time, errno, shutil, signal, random, argparse, ast, 
 from pathlib import Path
 import torch
 from .core import (LmlitError, get_device, autocast_dtype, dist_setup, dist_teardown, dist_env, print0,
-                        seed_all, runs_dir, make_run_dir, write_json, write_provenance, update_provenance)
+                        seed_all, runs_dir, make_run_dir, write_json, write_provenance, update_provenance, keep_freed_memory)
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'GPU_PEAK_FLOPS', 'PARTS', 'parse_value', 'resolve_config', 'grad_accum_steps', 'data_streams',
-           'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock', 'data_wait_warning', 'MetricsWriter',
-           'read_metrics', 'probe_activations', 'plan_memory', 'largest_batch', 'check_memory', 'PeakMemory',
-           'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'StopFlag',
-           'make_plots', 'model_shape', 'train', 'throughput_report', 'load_model', 'unigram_comparison', 'main',
-           'find_notebook', 'prepare', 'cli_train']
+           'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'minor_faults', 'StepClock', 'data_wait_warning',
+           'MetricsWriter', 'read_metrics', 'probe_activations', 'plan_memory', 'largest_batch', 'check_memory',
+           'PeakMemory', 'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state',
+           'StopFlag', 'make_plots', 'model_shape', 'train', 'throughput_report', 'load_model', 'unigram_comparison',
+           'main', 'find_notebook', 'prepare', 'cli_train']
 
 # %% ../nbs/05_train.ipynb #a2479e5b
 DEFAULTS = dict(
@@ -167,6 +167,12 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world: 
 
 # %% ../nbs/05_train.ipynb #31faedd4
 PARTS = ('data', 'fwdbwd', 'optim', 'eval', 'ckpt')
+
+def minor_faults() -> int | None:
+    "Minor page faults of this process so far (None where `resource` is missing, e.g. Windows)."
+    try: import resource
+    except ImportError: return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 class StepClock:
     "Times the parts of one step: `start()`, then `mark(part)` after each part's work, then `stop()` -> dict of seconds."
@@ -533,6 +539,7 @@ def train(**params) -> dict:
     t_start = time.perf_counter()
     info = dist_setup(cfg['device'])
     rank, world, device, main = info.rank, info.world_size, info.device, info.is_main
+    if device.type == 'cpu': keep_freed_memory()   # reuse freed memory instead of page-faulting it in every step (00_core)
     metrics = None; stop = None; train_loaders = []
     try:
         run_dir = make_run_dir(cfg['run'])
@@ -677,7 +684,7 @@ def train(**params) -> dict:
         step = start_step
         while True:
             last = step == total_steps
-            clock.start()
+            clock.start(); faults0 = minor_faults()
             # -- evaluation and samples at step boundaries (the state after `step` updates)
             if cfg['eval_every'] and ((cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and step > start_step) or last):
                 do_eval(step)
@@ -734,6 +741,7 @@ def train(**params) -> dict:
                        loss_smooth=loop['smooth'], lr_mult=lrm, lr=lrm * cfg['matrix_lr'], tokens=loop['tokens'],
                        tok_per_s=tps, tok_per_s_avg=tps_avg, mfu=mfu(fpt, tps, peak, world),
                        mfu_avg=mfu(fpt, tps_avg, peak, world), mem_peak_gb=pk / 2**30 if pk is not None else None,
+                       page_faults=minor_faults() - faults0 if faults0 is not None else None,
                        t_step=t['step'], **{f't_{p}': t[p] for p in PARTS},
                        **{f't_{p}_avg': sums[p] / n_avg for p in PARTS}, t_step_avg=sums['step'] / n_avg)
             metrics.write(**rec)

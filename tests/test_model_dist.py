@@ -10,6 +10,9 @@ from pathlib import Path
 # than the sums over one batch, so gradients differ by float32 rounding (~1e-7 relative). Muon's update and the
 # head's stay at that level (TOL_MATRIX). The embedding's AdamW step is nearly sign-like (eps 1e-10) at a large
 # LR (0.2 x (96/768)^-0.5 = 0.57): a gradient entry that is ~0 up to rounding can move a weight by a few 1e-5 (TOL).
+# Newton-Schulz runs in fp32 here (ns_dtype): in bf16 (the default on GPUs and on CPUs with AMX) a ~1e-7 difference in a
+# gradient can flip a bf16 rounding, 2^-8 relative, and the sign-like embedding step turns that into O(LR) differences
+# within a few steps — the test would then measure bf16 rounding, not whether the ranks are in sync.
 TOL, TOL_MATRIX = 1e-4, 1e-6
 GLOBAL_BATCH = 4
 STEPS = 4
@@ -23,7 +26,7 @@ def _model_and_opt(shard):
     # depth 3 -> 3 MLP matrices per shape (an odd count: rank 1 owns padding); GQA -> k/v have their own shape
     cfg = GPTConfig.from_depth(3, vocab_size=200, sequence_len=32, aspect_ratio=32, head_dim=32, n_kv_head=1)
     model = build_model(cfg, 'cpu')
-    opt = setup_optimizer(model, shard=shard, max_grad_norm=0.5)   # clipping active: tests the distributed norm too
+    opt = setup_optimizer(model, shard=shard, max_grad_norm=0.5, ns_dtype=torch.float32)   # clipping active: tests the distributed norm too
     return model, opt
 
 
