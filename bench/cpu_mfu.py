@@ -4,14 +4,15 @@ by the best float32 matmul FLOP/s this same process reaches (square sizes 512-20
     OMP_NUM_THREADS=2 python bench/cpu_mfu.py            # the fixed config: depth 4, width 256, seq 256, batch 8, vocab 8192
     OMP_NUM_THREADS=2 python bench/cpu_mfu.py --compile  # the same with torch.compile on the model
 
-Prints a table: the matmul peak, step time and its parts (forward, backward, optimizer, of which Newton-Schulz),
+Prints a table: the matmul peak, step time and its parts (forward, backward, optimizer, of which Newton-Schulz), page faults per step,
 model FLOP/s and the MFU ratio. Timings are medians over --steps steps after --warmup steps."""
-import os, sys, time, argparse, statistics
+import os, sys, time, argparse, statistics, resource
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from lmlit.model import GPTConfig, build_model
 from lmlit.optim import setup_optimizer, newton_schulz, fast_bf16_matmul
+from lmlit.core import keep_freed_memory
 
 
 class Clock:
@@ -85,11 +86,13 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=6); ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)))
     ap.add_argument('--ns-fp32', action='store_true', help='Newton-Schulz in fp32 even where bf16 matmuls are fast (the default picks by fast_bf16_matmul)')
+    ap.add_argument('--no-keep-memory', action='store_true', help="leave glibc's malloc as it is (no keep_freed_memory(), as training runs call it)")
     ap.add_argument('--plain-loss', action='store_true', help="use the model's plain softcap + cross-entropy, not the fused CPU one")
     ap.add_argument('--sizes', default='512,1024,1536,2048', help='square matmul sizes for the fp32 peak')
     ap.add_argument('--compile', action='store_true', help='torch.compile the model (optional; needs a C++ compiler, ~1 min to compile)')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    kept = False if a.no_keep_memory else keep_freed_memory()
     torch.manual_seed(0)
 
     peak, peak_cpu, peak_rows = matmul_peak(a.threads, [int(n) for n in a.sizes.split(',')])
@@ -108,9 +111,10 @@ def main(argv=None):
     # same load as that step; the per-step ratio against it is reported beside the ratio against the start peak.
     n_probe = max(int(n) for n in a.sizes.split(','))
     pa, pb = torch.randn(n_probe, n_probe), torch.randn(n_probe, n_probe)
-    t_f, t_b, t_o, t_ns, t_step, probe, cpu_step, cpu_ns = [], [], [], [], [], [], [], []
+    t_f, t_b, t_o, t_ns, t_step, probe, cpu_step, cpu_ns, faults = [], [], [], [], [], [], [], [], []
     for i in range(a.warmup + a.steps):
         pr = 2 * n_probe ** 3 / min(_timeit(lambda: torch.mm(pa, pb)) for _ in range(2))
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         with Clock(a.threads) as whole:
             t0 = time.perf_counter()
             loss = fwd(x, y)
@@ -119,18 +123,19 @@ def main(argv=None):
             t2 = time.perf_counter()
             opt.step(); opt.zero_grad(set_to_none=True)
             t3 = time.perf_counter()
+        nf = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         with Clock(a.threads) as nsc:
             for s in stacks: newton_schulz(s, dtype=ns_dtype)
         if i >= a.warmup:
             t_f.append(t1 - t0); t_b.append(t2 - t1); t_o.append(t3 - t2); t_step.append(t3 - t0); t_ns.append(nsc.wall)
-            probe.append(pr); cpu_step.append(whole.cpu); cpu_ns.append(nsc.cpu)
+            probe.append(pr); cpu_step.append(whole.cpu); cpu_ns.append(nsc.cpu); faults.append(nf)
     med = statistics.median
     flops_step = model.flops_per_token() * a.batch * a.seq
     step = med(t_step)
     achieved = flops_step / step
     print(f"torch {torch.__version__}, {a.threads} threads, depth {a.depth} width {cfg.n_embd} heads {cfg.n_head}x{cfg.head_dim} "
           f"seq {a.seq} batch {a.batch} vocab {a.vocab}{' compiled' if a.compile else ''}{' plain loss' if a.plain_loss else ''}, "
-          f"Newton-Schulz in {str(ns_dtype).replace('torch.', '')}")
+          f"Newton-Schulz in {str(ns_dtype).replace('torch.', '')}, keep_freed_memory {'on' if kept else 'off'}")
     print("| fp32 matmul n | GFLOP/s (wall) | GFLOP/s (CPU time) |\n|---|---|---|")
     for n, f, fc in peak_rows: print(f"| {n} | {f/1e9:.1f} | {fc/1e9:.1f} |")
     print()
@@ -141,6 +146,7 @@ def main(argv=None):
     print(f"| forward / backward / optimizer | {med(t_f)*1e3:.0f} / {med(t_b)*1e3:.0f} / {med(t_o)*1e3:.0f} ms |")
     print(f"| Newton-Schulz (all Muon stacks, {str(ns_dtype).replace('torch.', '')}) | {med(t_ns)*1e3:.0f} ms = {med(t_ns)/step:.1%} of the step "
           f"({med(cpu_ns)/med(cpu_step):.1%} by CPU time) |")
+    print(f"| minor page faults per step (median) | {med(faults):.0f} |")
     print(f"| model FLOP/s | {achieved/1e9:.1f} GFLOP/s |")
     interleaved = med([flops_step / t / pr for t, pr in zip(t_step, probe)])
     print(f"| **CPU MFU** = model FLOP/s / matmul peak | **{achieved/peak:.3f}** |")
@@ -150,7 +156,7 @@ def main(argv=None):
           f"{flops_step / t_gemm / peak_cpu:.3f}; step CPU time / this = {med(cpu_step)/t_gemm:.2f} |")
     print(f"| CPU MFU against a {n_probe} matmul probe timed just before each step (median) | {interleaved:.3f} |")
     print(f"| **CPU MFU by CPU time** (step and peak both per CPU-second of this process; robust to a shared machine) | **{by_cpu:.3f}** |")
-    return dict(wall=achieved / peak, interleaved=interleaved, cpu=by_cpu, ceiling=flops_step / t_gemm / peak_cpu)
+    return dict(faults=med(faults), step_s=step, wall=achieved / peak, interleaved=interleaved, cpu=by_cpu, ceiling=flops_step / t_gemm / peak_cpu)
 
 
 if __name__ == '__main__':
