@@ -698,7 +698,7 @@ def _parse_checkpoint(s: str | None) -> int | None:
 def cli_eval(argv=None, load=None) -> int:
     "`lmlit eval --run NAME …`: CORE tables, diagnostics and samples for a checkpoint of run NAME."
     import argparse
-    from lmlit.core import dist_setup, dist_teardown, update_provenance
+    from lmlit.core import dist_setup, dist_teardown, update_provenance, keep_freed_memory
     ap = argparse.ArgumentParser(prog='lmlit eval', description='Evaluate a checkpoint: CORE tasks, per-task diagnostics, samples.')
     ap.add_argument('--run', required=True, help='run folder name under $LMLIT_RUNS (or a path)')
     ap.add_argument('--checkpoint', default='latest', help="'latest' (default) or step_N")
@@ -718,6 +718,7 @@ def cli_eval(argv=None, load=None) -> int:
     run_dir = Path(a.run) if Path(a.run).is_dir() else runs_dir()/a.run
     if not run_dir.is_dir(): raise LmlitError(f"no run folder {run_dir}; train one first (lmlit train …) or pass --run PATH")
     info = dist_setup(a.device)
+    if info.device.type == 'cpu': keep_freed_memory()   # reuse the logits' memory between batches (00_core)
     try:
         if load is None:
             from lmlit.train import load_model as load
