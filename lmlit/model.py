@@ -17,8 +17,9 @@ from .core import LmlitError, get_device
 
 # %% auto #0
 __all__ = ['ConfigError', 'padded_vocab_size', 'GPTConfig', 'RMSNorm', 'norm', 'rope_tables', 'apply_rope_reference', 'Rotary',
-           'apply_rope', 'CausalSelfAttention', 'ReLUSquared', 'relu2', 'MLP', 'Block', 'SoftcapCrossEntropy', 'GPT',
-           'build_model', 'num_params', 'flops_per_token', 'measured_flops_per_token', 'KVCache', 'generate']
+           'apply_rope', 'CausalSelfAttention', 'ReLUSquared', 'relu2', 'MLP', 'Block', 'SoftcapCrossEntropy',
+           'ChunkedSoftcapCrossEntropy', 'GPT', 'build_model', 'num_params', 'flops_per_token',
+           'measured_flops_per_token', 'KVCache', 'generate']
 
 # %% ../nbs/02_model.ipynb #4efb083f
 class ConfigError(LmlitError, ValueError):
@@ -235,6 +236,42 @@ class SoftcapCrossEntropy(torch.autograd.Function):
             torch.mm(dz.T, x * s, out=dW[:ctx.V])
         return dx, dW, None, None, None, None
 
+# %% ../nbs/02_model.ipynb #b783b950
+class ChunkedSoftcapCrossEntropy(torch.autograd.Function):
+    "Mean cross-entropy of `softcap*tanh(x @ W[:V].T / softcap)`, `chunk` rows at a time; only d x and d W are kept for backward."
+    @staticmethod
+    def forward(ctx, x, W, targets, V: int, softcap: float, chunk: int):
+        dev = x.device.type
+        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        with torch.autocast(dev, enabled=False):
+            xm, Wm = x.to(mm), W[:V].to(mm)
+            valid = (targets != -1)[:, None]
+            tgt = targets.clamp(min=0)[:, None]
+            dx = torch.empty_like(x)
+            dW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+            total = torch.zeros((), dtype=torch.float32, device=x.device)
+            for i in range(0, x.size(0), chunk):
+                j = min(i + chunk, x.size(0))
+                t = torch.mm(xm[i:j], Wm.T).float().div_(softcap).tanh_()     # (c, V), float32
+                z = t * softcap                                               # the capped logits
+                lse = torch.logsumexp(z, dim=-1, keepdim=True)
+                total += ((lse - z.gather(1, tgt[i:j])) * valid[i:j]).sum()
+                p = z.sub_(lse).exp_()                                        # softmax, in z's memory
+                p.scatter_add_(1, tgt[i:j], -torch.ones_like(tgt[i:j], dtype=p.dtype)).mul_(valid[i:j])
+                dz = torch.addcmul(p, t.square_(), p, value=-1, out=t).to(mm)  # (1 - tanh²)·(softmax - one-hot)
+                dx[i:j] = torch.mm(dz, Wm)
+                dW[:V] += torch.mm(dz.T, xm[i:j])
+        n = valid.sum().clamp(min=1)
+        ctx.save_for_backward(dx, dW, n)
+        ctx.W_dtype = W.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, g):
+        dx, dW, n = ctx.saved_tensors
+        s = g / n
+        return dx * s.to(dx.dtype), (dW * s).to(ctx.W_dtype), None, None, None, None
+
 # %% ../nbs/02_model.ipynb #bfd102e1
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -250,6 +287,7 @@ class GPT(nn.Module):
         self.register_buffer('sin', sin, persistent=False)
         self.checkpointing = False
         self.fused_cpu_loss = True   # the fused, blocked softcap + loss when training on a CPU (see above)
+        self.loss_chunk = 0          # > 0: head + loss `loss_chunk` rows at a time, never all the logits (see above)
         if not self.lm_head.weight.is_meta: self.init_weights()
 
     @torch.no_grad()
@@ -286,6 +324,10 @@ class GPT(nn.Module):
             else: x = block(x, cos, sin, kv_cache)
         x = norm(x)
         V = self.config.vocab_size
+        if (targets is not None and loss_reduction == 'mean' and self.loss_chunk and torch.is_grad_enabled()
+                and self.lm_head.weight.requires_grad):
+            return ChunkedSoftcapCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), V,
+                                                   self.config.softcap, self.loss_chunk)
         if (targets is not None and loss_reduction == 'mean' and self.fused_cpu_loss and x.device.type == 'cpu'
                 and x.dtype == torch.float32 and torch.is_grad_enabled() and self.lm_head.weight.requires_grad
                 and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()):
