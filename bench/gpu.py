@@ -3,6 +3,7 @@
 Needs only torch and this source tree (random tokens; no data, tokenizer or papermill).
 
     python bench/gpu.py                       # d12 and d16 at seq 2048, bf16, torch.compile, two device batch sizes each
+    python bench/gpu.py --loss-chunk 8192     # the same with the head + loss in chunks: compare peak memory and tok/s
     python bench/gpu.py --dry-run             # the same logic on the CPU with tiny models, fp32, no compile (a smoke test)
     python bench/gpu.py --peak-tflops 312     # MFU against another card's bf16 dense peak (A100: 312)
 
@@ -17,9 +18,10 @@ from lmlit.model import GPTConfig, build_model
 from lmlit.optim import setup_optimizer
 
 
-def measure(depth, batch, seq, vocab, device, dtype, compile_, warmup, steps, head_dim, peak):
+def measure(depth, batch, seq, vocab, device, dtype, compile_, warmup, steps, head_dim, peak, loss_chunk=0):
     cfg = GPTConfig.from_depth(depth, vocab_size=vocab, sequence_len=seq, head_dim=head_dim)
     model = build_model(cfg, device)
+    model.loss_chunk = loss_chunk          # > 0: head + loss in chunks of this many tokens (less memory, see 02_model)
     opt = setup_optimizer(model)
     fwd = torch.compile(model, dynamic=False) if compile_ else model
     x = torch.randint(0, vocab, (batch, seq), device=device)
@@ -57,6 +59,7 @@ def main(argv=None):
     ap.add_argument('--seq', type=int, default=None); ap.add_argument('--vocab', type=int, default=32768)
     ap.add_argument('--steps', type=int, default=None); ap.add_argument('--warmup', type=int, default=None)
     ap.add_argument('--no-compile', action='store_true'); ap.add_argument('--peak-tflops', type=float, default=989.0)
+    ap.add_argument('--loss-chunk', type=int, default=0, help='head + loss this many tokens at a time (model.loss_chunk); 0 = the plain path')
     ap.add_argument('--budget-s', type=float, default=330, help='skip rows once this much time has passed')
     a = ap.parse_args(argv)
     dry = a.dry_run
@@ -74,7 +77,7 @@ def main(argv=None):
     if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f"# {name}, torch {torch.__version__}, seq {seq}, vocab {vocab}, {dtype}, compile={compile_}, "
-          f"MFU vs {a.peak_tflops:g} TF/s, {steps} timed steps after {warmup} warm-up", flush=True)
+          f"MFU vs {a.peak_tflops:g} TF/s, {steps} timed steps after {warmup} warm-up, loss_chunk={a.loss_chunk}", flush=True)
     print("| depth | params | device batch | tok/s | step ms | MFU | peak mem GiB | warm-up s |", flush=True)
     print("|---|---|---|---|---|---|---|---|", flush=True)
     t_start = time.perf_counter()
@@ -83,7 +86,7 @@ def main(argv=None):
             if time.perf_counter() - t_start > a.budget_s:
                 print(f"| {depth} | | {batch} | skipped: {a.budget_s:.0f} s budget used | | | | |", flush=True); continue
             try:
-                r = measure(depth, batch, seq, vocab, device, dtype, compile_, warmup, steps, head_dim, a.peak_tflops * 1e12)
+                r = measure(depth, batch, seq, vocab, device, dtype, compile_, warmup, steps, head_dim, a.peak_tflops * 1e12, a.loss_chunk)
             except torch.cuda.OutOfMemoryError:
                 print(f"| {depth} | | {batch} | out of memory | | | | |", flush=True)
                 torch.cuda.empty_cache(); continue

@@ -51,6 +51,7 @@ DEFAULTS = dict(
     compile=False,               # torch.compile the model
     dtype='auto',                # 'auto' (bf16 on sm80+ GPUs, else fp32), 'bfloat16', 'float32'
     activation_checkpointing=False,
+    loss_chunk=0,                # > 0: head + loss this many tokens at a time, never all the logits (02_model): less memory
     memory_limit_gb=0.0,         # refuse configs planned above this; 0 = the GPU's memory (no limit on CPU)
     device='auto',
     seed=42,
@@ -99,6 +100,7 @@ def resolve_config(**overrides) -> dict:
     for k in ('depth', 'seq_len', 'device_batch', 'total_batch', 'aspect_ratio', 'head_dim', 'vocab_size', 'eval_batches', 'log_every'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
     if cfg['steps'] == 0 or cfg['steps'] < -1: raise LmlitError(f"steps must be ≥ 1 or -1 (from data_ratio), got {cfg['steps']}")
+    if cfg['loss_chunk'] < 0: raise LmlitError(f"loss_chunk must be ≥ 0 (0 = off; else tokens per chunk, e.g. 4096), got {cfg['loss_chunk']}")
     if cfg['keep_last'] < 1: raise LmlitError(f"keep_last must be ≥ 1 (the newest checkpoint is always kept), got {cfg['keep_last']}")
     if cfg['dtype'] not in ('auto', 'bfloat16', 'float32'): raise LmlitError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {cfg['dtype']!r}")
     if not 0 <= cfg['warmup_ratio'] + cfg['warmdown_ratio'] <= 1: raise LmlitError("warmup_ratio + warmdown_ratio must lie in [0, 1]")
@@ -261,8 +263,11 @@ def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
     width = getattr(cfg, 'n_embd', None) or next(p for p in model.parameters() if p.dim() == 2).shape[1]
     vocab = getattr(model, 'padded_vocab', None) or max(p.shape[0] for p in model.parameters() if p.dim() == 2)
     act_bytes = 2 if dtype != torch.float32 else 4
-    return dict(outside=acc['outside'], blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab,
-                block_input=seq_len * width * act_bytes, logits=seq_len * vocab * 4)
+    chunk = getattr(model, 'loss_chunk', 0) or 0
+    const = vocab * width * 4 if chunk else 0    # the chunked loss's saved d W: the same for any number of rows
+    return dict(outside=acc['outside'] - const, blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab, width=width,
+                block_input=seq_len * width * act_bytes, logits=0 if chunk else seq_len * vocab * 4,
+                loss_const=const, loss_chunk=chunk)
 
 # %% ../nbs/05_train.ipynb #014fb440
 def _opt_state_bytes(opt) -> int:
@@ -292,10 +297,14 @@ def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype
     transient = probe['logits'] + per_block * (2 if activation_checkpointing else 1)
     # Muon's step stacks the gradients and parameters of each matrix shape: a short-lived copy of both
     step_tmp = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2 and p.shape[0] != probe.get('vocab', -1))
-    fixed = params + grads + optim
+    loss = probe.get('loss_const', 0)
+    if probe.get('loss_chunk'):   # one chunk's logits + softmax (float32) and, under autocast, their bf16 copy; d W's product
+        rows = min(probe['loss_chunk'], device_batch * seq_len)
+        loss += rows * probe['vocab'] * (8 if dtype == torch.float32 else 10) + probe['vocab'] * probe['width'] * 4
+    fixed = params + grads + optim + loss
     total = fixed + max(device_batch * (act + transient), step_tmp)
     return dict(params=params, grads=grads, optim=optim, activations=device_batch * act, transient=device_batch * transient,
-                step_tmp=step_tmp, total=total, per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed)
+                step_tmp=step_tmp, loss_chunked=loss, total=total, per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed)
 
 def largest_batch(plan: dict, limit_bytes: float, ckpt: bool = False) -> int:
     "The largest device batch whose planned peak fits `limit_bytes` (0 if none)."
@@ -315,6 +324,8 @@ def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_chec
     if not activation_checkpointing:
         msg += (f"; with activation_checkpointing=True device_batch {bc} would fit" if bc >= 1 else
                 "; even activation checkpointing would not make one row fit: use a smaller model or seq_len")
+    if not plan.get('loss_chunked'):
+        msg += "; loss_chunk=4096 (head and loss in chunks) removes the tokens × vocabulary logits from every row"
     raise LmlitError(msg + ".")
 
 # %% ../nbs/05_train.ipynb #f5ac1c1a
@@ -594,6 +605,7 @@ def train(**params) -> dict:
         total_steps = cfg['steps'] if cfg['steps'] > 0 else max(1, int(cfg['data_ratio'] * nparams // cfg['total_batch']))
         # memory plan, before any step
         limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == 'cuda' else 0)
+        model.loss_chunk = cfg['loss_chunk']
         plan = plan_memory(model, opt, cfg['device_batch'], cfg['seq_len'], device, dtype, cfg['activation_checkpointing'])
         check_memory(plan, limit, cfg['device_batch'], cfg['activation_checkpointing'])
         if cfg['activation_checkpointing']: model.set_activation_checkpointing(True)

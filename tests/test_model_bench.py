@@ -13,6 +13,10 @@ def test_gpu_bench_dry_run():
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [l for l in r.stdout.splitlines() if re.match(r'\| 2 \| [\d.]+M \| \d+ \| [\d,]+ \|', l)]
     assert len(rows) == 2, r.stdout
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'gpu.py'), '--dry-run', '--loss-chunk', '48', '--batches', '2'], env=child_env(),
+                       capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0 and 'loss_chunk=48' in r.stdout, r.stderr[-2000:]
+    assert len([l for l in r.stdout.splitlines() if re.match(r'\| 2 \| [\d.]+M \| 2 \| [\d,]+ \|', l)]) == 1, r.stdout
 
 
 @pytest.mark.timeout(120)
