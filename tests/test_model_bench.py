@@ -27,3 +27,13 @@ def test_cpu_mfu_bench_tiny():
     assert r.returncode == 0, r.stderr[-2000:]
     m = re.search(r'CPU MFU by CPU time.*\| \*\*([\d.]+)\*\* \|', r.stdout)
     assert m and 0 < float(m.group(1)) < 1.5, r.stdout
+
+
+@pytest.mark.timeout(120)
+def test_loss_memory_bench_tiny():
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'loss_memory.py'), '--tokens', '256', '--width', '32', '--vocab', '512',
+                        '--chunks', '100', '--reps', '1'], env=child_env(), capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {l.split('|')[1].strip(): float(l.split('|')[2]) for l in r.stdout.splitlines() if re.match(r'\| (plain|fused CPU|chunked 100) \|', l)}
+    assert set(rows) == {'plain', 'fused CPU', 'chunked 100'}, r.stdout
+    assert rows['chunked 100'] < rows['plain'] / 2, rows     # the chunked path keeps far less for backward
