@@ -102,14 +102,29 @@ _all_gather = getattr(dist, 'all_gather_single', None) or getattr(dist, 'all_gat
 
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for `kind='muon'` groups, AdamW for `kind='adamw'` groups; averages gradients across
-    ranks in `step()` and, with `shard=True`, keeps and updates only this rank's share (ZeRO-2)."""
-    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None):
+    ranks in `step()` and, with `shard=True`, keeps and updates only this rank's share (ZeRO-2).
+    With `overlap=True` (several ranks), `sync_in_backward()` before the last backward of a step
+    starts each bucket's reduction from a gradient hook as soon as the bucket is complete."""
+    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None,
+                 overlap: bool = True, buckets_per_shape: int = 4):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
         self.rank, self.world = _world()
         self.ns_dtype = ns_dtype          # Newton–Schulz precision; None: bf16 where fast_bf16_matmul, else fp32
         self.shard, self.max_grad_norm, self.last_grad_norm = shard and self.world > 1, max_grad_norm, None
+        self.overlap, self.buckets_per_shape = overlap and self.world > 1, buckets_per_shape
         self._plan()
+        self._armed, self._started, self._ready, self._order = False, {}, [], None
+        if self.overlap:
+            for i, (kind, group, ps, info) in enumerate(self.units):
+                for p in ps: p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i))
+
+    def _buckets(self, ps):
+        "Split same-shaped matrices (model order) into consecutive buckets, each a multiple of the world size."
+        if not self.overlap: return [ps]                  # one stack per shape: the biggest batched Newton-Schulz
+        W = self.world
+        size = W * -(-len(ps) // (W * self.buckets_per_shape))
+        return [ps[i:i + size] for i in range(0, len(ps), size)]
 
     def _plan(self):
         "Decide, once, who owns what; create this rank's state (zeros) so checkpoints always have it."
@@ -122,7 +137,8 @@ class MuonAdamW(torch.optim.Optimizer):
                 for p in group['params']:
                     if p.ndim != 2: raise ValueError(f"Muon takes 2-D matrices; got a parameter of shape {tuple(p.shape)}")
                     by_shape.setdefault(tuple(p.shape), []).append(p)
-                for shape, ps in by_shape.items():
+                for ps in (b for shape_ps in by_shape.values() for b in self._buckets(shape_ps)):
+                    shape = tuple(ps[0].shape)
                     chunk = -(-len(ps) // W) if self.shard else len(ps)
                     own = range(R * chunk, min((R + 1) * chunk, len(ps))) if self.shard else range(len(ps))
                     buf = torch.zeros(chunk, *shape, dtype=ps[0].dtype, device=ps[0].device)
@@ -147,30 +163,58 @@ class MuonAdamW(torch.optim.Optimizer):
                     st = self.state[ps[i]]
                     info['buf'][j].copy_(st['momentum_buffer']); st['momentum_buffer'] = info['buf'][j]
 
+    def sync_in_backward(self):
+        "Call right before the step's last backward: each bucket's reduction then starts once its gradients are complete."
+        if self.overlap:
+            self._armed, self._started, self._ready, self._done, self._seen = True, {}, [0] * len(self.units), set(), []
+
+    def _grad_ready(self, i):
+        "A parameter's gradient is complete: once its whole bucket is, start reductions — in the agreed order only."
+        if not self._armed: return
+        self._ready[i] += 1
+        if self._ready[i] < len(self.units[i][2]): return
+        self._seen.append(i); self._done.add(i)
+        if self._order is None: return            # first armed step: only record the order buckets complete in
+        while len(self._started) < len(self._order) and self._order[len(self._started)] in self._done:
+            j = self._order[len(self._started)]; self._started[j] = self._start_reduction(j)
+
+    @torch.no_grad()
+    def _start_reduction(self, i):
+        "Start unit i's gradient reduction (async); return (handle or None, tensor that will hold this rank's averaged share)."
+        R, W = self.rank, self.world
+        kind, group, ps, info = self.units[i]
+        if kind == 'muon':
+            chunk = info['chunk']
+            g = torch.stack([self._grad(p) for p in ps])
+            if self.shard:
+                if chunk * W > len(ps): g = torch.cat([g, g.new_zeros(chunk * W - len(ps), *g.shape[1:])])
+                out = g.new_empty(chunk, *g.shape[1:])
+                h = _reduce_scatter(out, g, op=dist.ReduceOp.AVG, async_op=True)
+            else:
+                out, h = g, (dist.all_reduce(g, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None)
+        else:
+            p = ps[0]; g = self._grad(p)
+            if info['sharded']:
+                out = g.new_empty(info['rows'], *g.shape[1:])
+                h = _reduce_scatter(out, g.contiguous(), op=dist.ReduceOp.AVG, async_op=True)
+            else:
+                out = g.clone() if W > 1 else g
+                h = dist.all_reduce(out, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None
+        return h, out
+
     @torch.no_grad()
     def step(self):
         R, W = self.rank, self.world
-        # 1. start every gradient reduction (or just gather the local gradient when alone)
-        work = []
-        for kind, group, ps, info in self.units:
-            if kind == 'muon':
-                chunk = info['chunk']
-                g = torch.stack([self._grad(p) for p in ps])
-                if self.shard:
-                    if chunk * W > len(ps): g = torch.cat([g, g.new_zeros(chunk * W - len(ps), *g.shape[1:])])
-                    out = g.new_empty(chunk, *g.shape[1:])
-                    h = _reduce_scatter(out, g, op=dist.ReduceOp.AVG, async_op=True)
-                else:
-                    out, h = g, (dist.all_reduce(g, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None)
-            else:
-                p = ps[0]; g = self._grad(p)
-                if info['sharded']:
-                    out = g.new_empty(info['rows'], *g.shape[1:])
-                    h = _reduce_scatter(out, g.contiguous(), op=dist.ReduceOp.AVG, async_op=True)
-                else:
-                    out = g.clone() if W > 1 else g
-                    h = dist.all_reduce(out, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None
-            work.append((h, out))
+        # 1. every gradient reduction: started already from a backward hook (overlap), or now. Collectives must be
+        # issued in the same order on every rank: after the first armed step all ranks use rank 0's observed order.
+        if self._armed and self._order is None:
+            seen = self._seen + [i for i in range(len(self.units)) if i not in self._seen]
+            t = torch.tensor(seen, device=self.units[0][2][0].device)
+            dist.broadcast(t, 0); self._order = t.tolist()
+        for j in (self._order if self._armed else range(len(self.units))):
+            if j not in self._started: self._started[j] = self._start_reduction(j)
+        work = [self._started.pop(i) for i in range(len(self.units))]
+        self._armed = False
         for h, _ in work:
             if h is not None: h.wait()
         # 2. optional clipping on the averaged gradient (each element counted once over ranks)
@@ -221,7 +265,8 @@ class MuonAdamW(torch.optim.Optimizer):
 # %% ../nbs/03_optim.ipynb #2290a84d
 def setup_optimizer(model, unembedding_lr: float = 0.004, embedding_lr: float = 0.2, matrix_lr: float = 0.02,
                     weight_decay: float = 0.0, adam_betas=(0.8, 0.95), muon_momentum: float = 0.95,
-                    shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None) -> MuonAdamW:
+                    shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None,
+                    overlap: bool = True) -> MuonAdamW:
     "Muon for the blocks' 2-D matrices, AdamW for embedding, head and the rest, LRs scaled by width."
     scale = (model.config.n_embd / 768) ** -0.5
     matrices = [p for p in model.blocks.parameters() if p.ndim == 2]
@@ -234,7 +279,7 @@ def setup_optimizer(model, unembedding_lr: float = 0.004, embedding_lr: float = 
               dict(params=matrices, lr=matrix_lr, name='matrices', kind='muon', momentum=muon_momentum, weight_decay=weight_decay)]
     if rest: groups.append(dict(params=rest, lr=embedding_lr * scale, name='scalars', **adam))
     for g in groups: g['initial_lr'] = g['lr']
-    return MuonAdamW(groups, shard=shard, max_grad_norm=max_grad_norm, ns_dtype=ns_dtype)
+    return MuonAdamW(groups, shard=shard, max_grad_norm=max_grad_norm, ns_dtype=ns_dtype, overlap=overlap)
 
 # %% ../nbs/03_optim.ipynb #2a663b49
 def lr_multiplier(step: int, total_steps: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2,

@@ -715,6 +715,7 @@ def train(**params) -> dict:
                 x, y = next(its[k])
                 clock.mark('data')
                 with autocast(): loss = model(x, y)
+                if k == accum - 1: opt.sync_in_backward()   # ranks > 1: gradient reductions start during this backward
                 (loss / accum).backward()
                 loss_sum += loss.detach()
                 clock.mark('fwdbwd')

@@ -18,7 +18,7 @@ GLOBAL_BATCH = 4
 STEPS = 4
 
 
-def _model_and_opt(shard):
+def _model_and_opt(shard, overlap=False):
     import torch
     from lmlit.model import GPTConfig, build_model
     from lmlit.optim import setup_optimizer
@@ -26,7 +26,7 @@ def _model_and_opt(shard):
     # depth 3 -> 3 MLP matrices per shape (an odd count: rank 1 owns padding); GQA -> k/v have their own shape
     cfg = GPTConfig.from_depth(3, vocab_size=200, sequence_len=32, aspect_ratio=32, head_dim=32, n_kv_head=1)
     model = build_model(cfg, 'cpu')
-    opt = setup_optimizer(model, shard=shard, max_grad_norm=0.5, ns_dtype=torch.float32)   # clipping active: tests the distributed norm too
+    opt = setup_optimizer(model, shard=shard, max_grad_norm=0.5, ns_dtype=torch.float32, overlap=overlap)   # clipping active: tests the distributed norm too
     return model, opt
 
 
@@ -43,7 +43,7 @@ def worker(a):
     from lmlit.optim import optimizer_state_for_checkpoint, load_optimizer_state, set_muon_momentum, muon_momentum
     info = dist_setup('cpu')
     R, W = info.rank, info.world_size
-    model, opt = _model_and_opt(a.mode == 'shard')
+    model, opt = _model_and_opt(a.mode in ('shard', 'overlap'), overlap=a.mode == 'overlap')
     if a.load:
         ck = torch.load(a.load, weights_only=False)
         model.load_state_dict(ck['model']); load_optimizer_state(opt, ck['optim'])
@@ -52,12 +52,27 @@ def worker(a):
         set_muon_momentum(opt, muon_momentum(step, ramp_steps=5))
         x, y = _batch(step)
         n = GLOBAL_BATCH // W
-        loss = model(x[R * n:(R + 1) * n], y[R * n:(R + 1) * n])
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        if a.mode == 'overlap':   # two micro-batches per step: only the last backward may start the reductions
+            for k in range(2):
+                lo, hi = R * n + k * n // 2, R * n + (k + 1) * n // 2
+                loss = model(x[lo:hi], y[lo:hi]) / 2
+                if k == 1:
+                    opt.sync_in_backward()
+                    assert not opt._started                      # nothing started during the first micro-batch
+                loss.backward()
+            started = len(opt._started)
+            if step > a.start:   # the first armed step only records the order buckets complete in (rank 0's is then used)
+                assert started == len(opt.units), (started, len(opt.units))   # every bucket started from a backward hook
+        else:
+            loss = model(x[R * n:(R + 1) * n], y[R * n:(R + 1) * n])
+            loss.backward()
+        opt.step(); opt.zero_grad(set_to_none=True)
         norms.append(opt.last_grad_norm)
     full = optimizer_state_for_checkpoint(opt)    # every rank takes part
     if R == 0:
         torch.save(dict(model=model.state_dict(), optim=full, norms=norms), a.out)
+    import torch.distributed as dist
+    if dist.is_initialized(): dist.barrier()   # leave together: a rank tearing gloo down while the other still saves aborted once (SIGABRT)
     dist_teardown()
 
 
@@ -94,18 +109,20 @@ def test_two_ranks_equal_one_rank(tmp_path, one_rank):
     one = one_rank
     two_shard = _run(tmp_path, 2, 'shard', STEPS, name='two_shard')
     two_ar = _run(tmp_path, 2, 'allreduce', STEPS, name='two_allreduce')
+    two_ov = _run(tmp_path, 2, 'overlap', STEPS, name='two_overlap')
     # the model moved: a no-op optimizer would pass the equality checks trivially
     m0, _ = _model_and_opt(True)
     moved = max((p - torch.load(one, weights_only=False)['model'][k]).abs().max().item() for k, p in m0.state_dict().items())
-    d_shard, d_ar = _maxdiff(one, two_shard), _maxdiff(one, two_ar)
+    d_shard, d_ar, d_ov = _maxdiff(one, two_shard), _maxdiff(one, two_ar), _maxdiff(one, two_ov)
     n1 = torch.load(one, weights_only=False)['norms']; n2 = torch.load(two_shard, weights_only=False)['norms']
     print(f"parameters moved by up to {moved:.3g}; max diff 2-rank ZeRO-2 vs 1-rank {d_shard[0]:.3g} (without the "
           f"embedding {d_shard[1]:.3g}); 2-rank all-reduce vs 1-rank {d_ar[0]:.3g} ({d_ar[1]:.3g}); tolerance {TOL} "
-          f"({TOL_MATRIX}); grad norms 1 rank {n1} / 2 ranks {n2}")
+          f"({TOL_MATRIX}); ZeRO-2 with reductions started in backward (2 micro-batches per rank) vs 1-rank {d_ov[0]:.3g} "
+          f"({d_ov[1]:.3g}); grad norms 1 rank {n1} / 2 ranks {n2}")
     assert moved > 1e-2
     assert max(n1) > 0.5, "clipping was never active; the test would not check the distributed norm"
-    assert d_shard[0] < TOL and d_ar[0] < TOL
-    assert d_shard[1] < TOL_MATRIX and d_ar[1] < TOL_MATRIX
+    assert d_shard[0] < TOL and d_ar[0] < TOL and d_ov[0] < TOL
+    assert d_shard[1] < TOL_MATRIX and d_ar[1] < TOL_MATRIX and d_ov[1] < TOL_MATRIX
     for a, b in zip(n1, n2): assert abs(a - b) < 1e-4 * a
 
 
