@@ -37,3 +37,16 @@ def test_loss_memory_bench_tiny():
     rows = {l.split('|')[1].strip(): float(l.split('|')[2]) for l in r.stdout.splitlines() if re.match(r'\| (plain|fused CPU|chunked 100) \|', l)}
     assert set(rows) == {'plain', 'fused CPU', 'chunked 100'}, r.stdout
     assert rows['chunked 100'] < rows['plain'] / 2, rows     # the chunked path keeps far less for backward
+
+
+@pytest.mark.timeout(120)
+def test_device_check_dry_run(tmp_path):
+    "The one-call GPU script (checks + tables) runs its whole logic on the CPU, every check passing, and writes its report."
+    rep = tmp_path/'report.md'
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'device_check.py'), '--dry-run', '--out', str(rep)], env=child_env(),
+                       capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    checks = [l for l in r.stdout.splitlines() if re.match(r'\| [^|]+ \| (pass|\*\*FAIL\*\*) \|', l)]
+    assert len(checks) == 6 and all('| pass |' in l for l in checks), checks
+    assert '0 check(s) failed' in r.stdout and rep.read_text().count('| pass |') == 6
+    assert len([l for l in r.stdout.splitlines() if re.match(r'\| 2 \| [\d.]+M \| \d \| \d+ \| [\d,]+ \|', l)]) == 3, r.stdout

@@ -1,0 +1,170 @@
+"""Everything GPU-side in one run: correctness checks on the device, then the throughput and memory tables.
+Meant for a short, rare GPU session (one call, under ~8 minutes on an H100): needs only torch and this tree.
+
+    python bench/device_check.py                 # on a CUDA machine: checks, then bench rows, one report
+    python bench/device_check.py --dry-run       # the same logic on the CPU with tiny sizes (what pytest runs)
+    python bench/device_check.py --out report.md # also write the report to a file (e.g. under $OUT on the device)
+
+Checks (each a row: name, pass/FAIL, the measured numbers):
+  1. Newton-Schulz in bf16 on the device keeps singular values in its band (wide and tall matrices).
+  2. The model's forward + backward under bf16 autocast: finite loss near log(vocab) at init, finite gradients.
+  3. The chunked head + loss (`loss_chunk`) equals the plain path on the device (loss, gradients).
+  4. KV-cache decode logits equal the full forward's, under autocast.
+  5. `flops_per_token()` equals `FlopCounterMode` on the device.
+  6. `torch.compile(model)` gives the eager loss.
+Then rows of `bench/gpu.py`'s measurement (tok/s, MFU, peak memory): d12 and d16 at seq 2048, device batch 16 and 32,
+and d16 batch 32 with `loss_chunk`, with a time budget; and `bench/loss_memory.py`'s peak memory for a d16-sized head.
+Exit status 1 if any check fails."""
+import os, sys, time, math, argparse
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from lmlit.model import GPTConfig, build_model, KVCache, ChunkedSoftcapCrossEntropy, measured_flops_per_token
+from lmlit.optim import newton_schulz, NS_BAND
+
+
+def check_newton_schulz(dev, small):
+    # wide and tall gaussians (a square gaussian has singular values near 0, below where the band is promised)
+    worst = []
+    for m, n in ([(32, 64), (64, 32), (16, 64)] if small else [(512, 1024), (1024, 512), (1024, 4096)]):
+        s = torch.linalg.svdvals(newton_schulz(torch.randn(m, n, device=dev), dtype=torch.bfloat16).double())
+        worst.append((s.min().item(), s.max().item()))
+    lo, hi = min(w[0] for w in worst), max(w[1] for w in worst)
+    return NS_BAND[0] - 0.05 <= lo and hi <= NS_BAND[1] + 0.05, f"singular values {lo:.3f}..{hi:.3f} (band {NS_BAND[0]}..{NS_BAND[1]} +-0.05)"
+
+
+def _autocast(dev, dtype): return torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def check_forward_backward(model, dev, dtype, x):
+    model.zero_grad(set_to_none=True)
+    with _autocast(dev, dtype): loss = model(x, x)
+    loss.backward()
+    finite = all(torch.isfinite(p.grad).all().item() for p in model.parameters() if p.grad is not None)
+    V = model.config.vocab_size
+    ok = math.isfinite(loss.item()) and finite and abs(loss.item() - math.log(V)) < 1.0
+    return ok, f"loss {loss.item():.3f} (log V = {math.log(V):.3f}), gradients finite: {finite}"
+
+
+def check_chunked(model, dev, dtype, x, chunk):
+    def run(c):
+        model.loss_chunk = c; model.zero_grad(set_to_none=True)
+        with _autocast(dev, dtype): loss = model(x, x)
+        loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in model.parameters()]
+    with torch.no_grad():                       # weights off their init, so the head's gradient is not trivially small
+        for p in model.parameters(): p.add_(torch.randn_like(p) * 0.02)
+    (l0, g0), (l1, g1) = run(0), run(chunk)
+    model.loss_chunk = 0
+    rel = max(((a - b).norm() / a.norm().clamp(min=1e-12)).item() for a, b in zip(g0, g1))
+    ok = abs(l0 - l1) < 1e-2 * abs(l0) and rel < 5e-2
+    return ok, f"loss {l0:.5f} vs {l1:.5f}, max relative gradient difference {rel:.2e} (loss_chunk={chunk})"
+
+
+@torch.no_grad()
+def check_kv_cache(model, dev, dtype, T):
+    model.eval()
+    idx = torch.randint(0, model.config.vocab_size, (1, T), device=dev)
+    with _autocast(dev, dtype):
+        full = model(idx).float()
+        cache = KVCache.for_model(model, 1, T)
+        pre = model(idx[:, :T // 2], kv_cache=cache).float()
+        steps = [model(idx[:, t:t + 1], kv_cache=cache).float() for t in range(T // 2, T)]
+    model.train()
+    dec = torch.cat([pre] + steps, dim=1)
+    diff = (dec - full).abs().max().item()
+    agree = (dec.argmax(-1) == full.argmax(-1)).float().mean().item()
+    tol = 1e-4 if dtype == torch.float32 else 0.25      # bf16 logits within a 15-softcap: rounding ~1e-2 per layer
+    return diff < tol and agree > 0.9, f"max |decode - full| {diff:.3g} (tolerance {tol}), argmax agreement {agree:.1%}"
+
+
+def check_flops(model):
+    want, got = model.flops_per_token(), measured_flops_per_token(model)
+    return abs(got / want - 1) < 0.02, f"formula {want:,} vs FlopCounterMode {got:,.0f} (ratio {got / want:.4f})"
+
+
+def check_compile(model, dev, dtype, x):
+    torch._dynamo.reset()
+    with torch.no_grad(), _autocast(dev, dtype):
+        eager = model(x, x).item()
+        compiled = torch.compile(model)(x, x).item()
+    return abs(eager - compiled) < 1e-2 * abs(eager), f"loss eager {eager:.5f} vs compiled {compiled:.5f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--dry-run', action='store_true', help='CPU, tiny sizes, fp32: checks the logic runs')
+    ap.add_argument('--budget-s', type=float, default=420, help='skip benchmark rows once this much time has passed')
+    ap.add_argument('--out', default=None, help='also write the report here')
+    a = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    dry = a.dry_run
+    dev = torch.device('cpu' if dry else 'cuda')
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit("bench/device_check.py: no CUDA GPU visible to torch; use --dry-run to check the logic on a CPU")
+    dtype = torch.float32 if dry else torch.bfloat16
+    if dev.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = True
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu (dry run)'
+    lines = [f"# device check: {name}, torch {torch.__version__}, {dtype}", "",
+             "| check | result | measured |", "|---|---|---|"]
+    def out(line):
+        print(line, flush=True); lines.append(line)
+    for l in lines: print(l, flush=True)
+
+    torch.manual_seed(0)
+    cfg = (GPTConfig.from_depth(2, vocab_size=512, sequence_len=64, head_dim=32) if dry else
+           GPTConfig.from_depth(4, vocab_size=32768, sequence_len=512, head_dim=128))
+    model = build_model(cfg, dev)
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.sequence_len), device=dev)
+    checks = [('Newton-Schulz bf16 band', lambda: check_newton_schulz(dev, dry)),
+              ('forward + backward', lambda: check_forward_backward(model, dev, dtype, x)),
+              ('chunked loss == plain', lambda: check_chunked(model, dev, dtype, x, 48 if dry else 300)),
+              ('KV-cache decode == full forward', lambda: check_kv_cache(model, dev, dtype, 16 if dry else 64)),
+              ('flops_per_token == FlopCounterMode', lambda: check_flops(model)),
+              ('torch.compile == eager', lambda: check_compile(model, dev, dtype, x) if not dry else (True, 'skipped in the dry run (compile: tests/test_model_compile.py)'))]
+    failed = 0
+    for cname, fn in checks:
+        try: ok, msg = fn()
+        except Exception as e: ok, msg = False, f"{type(e).__name__}: {str(e)[:200]}"
+        failed += not ok
+        out(f"| {cname} | {'pass' if ok else '**FAIL**'} | {msg} |")
+    del model
+    if dev.type == 'cuda': torch.cuda.empty_cache()
+
+    import gpu as G                                  # bench/gpu.py's measurement
+    seq, vocab, head_dim = (64, 512, 32) if dry else (2048, 32768, 128)
+    steps, warmup = (2, 1) if dry else (10, 3)
+    rows = ([(2, 1, 0), (2, 2, 0), (2, 2, 48)] if dry else
+            [(12, 16, 0), (12, 32, 0), (16, 16, 0), (16, 32, 0), (16, 32, 8192)])
+    out(""); out(f"seq {seq}, vocab {vocab}, {dtype}, compile={not dry}; MFU against 989 TF/s (H100/H200 SXM bf16 dense)")
+    out("| depth | params | device batch | loss_chunk | tok/s | step ms | MFU | peak mem GiB |"); out("|---|---|---|---|---|---|---|---|")
+    for depth, batch, chunk in rows:
+        if time.perf_counter() - t_start > a.budget_s:
+            out(f"| {depth} | | {batch} | {chunk} | skipped: {a.budget_s:.0f} s budget used | | | |"); continue
+        try:
+            r = G.measure(depth, batch, seq, vocab, dev, dtype, not dry, warmup, steps, head_dim, 989e12, chunk)
+            out(f"| {depth} | {r['params'] / 1e6:.1f}M | {batch} | {chunk} | {r['tok_s']:,.0f} | {r['dt'] * 1e3:.1f} | {r['mfu']:.1%} | {r['mem']:.1f} |")
+        except torch.cuda.OutOfMemoryError:
+            out(f"| {depth} | | {batch} | {chunk} | out of memory | | | |"); torch.cuda.empty_cache()
+
+    import loss_memory as LM                         # bench/loss_memory.py's table, d16-sized head
+    out("")
+    if time.perf_counter() - t_start <= a.budget_s:
+        from io import StringIO
+        from contextlib import redirect_stdout
+        buf = StringIO()
+        args = (['--tokens', '256', '--width', '32', '--vocab', '512', '--chunks', '100', '--reps', '1'] if dry else
+                ['--device', 'cuda', '--tokens', '32768', '--width', '1024', '--vocab', '65536', '--chunks', '4096,16384', '--reps', '3'])
+        try:
+            with redirect_stdout(buf): LM.main(args)
+        except torch.cuda.OutOfMemoryError: buf.write("| plain path out of memory |\n")
+        for l in buf.getvalue().splitlines(): out(l)
+    else: out("head + loss memory table skipped: budget used")
+    out(""); out(f"{failed} check(s) failed; {time.perf_counter() - t_start:.0f} s in all")
+    if a.out: Path(a.out).write_text('\n'.join(lines) + '\n')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
