@@ -265,8 +265,11 @@ def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
     act_bytes = 2 if dtype != torch.float32 else 4
     chunk = getattr(model, 'loss_chunk', 0) or 0
     const = vocab * width * 4 if chunk else 0    # the chunked loss's saved d W: the same for any number of rows
+    # the fused CPU loss forms the logits' gradient during forward and saves it (already counted above): no second
+    # logits-sized tensor in backward. (Under torch.compile the plain path runs instead; this probe runs eagerly.)
+    fused = getattr(model, 'fused_cpu_loss', False) and torch.device(device).type == 'cpu' and dtype == torch.float32
     return dict(outside=acc['outside'] - const, blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab, width=width,
-                block_input=seq_len * width * act_bytes, logits=0 if chunk else seq_len * vocab * 4,
+                block_input=seq_len * width * act_bytes, logits=0 if chunk or fused else seq_len * vocab * 4,
                 loss_const=const, loss_chunk=chunk)
 
 # %% ../nbs/05_train.ipynb #014fb440
