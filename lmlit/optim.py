@@ -116,8 +116,10 @@ class MuonAdamW(torch.optim.Optimizer):
         self._plan()
         self._armed, self._started, self._ready, self._order = False, {}, [], None
         if self.overlap:
+            import weakref
+            me = weakref.ref(self)                        # the parameters' hooks must not keep a dropped optimizer alive
             for i, (kind, group, ps, info) in enumerate(self.units):
-                for p in ps: p.register_post_accumulate_grad_hook(lambda p, i=i: self._grad_ready(i))
+                for p in ps: p.register_post_accumulate_grad_hook(lambda p, i=i: me() is not None and me()._grad_ready(i))
 
     def _buckets(self, ps):
         "Split same-shaped matrices (model order) into consecutive buckets, each a multiple of the world size."
