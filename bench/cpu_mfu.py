@@ -6,13 +6,13 @@ by the best float32 matmul FLOP/s this same process reaches (square sizes 512-20
 
 Prints a table: the matmul peak, step time and its parts (forward, backward, optimizer, of which Newton-Schulz), page faults per step,
 model FLOP/s and the MFU ratio. Timings are medians over --steps steps after --warmup steps."""
-import os, sys, time, argparse, statistics, resource
+import os, sys, time, argparse, statistics
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from lmlit.model import GPTConfig, build_model
 from lmlit.optim import setup_optimizer, newton_schulz, fast_bf16_matmul
-from lmlit.core import keep_freed_memory
+from lmlit.core import keep_freed_memory, minor_faults
 
 
 class Clock:
@@ -114,7 +114,7 @@ def main(argv=None):
     t_f, t_b, t_o, t_ns, t_step, probe, cpu_step, cpu_ns, faults = [], [], [], [], [], [], [], [], []
     for i in range(a.warmup + a.steps):
         pr = 2 * n_probe ** 3 / min(_timeit(lambda: torch.mm(pa, pb)) for _ in range(2))
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f0 = minor_faults()
         with Clock(a.threads) as whole:
             t0 = time.perf_counter()
             loss = fwd(x, y)
@@ -123,7 +123,7 @@ def main(argv=None):
             t2 = time.perf_counter()
             opt.step(); opt.zero_grad(set_to_none=True)
             t3 = time.perf_counter()
-        nf = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        nf = minor_faults() - f0
         with Clock(a.threads) as nsc:
             for s in stacks: newton_schulz(s, dtype=ns_dtype)
         if i >= a.warmup:

@@ -14,10 +14,10 @@ from pathlib import Path
 import importlib.metadata as _md
 
 # %% auto #0
-__all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'DistInfo', 'dist_env', 'dist_setup',
-           'dist_teardown', 'is_main_process', 'print0', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline',
-           'run_name', 'make_run_dir', 'git_state', 'package_versions', 'device_info', 'provenance', 'write_json',
-           'write_provenance', 'update_provenance']
+__all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'minor_faults', 'DistInfo',
+           'dist_env', 'dist_setup', 'dist_teardown', 'is_main_process', 'print0', 'seed_all', 'cache_dir', 'runs_dir',
+           'hf_endpoint', 'offline', 'run_name', 'make_run_dir', 'git_state', 'package_versions', 'device_info',
+           'provenance', 'write_json', 'write_provenance', 'update_provenance']
 
 # %% ../nbs/00_core.ipynb #7a7603bf
 import torch
@@ -59,6 +59,12 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError): return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                 # glibc's <malloc.h> parameter numbers
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+def minor_faults() -> int | None:
+    "Minor page faults of this process so far (None where `resource` is missing, e.g. Windows)."
+    try: import resource
+    except ImportError: return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 # %% ../nbs/00_core.ipynb #3c64201b
 @dataclass

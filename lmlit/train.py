@@ -12,15 +12,15 @@ import os, sys, json, math, time, errno, shutil, signal, random, argparse, ast, 
 from pathlib import Path
 import torch
 from .core import (LmlitError, get_device, autocast_dtype, dist_setup, dist_teardown, dist_env, print0,
-                        seed_all, runs_dir, make_run_dir, write_json, write_provenance, update_provenance, keep_freed_memory)
+                        seed_all, runs_dir, make_run_dir, write_json, write_provenance, update_provenance, keep_freed_memory, minor_faults)
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'GPU_PEAK_FLOPS', 'PARTS', 'parse_value', 'resolve_config', 'grad_accum_steps', 'data_streams',
-           'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'minor_faults', 'StepClock', 'data_wait_warning',
-           'MetricsWriter', 'read_metrics', 'probe_activations', 'plan_memory', 'largest_batch', 'check_memory',
-           'PeakMemory', 'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state',
-           'StopFlag', 'make_plots', 'model_shape', 'train', 'throughput_report', 'load_model', 'unigram_comparison',
-           'main', 'find_notebook', 'prepare', 'cli_train']
+           'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock', 'data_wait_warning', 'MetricsWriter',
+           'read_metrics', 'probe_activations', 'plan_memory', 'largest_batch', 'check_memory', 'PeakMemory',
+           'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state', 'StopFlag',
+           'make_plots', 'model_shape', 'train', 'throughput_report', 'load_model', 'unigram_comparison', 'main',
+           'find_notebook', 'prepare', 'cli_train']
 
 # %% ../nbs/05_train.ipynb #a2479e5b
 DEFAULTS = dict(
@@ -169,12 +169,6 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world: 
 
 # %% ../nbs/05_train.ipynb #31faedd4
 PARTS = ('data', 'fwdbwd', 'optim', 'eval', 'ckpt')
-
-def minor_faults() -> int | None:
-    "Minor page faults of this process so far (None where `resource` is missing, e.g. Windows)."
-    try: import resource
-    except ImportError: return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 class StepClock:
     "Times the parts of one step: `start()`, then `mark(part)` after each part's work, then `stop()` -> dict of seconds."
