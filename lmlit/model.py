@@ -304,6 +304,13 @@ class GPT(nn.Module):
         self.cos, self.sin = cos, sin
         return self
 
+    def loss_path(self, device_type: str, dtype: torch.dtype) -> str:
+        "The head + loss a training forward takes computing in `dtype` on `device_type`: 'chunked', 'fused_cpu' or 'plain'."
+        if self.loss_chunk: return 'chunked'
+        if self.fused_cpu_loss and device_type == 'cpu' and dtype == torch.float32 and not torch.compiler.is_compiling():
+            return 'fused_cpu'
+        return 'plain'
+
     def set_activation_checkpointing(self, on: bool = True):
         "Recompute each block's activations during backward instead of storing them (less memory, ~1/3 more compute)."
         self.checkpointing = bool(on)
@@ -324,14 +331,12 @@ class GPT(nn.Module):
             else: x = block(x, cos, sin, kv_cache)
         x = norm(x)
         V = self.config.vocab_size
-        if (targets is not None and loss_reduction == 'mean' and self.loss_chunk and torch.is_grad_enabled()
-                and self.lm_head.weight.requires_grad):
-            return ChunkedSoftcapCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), V,
-                                                   self.config.softcap, self.loss_chunk)
-        if (targets is not None and loss_reduction == 'mean' and self.fused_cpu_loss and x.device.type == 'cpu'
-                and x.dtype == torch.float32 and torch.is_grad_enabled() and self.lm_head.weight.requires_grad
-                and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()):
-            return SoftcapCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), V, self.config.softcap)
+        if targets is not None and loss_reduction == 'mean' and torch.is_grad_enabled() and self.lm_head.weight.requires_grad:
+            dev = x.device.type
+            path = self.loss_path(dev, torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
+            args = (x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), V, self.config.softcap)
+            if path == 'chunked': return ChunkedSoftcapCrossEntropy.apply(*args, self.loss_chunk)
+            if path == 'fused_cpu': return SoftcapCrossEntropy.apply(*args)
         logits = self.lm_head(x)
         if V != self.padded_vocab: logits = logits[..., :V]
         sc = self.config.softcap

@@ -257,14 +257,14 @@ def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
     width = getattr(cfg, 'n_embd', None) or next(p for p in model.parameters() if p.dim() == 2).shape[1]
     vocab = getattr(model, 'padded_vocab', None) or max(p.shape[0] for p in model.parameters() if p.dim() == 2)
     act_bytes = 2 if dtype != torch.float32 else 4
-    chunk = getattr(model, 'loss_chunk', 0) or 0
-    const = vocab * width * 4 if chunk else 0    # the chunked loss's saved d W: the same for any number of rows
-    # the fused CPU loss forms the logits' gradient during forward and saves it (already counted above): no second
-    # logits-sized tensor in backward. (Under torch.compile the plain path runs instead; this probe runs eagerly.)
-    fused = getattr(model, 'fused_cpu_loss', False) and torch.device(device).type == 'cpu' and dtype == torch.float32
+    # which head + loss the model takes (02_model): the plain one leaves a logits-sized gradient for backward; the
+    # fused CPU loss forms and saves it in forward (counted above); the chunked one keeps d W, the same for any rows.
+    # (Asked outside torch.compile: a compiled CPU run takes the plain path, one logits tensor per row more.)
+    path = model.loss_path(torch.device(device).type, dtype) if hasattr(model, 'loss_path') else 'plain'
+    const = vocab * width * 4 if path == 'chunked' else 0
     return dict(outside=acc['outside'] - const, blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab, width=width,
-                block_input=seq_len * width * act_bytes, logits=0 if chunk or fused else seq_len * vocab * 4,
-                loss_const=const, loss_chunk=chunk)
+                block_input=seq_len * width * act_bytes, logits=seq_len * vocab * 4 if path == 'plain' else 0,
+                loss_const=const, loss_chunk=model.loss_chunk if path == 'chunked' else 0)
 
 # %% ../nbs/05_train.ipynb #014fb440
 def _opt_state_bytes(opt) -> int:
