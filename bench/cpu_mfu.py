@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from lmlit.model import GPTConfig, build_model
-from lmlit.optim import setup_optimizer, newton_schulz, fast_bf16_matmul
+from lmlit.optim import setup_optimizer, newton_schulz
 from lmlit.core import keep_freed_memory, minor_faults
 
 
@@ -100,7 +100,7 @@ def main(argv=None):
     model = build_model(cfg, 'cpu')
     model.fused_cpu_loss = not a.plain_loss
     opt = setup_optimizer(model, ns_dtype=torch.float32 if a.ns_fp32 else None)
-    ns_dtype = opt.ns_dtype or (torch.bfloat16 if fast_bf16_matmul('cpu') else torch.float32)
+    ns_dtype = opt.ns_dtype                 # what the optimizer decided (fast_bf16_matmul), or --ns-fp32
     fwd = torch.compile(model) if a.compile else model
     x = torch.randint(0, a.vocab, (a.batch, a.seq)); y = torch.randint(0, a.vocab, (a.batch, a.seq))
 

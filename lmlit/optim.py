@@ -110,7 +110,9 @@ class MuonAdamW(torch.optim.Optimizer):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
         self.rank, self.world = _world()
-        self.ns_dtype = ns_dtype          # Newton–Schulz precision; None: bf16 where fast_bf16_matmul, else fp32
+        dev = next(p.device for g in self.param_groups for p in g['params'])
+        # Newton–Schulz precision, decided once: given, else bf16 where bf16 matmuls are fast on the parameters' device
+        self.ns_dtype = ns_dtype or (torch.bfloat16 if fast_bf16_matmul(dev) else torch.float32)
         self.shard, self.max_grad_norm, self.last_grad_norm = shard and self.world > 1, max_grad_norm, None
         self.overlap, self.buckets_per_shape = overlap and self.world > 1, buckets_per_shape
         self._plan()
@@ -168,16 +170,16 @@ class MuonAdamW(torch.optim.Optimizer):
     def sync_in_backward(self):
         "Call right before the step's last backward: each bucket's reduction then starts once its gradients are complete."
         if self.overlap:
-            self._armed, self._started, self._ready, self._done, self._seen = True, {}, [0] * len(self.units), set(), []
+            self._armed, self._started, self._ready, self._seen = True, {}, [0] * len(self.units), []
 
     def _grad_ready(self, i):
         "A parameter's gradient is complete: once its whole bucket is, start reductions — in the agreed order only."
         if not self._armed: return
         self._ready[i] += 1
         if self._ready[i] < len(self.units[i][2]): return
-        self._seen.append(i); self._done.add(i)
+        self._seen.append(i)
         if self._order is None: return            # first armed step: only record the order buckets complete in
-        while len(self._started) < len(self._order) and self._order[len(self._started)] in self._done:
+        while len(self._started) < len(self._order) and self._order[len(self._started)] in self._seen:
             j = self._order[len(self._started)]; self._started[j] = self._start_reduction(j)
 
     @torch.no_grad()
