@@ -683,7 +683,7 @@ def train(**params) -> dict:
             if bad.item(): raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the last good "
                                             f"checkpoint ({'step_' + str(last_ckpt) if last_ckpt is not None else 'none yet'}) is kept. "
                                             "Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
-            ostate = O.optimizer_state_for_checkpoint(opt) if hasattr(O, 'optimizer_state_for_checkpoint') else opt.state_dict()
+            ostate = O.optimizer_state_for_checkpoint(opt)   # every rank takes part; any world size can load it
             meta = dict(model_shape=shape, tokenizer_hash=tok_hash, world_size=world, config=cfg, loop=loop, params=nparams)
             save_checkpoint(run_dir, step, raw_model.state_dict(), ostate if main else None,
                             dict(loaders={s_: L.state_dict() for s_, L in zip(mine, train_loaders)}, rng=rng_state()),
