@@ -105,10 +105,12 @@ def dist_teardown():
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/00_core.ipynb #c38433bf
-def rank_world() -> tuple[int, int]:
-    "(rank, world_size): the initialised process group's, else torchrun's environment's, else (0, 1)."
+def rank_world(joined: bool = False) -> tuple[int, int]:
+    """(rank, world_size): the initialised process group's, else torchrun's environment's, else (0, 1).
+    `joined=True` asks only the group: code about to run collectives must not trust the environment alone."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if joined: return 0, 1
     rank, _, world = dist_env()
     return rank, world
 

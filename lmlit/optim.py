@@ -106,7 +106,7 @@ class MuonAdamW(torch.optim.Optimizer):
                  overlap: bool = True, buckets_per_shape: int = 4):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
-        self.rank, self.world = rank_world()
+        self.rank, self.world = rank_world(joined=True)
         dev = next(p.device for g in self.param_groups for p in g['params'])
         # Newton–Schulz precision, decided once: given, else bf16 where bf16 matmuls are fast on the parameters' device
         self.ns_dtype = ns_dtype or (torch.bfloat16 if fast_bf16_matmul(dev) else torch.float32)
@@ -310,7 +310,7 @@ def set_muon_momentum(opt, m: float):
 def clip_grad_norm(model, max_norm: float) -> float:
     "Clip the (rank-averaged) gradients of `model` to global norm `max_norm`; return the norm before clipping."
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    _, W = rank_world()
+    _, W = rank_world(joined=True)
     if W > 1:
         for g in grads: dist.all_reduce(g, op=dist.ReduceOp.AVG)
     return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm).item()
