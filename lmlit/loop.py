@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import LmlitError, print0
+from .core import LmlitError, print0, dist_teardown, autocast_dtype
 from . import optim as O
-from .checkpoint import save_checkpoint, rng_state, set_rng_state
+from .checkpoint import save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs', 'grad_accum_steps',
            'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock', 'data_wait_warning',
            'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss',
-           'save_job', 'restore_job', 'step_record', 'make_plots', 'throughput_report']
+           'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype', 'step_record', 'make_plots',
+           'throughput_report']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -259,11 +260,11 @@ def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tupl
     O.set_lr(job.optimizer, lr_mult)
     O.set_muon_momentum(job.optimizer, O.muon_momentum(step))
     loss_sum = torch.zeros((), device=job.device)
-    for k in range(job.accum):
-        job.clock.skip()
-        batch = next(job.batches[k])
-        job.clock.mark('data')
-        with job.autocast(): loss = job.model(*batch) if micro_loss is None else micro_loss(job, batch)
+    job.clock.skip()
+    batches = [next(it) for it in job.batches]   # the step's micro-batches, one per data stream this rank owns
+    job.clock.mark('data')
+    for k, batch in enumerate(batches):
+        with job.autocast(): loss = job.model(*batch) if micro_loss is None else micro_loss(job, batches, k)
         if k == job.accum - 1: job.optimizer.sync_in_backward()   # ranks > 1: gradient reductions start during this backward
         (loss / job.accum).backward()
         loss_sum += loss.detach()
@@ -285,6 +286,26 @@ def check_loss(job: Job, loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise LmlitError(f"loss became {loss} at step {step}: training stopped; the last good checkpoint ({_last_good(job)}) is kept. "
                          "Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
+
+# %% ../nbs/04d_loop.ipynb #d6179aee
+def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_hash: str) -> dict | None:
+    "The meta of the checkpoint to resume from (None: a fresh start), after every check resuming needs (text above)."
+    checkpoints = complete_checkpoints(run_dir)
+    if not cfg['resume']:
+        if checkpoints:
+            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in {run_dir}: pass resume=True "
+                             "to continue it, or choose another run name (lmlit never overwrites a run's checkpoints)")
+        return None
+    if not checkpoints:
+        raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in {run_dir/'checkpoints'}; "
+                         "start it with resume=False (or check the run name)")
+    step, path = checkpoints[-1]
+    meta = json.loads((path/'meta.json').read_text())
+    check_compat(meta, shape, tok_hash, path)
+    if total_steps < step:
+        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is below it: a run cannot "
+                         f"go back. Pass steps > {step} to continue it, or start a new run name")
+    return meta
 
 # %% ../nbs/04d_loop.ipynb #b11598be
 def save_job(job: Job, step: int) -> None:
@@ -312,6 +333,19 @@ def restore_job(job: Job, ck: dict) -> None:
         print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: model, optimizer "
                "and the data streams resume exactly; only the (unused in training) RNG states start afresh")
     print0(f"resumed from {ck['path']} at step {job.start_step}")
+
+def close_job(job: Job | None) -> None:
+    "Restore signal handlers, stop the loaders' threads, close the metrics file, leave the process group (safe after a failure)."
+    if job is not None:
+        if job.stop is not None: job.stop.restore()
+        for loader in job.loaders.values(): loader.close()
+        if job.metrics is not None: job.metrics.close()
+    dist_teardown()
+
+def resolve_dtype(name: str, device) -> torch.dtype:
+    "The training dtype a `dtype` parameter names: 'auto' is bf16 on GPUs that do it natively, float32 elsewhere."
+    if name == 'auto': return autocast_dtype(device)
+    return dict(bfloat16=torch.bfloat16, float32=torch.float32)[name]
 
 # %% ../nbs/04d_loop.ipynb #24e44684
 TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s', 'tok_per_s_avg',

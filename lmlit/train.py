@@ -19,13 +19,12 @@ from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint,
 from .memory import plan_memory, check_memory, PeakMemory
 from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
                         read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job, step_record, make_plots,
-                        throughput_report, _Progress, _live_default)
+                        throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open_data', 'horizon', 'resume_point', 'setup_job',
-           'write_run_files', 'close_job', 'evaluate', 'sample', 'train', 'finish', 'unigram_comparison', 'main',
-           'prepare', 'cli_train']
+__all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open_data', 'horizon', 'setup_job', 'write_run_files',
+           'evaluate', 'sample', 'train', 'finish', 'unigram_comparison', 'main', 'prepare', 'cli_train']
 
 # %% ../nbs/05_train.ipynb #6e0ee51a
 DEFAULTS = parameters_of(stage_notebook('05_train'))   # the parameters cell below, read from this notebook
@@ -58,10 +57,6 @@ def _warm_up_kernels(seq_len: int, vocab: int):
     x = torch.zeros(1, seq_len, dtype=torch.long)
     net(x, x).backward(); opt.step()
 
-def _resolve_dtype(name, device) -> torch.dtype:
-    if name == 'auto': return autocast_dtype(device)
-    return dict(bfloat16=torch.bfloat16, float32=torch.float32)[name]
-
 def _get_source(cfg):
     kw = dict(n_shards=cfg['source_shards']) if cfg['source_shards'] and str(cfg['source']).startswith('hub:') else {}
     return S.get_source(cfg['source'], need_val=True, **kw)
@@ -91,26 +86,6 @@ def horizon(cfg: dict, mcfg: M.GPTConfig) -> tuple[int, int]:
     with torch.device('meta'): nparams = M.GPT(mcfg).num_params()['total']
     steps = cfg['steps'] if cfg['steps'] > 0 else max(1, int(cfg['data_ratio'] * nparams // cfg['total_batch']))
     return steps, nparams
-
-# %% ../nbs/05_train.ipynb #d6179aee
-def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_hash: str) -> dict | None:
-    "The meta of the checkpoint to resume from (None: a fresh start), after every check resuming needs (text above)."
-    checkpoints = complete_checkpoints(run_dir)
-    if not cfg['resume']:
-        if checkpoints:
-            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in {run_dir}: pass resume=True "
-                             "to continue it, or choose another run name (lmlit never overwrites a run's checkpoints)")
-        return None
-    if not checkpoints:
-        raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in {run_dir/'checkpoints'}; "
-                         "start it with resume=False (or check the run name)")
-    step, path = checkpoints[-1]
-    meta = json.loads((path/'meta.json').read_text())
-    check_compat(meta, shape, tok_hash, path)
-    if total_steps < step:
-        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is below it: a run cannot "
-                         f"go back. Pass steps > {step} to continue it, or start a new run name")
-    return meta
 
 # %% ../nbs/05_train.ipynb #584ce240
 def setup_job(cfg: dict) -> Job | None:
@@ -145,7 +120,7 @@ def setup_job(cfg: dict) -> Job | None:
     model = M.build_model(mcfg, device)
     optimizer = O.setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'], matrix_lr=cfg['matrix_lr'],
                                   weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
-    dtype = _resolve_dtype(cfg['dtype'], device)
+    dtype = resolve_dtype(cfg['dtype'], device)
     limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == 'cuda' else 0)
     model.loss_chunk = cfg['loss_chunk']
     plan = plan_memory(model, optimizer, cfg['device_batch'], cfg['seq_len'], device, dtype, cfg['activation_checkpointing'])
@@ -186,14 +161,6 @@ def write_run_files(job: Job, source, peak_basis: str, limit_gb: float) -> None:
            + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
     live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
     job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
-
-def close_job(job: Job | None) -> None:
-    "Restore signal handlers, stop the loaders' threads, close the metrics file, leave the process group (safe after a failure)."
-    if job is not None:
-        if job.stop is not None: job.stop.restore()
-        for loader in job.loaders.values(): loader.close()
-        if job.metrics is not None: job.metrics.close()
-    dist_teardown()
 
 # %% ../nbs/05_train.ipynb #dc286887
 SAMPLE_PROMPTS = ['The ', 'And then ', 'To be']
