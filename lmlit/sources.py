@@ -319,13 +319,16 @@ def _read_local(p: Path, max_chars: int) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError): raise LmlitError(f"{p}, line {i}: expected a JSON object with a 'text' field") from None
     return [d for t in texts if t and t.strip() for d in (split_documents(t, max_chars) if len(t) > max_chars else [t])]
 
+_LOCAL_LAYOUT = 'shuffled-v2'   # in the cache key: conversions written in file order (v1) are not reused
+
 def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
     "Convert a folder (or one file) of parquet / jsonl / txt documents into shards in the cache, once."
     root = Path(path).expanduser().resolve()
     if not root.exists(): raise LmlitError(f"no such file or folder: {root}; give a folder of .parquet / .jsonl / .txt files")
     files = [root] if root.is_file() else _local_files(root)
     if not files: raise LmlitError(f"{root} holds no .parquet, .jsonl or .txt files; nothing to train on")
-    finger = hashlib.sha256(json.dumps([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:16]
+    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    finger = hashlib.sha256(json.dumps([_LOCAL_LAYOUT, listing]).encode()).hexdigest()[:16]
     d = cache_dir('data', 'local', f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', root.name)[:40]}-{finger}")
     with FileLock(str(d/'.lock')):
         if (src := _from_manifest(d)) is not None: return src
@@ -337,6 +340,7 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
             (val if f in vfiles else train).extend(_read_local(f, max_chars))
         if len(files) == 1 and len(train) > 1: cut = max(1, len(train) // 10); train, val = train[:-cut], train[-cut:]
         if not train: raise LmlitError(f"{root} holds no training text (files: {[f.name for f in files]}; all empty or all validation)")
+        random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)
         return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}", licence='as the files at the origin',
                        n_train_docs=len(train), n_val_docs=len(val), train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))
