@@ -18,11 +18,11 @@ from . import optim as O
 from .checkpoint import save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat
 
 # %% auto #0
-__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs', 'grad_accum_steps',
-           'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock', 'data_wait_warning',
-           'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss',
-           'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype', 'step_record', 'make_plots',
-           'throughput_report']
+__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs',
+           'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock',
+           'data_wait_warning', 'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due',
+           'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype',
+           'data_stats', 'step_record', 'make_plots', 'throughput_report']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -351,6 +351,13 @@ def resolve_dtype(name: str, device) -> torch.dtype:
 TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s', 'tok_per_s_avg',
                 'mfu', 'mfu_avg', 'mem_peak_gb', 'page_faults', 't_step', *(f't_{p}' for p in PARTS),
                 *(f't_{p}_avg' for p in PARTS), 't_step_avg')
+DATA_FIELDS = dict(docs_per_batch='docs_per_batch_last', cropped_frac='cropped_frac', padding_frac='padding_frac',
+                   supervised_frac='supervised_frac')   # record name -> the loaders' stats() name, when they have it
+
+def data_stats(job: Job) -> dict:
+    "The loaders' packing figures for the record, averaged over this rank's data streams."
+    stats = [loader.stats() for loader in job.loaders.values() if hasattr(loader, 'stats')]
+    return {name: sum(s[key] for s in stats) / len(stats) for name, key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
 
 def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_faults: int | None = None) -> dict:
     "The metrics record of one optimizer step (fields above); updates the job's counters and averages, warns once on data wait."
@@ -374,7 +381,7 @@ def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_
                 mfu_avg=mfu(job.flops_per_token, tps_avg, job.peak, job.world),
                 mem_peak_gb=peak_bytes / 2**30 if peak_bytes is not None else None, page_faults=page_faults,
                 t_step=t['step'], **{f't_{p}': t[p] for p in PARTS}, **{f't_{p}_avg': job.stats.avg(p) for p in PARTS},
-                t_step_avg=job.stats.avg('step'))
+                t_step_avg=job.stats.avg('step'), **data_stats(job))
 
 # %% ../nbs/04d_loop.ipynb #b6640565
 def _smooth(xs, k=10):
