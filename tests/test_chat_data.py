@@ -144,6 +144,9 @@ def test_mixture_epochs_and_order():
     assert counts['mc:arc_challenge'].max() == 1 and counts['mc:arc_challenge'].sum() == round(n['mc:arc_challenge'] / 2)
     assert order == mix.order(0) and order != mix.order(1) and len(order) == len(mix)
     assert order != C.get_mixture({'identity': 2, 'chatterbot': 1, 'mc:arc_challenge': 0.5}, seed=4).order(0)
+    whole = C.get_mixture({'identity': 1, 'chatterbot': 1})            # whole epochs: only the shuffle changes between epochs
+    assert sorted(whole.order(0)) == sorted(whole.order(1)) and whole.order(0) != whole.order(1)
+    assert len({t for t, _ in whole.order(0)[:40]}) == 2                # tasks interleaved, not one after the other
     for name in ('sft-offline', 'mid-offline'):
         assert set(C.MIXTURES[name]) <= set(C.OFFLINE_TASKS)
 
@@ -270,7 +273,7 @@ def test_all_padding_micro_batch_is_zero_not_nan(model):
     for grad in (True, False):                                           # the fused CPU loss (training) and the plain path
         with torch.set_grad_enabled(grad):
             loss = C.micro_batch_loss(model, x, y, 0, torch.tensor(0.))
-        assert float(loss) == 0.0 and not torch.isnan(loss)
+        assert float(loss.detach()) == 0.0 and not torch.isnan(loss)
     model.zero_grad()
     C.micro_batch_loss(model, x, y, 0, torch.tensor(37.)).backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
