@@ -3,6 +3,7 @@
 Modules:
 
 - `lmlit.bpb`: The one number every stage watches: how many bits the model needs per byte of held-out text, comparable across tokenizers; and the unigram baseline it has to beat.
+- `lmlit.chat_data`: Conversations for mid-training and supervised fine-tuning: real multiple-choice training splits, real dialogues, generated arithmetic with the calculator tool, spelling and letter counting, identity — or SmolTalk, MMLU and GSM8K from the hub — mixed with a weight per task, packed into rows that start at a conversation and keep its loss mask.
 - `lmlit.checkpoint`: Save a training job so that a crash costs at most the steps since the last checkpoint, load it back exactly, refuse a checkpoint that does not fit, and hand a trained model to whoever asks.
 - `lmlit.core`: The ground every chapter stands on: which device and dtype to use, how a training job becomes several processes under `torchrun`, where downloads and runs live, and how a run folder records what produced it.
 - `lmlit.data`: Stream parquet shards, tokenize documents in threaded batches, pack them into rows that each start at a document, keep batches ready in a background thread, and remember exactly where we are so a resumed run sees the very batches it would have seen.
