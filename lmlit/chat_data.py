@@ -737,7 +737,7 @@ def rank_streams(rank: int, world_size: int, streams: int) -> list[int]:
 class ChatStream:
     "Packed (B, seq_len+1) rows of ids and masks from one stream of a mixture, driven by a plain-dict state."
     def __init__(self, mixture: Mixture, tokenizer, batch_size: int, seq_len: int, stream: int = 0, streams: int = 1,
-                 buffer: int = 64, epochs: int | None = None):
+                 buffer: int = 64, epochs: int | None = None, all_tokens: bool = False):
         for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('streams', streams, 1), ('buffer', buffer, 1)):
             if not isinstance(v, int) or v < lo: raise LmlitError(f"{name} must be an integer >= {lo}, got {v!r}")
         if not isinstance(stream, int) or not 0 <= stream < streams: raise LmlitError(f"stream {stream!r} must be in 0..{streams - 1}")
@@ -745,6 +745,7 @@ class ChatStream:
         if len(mixture) < streams: raise LmlitError(f"the mixture has {len(mixture)} examples per epoch, fewer than the {streams} streams")
         self.mix, self.tok, self.B, self.T, self.stream, self.streams = mixture, tokenizer, batch_size, seq_len, stream, streams
         self.buffer, self.epochs, self.pad_id, self._share = buffer, epochs, tokenizer.bos_id, None
+        self.all_tokens = all_tokens   # mid-training: the loss on every token of the conversation, not only the assistant's
 
     def share(self, epoch: int) -> list:
         "This stream's examples of `epoch`: every `streams`-th of the epoch's order (cached)."
@@ -756,6 +757,7 @@ class ChatStream:
 
     def render(self, ref) -> tuple[list, list, str]:
         ids, mask = self.tok.render_conversation(self.mix.conversation(ref), max_tokens=1 << 30)
+        if self.all_tokens: mask = [1] * len(mask)
         return admit(ids, mask, self.T + 1)
 
     def batches(self, state: dict | None = None):
@@ -808,8 +810,8 @@ def to_batch(ids: np.ndarray, mask: np.ndarray, device='cpu') -> tuple[torch.Ten
 class ChatLoader:
     "Iterator of (inputs, targets) from one stream of a mixture, best-fit packed, with an exact `state_dict()`."
     def __init__(self, mixture: Mixture, tokenizer, batch_size: int, seq_len: int, stream: int = 0, streams: int = 1,
-                 device='cpu', buffer: int = 64, epochs: int | None = None):
-        self.stream = ChatStream(mixture, tokenizer, batch_size, seq_len, stream, streams, buffer, epochs)
+                 device='cpu', buffer: int = 64, epochs: int | None = None, all_tokens: bool = False):
+        self.stream = ChatStream(mixture, tokenizer, batch_size, seq_len, stream, streams, buffer, epochs, all_tokens)
         self.device = get_device(device)
         self._state, self._gen = self.stream.initial_state(), None
 
@@ -822,7 +824,7 @@ class ChatLoader:
 
     def settings(self) -> dict:
         s = self.stream
-        return dict(stream=s.stream, streams=s.streams, batch_size=s.B, seq_len=s.T, buffer_size=s.buffer, epochs=s.epochs, data=s.mix.fingerprint())
+        return dict(stream=s.stream, streams=s.streams, batch_size=s.B, seq_len=s.T, buffer_size=s.buffer, epochs=s.epochs, all_tokens=s.all_tokens, data=s.mix.fingerprint())
 
     def state_dict(self) -> dict:
         "Where the loader stands after the last batch it handed out (JSON-able)."

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import LmlitError, print0, dist_teardown, autocast_dtype
+from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
 from . import optim as O
 from .checkpoint import save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat
 
@@ -22,7 +22,7 @@ __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'parse_valu
            'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock',
            'data_wait_warning', 'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due',
            'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype',
-           'data_stats', 'step_record', 'make_plots', 'throughput_report']
+           'data_stats', 'step_record', 'make_plots', 'throughput_report', 'run_job', 'finish']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -467,3 +467,49 @@ def throughput_report(run_dir, windows: int = 4) -> str:
         rows.append(f"| {w[0]['step']}–{w[-1]['step']} | {tok / t:,.0f} | {shares} | {100 * (1 - sum(r[f't_{p}'] for r in w for p in PARTS) / t):.0f}% |")
     head = '| steps | tok/s | ' + ' | '.join(PARTS) + ' | other |\n|---|---:|' + '---:|' * (len(PARTS) + 1)
     return head + '\n' + '\n'.join(rows)
+
+# %% ../nbs/04d_loop.ipynb #9621e25e
+def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
+    "Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's. Returns the summary."
+    cfg = job.cfg
+    step = job.start_step
+    while True:
+        last = step == job.total_steps
+        job.clock.start(); faults = minor_faults()
+        if due(cfg['eval_every'], step, job.start_step, last): evaluate(job, step)
+        if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
+        job.clock.mark('eval')
+        if last:
+            if job.last_ckpt != step: save_job(job, step)
+            break
+        lr_mult = O.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
+        loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
+        step += 1
+        check_loss(job, loss, step)
+        job.loop['tokens'] += job.tokens_per_step
+        if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
+            save_job(job, step)
+        job.clock.mark('ckpt')
+        t = job.clock.stop()
+        if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
+            t['data'] += job.summary.get('t_first_batch', 0.0); t['step'] += job.summary.get('t_first_batch', 0.0)
+        rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
+        job.metrics.write(**rec)
+        job.summary.setdefault('losses', []).append(loss)
+        if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
+        if stop_asked:
+            job.summary['stopped'] = 'signal'
+            print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
+            break
+    return finish(job, step)
+
+def finish(job: Job, step: int) -> dict:
+    "The summary of a run that ended at `step`; plots (rank 0); every rank returns once rank 0's files are written."
+    s = job.summary
+    s['final_step'] = step
+    s['tok_per_s_avg'] = job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
+    s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
+    if job.is_main and job.cfg.get('plots', True): s['plots'] = [str(p) for p in make_plots(job.run_dir)]
+    if dist.is_available() and dist.is_initialized(): dist.barrier()
+    if job.progress is not None: job.progress.close()
+    return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data', 'counts')}

@@ -19,12 +19,12 @@ from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint,
 from .memory import plan_memory, check_memory, PeakMemory
 from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
                         read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job, step_record, make_plots,
-                        throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype)
+                        throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype, run_job)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open_data', 'horizon', 'setup_job', 'write_run_files',
-           'evaluate', 'sample', 'train', 'finish', 'unigram_comparison', 'main', 'prepare', 'cli_train']
+           'evaluate', 'sample', 'train', 'unigram_comparison', 'main', 'prepare', 'cli_train']
 
 # %% ../nbs/05_train.ipynb #6e0ee51a
 DEFAULTS = parameters_of(stage_notebook('05_train'))   # the parameters cell below, read from this notebook
@@ -206,49 +206,9 @@ def train(**params) -> dict:
     try:
         job = setup_job(cfg)
         if job is None: return dict(run=cfg['run'], stopped='complete', losses=[], val_bpb=[])
-        step = job.start_step
-        while True:
-            last = step == job.total_steps
-            job.clock.start(); faults = minor_faults()
-            if due(cfg['eval_every'], step, job.start_step, last): evaluate(job, step)
-            if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
-            job.clock.mark('eval')
-            if last:
-                if job.last_ckpt != step: save_job(job, step)
-                break
-            lr_mult = O.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
-            loss, stop_asked = optimizer_step(job, step, lr_mult)
-            step += 1
-            check_loss(job, loss, step)
-            job.loop['tokens'] += cfg['total_batch']
-            if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
-                save_job(job, step)
-            job.clock.mark('ckpt')
-            t = job.clock.stop()
-            if job.stats.seen == 0:   # the first batch was fetched before the model was built
-                t['data'] += job.summary['t_first_batch']; t['step'] += job.summary['t_first_batch']
-            rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
-            job.metrics.write(**rec)
-            job.summary['losses'].append(loss)
-            if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
-            if stop_asked:
-                job.summary['stopped'] = 'signal'
-                print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
-                break
-        return finish(job, step)
+        return run_job(job, evaluate, sample)
     finally:
         close_job(job)
-
-def finish(job: Job, step: int) -> dict:
-    "The summary of a run that ended at `step`; plots (rank 0); every rank returns once rank 0's files are written."
-    s = job.summary
-    s['final_step'] = step
-    s['tok_per_s_avg'] = job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
-    s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
-    if job.is_main and job.cfg['plots']: s['plots'] = [str(p) for p in make_plots(job.run_dir)]
-    barrier()
-    job.progress.close()
-    return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data')}
 
 # %% ../nbs/05_train.ipynb #4b732a67
 def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None) -> dict:
