@@ -16,8 +16,9 @@ __all__ = ['COMMANDS', 'main']
 COMMANDS = {
     'data':      ('lmlit.sources:cli_data',       'fetch or convert documents into parquet shards'),
     'tokenizer': ('lmlit.tokenizer:cli_tokenizer', 'train a BPE tokenizer and write its compression table'),
-    'train':     ('lmlit.train:cli_train',         'pretrain: papermill on nbs/05_train.ipynb under torchrun'),
+    'train':     ('lmlit.train:cli_train',         'pretrain: papermill on the 05_train notebook under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
+    'sft':       ('lmlit.sft:cli_sft',             'supervised fine-tuning (-p stage mid: mid-training): papermill on the 09_sft notebook'),
 }
 
 def _usage() -> str:

@@ -338,7 +338,8 @@ def close_job(job: Job | None) -> None:
     "Restore signal handlers, stop the loaders' threads, close the metrics file, leave the process group (safe after a failure)."
     if job is not None:
         if job.stop is not None: job.stop.restore()
-        for loader in job.loaders.values(): loader.close()
+        for loader in job.loaders.values():
+            if hasattr(loader, 'close'): loader.close()   # pretraining's loaders run a prefetch thread
         if job.metrics is not None: job.metrics.close()
     dist_teardown()
 
