@@ -2,6 +2,7 @@
 
 Modules:
 
+- `lmlit.chat_eval`: CORE asks a base model to continue text. A chat model is asked questions and must answer them in a form a program can check: the letter of a choice, a number after `####`, a Python function that passes its tests, the count of a letter in a word. ChatCORE is the mean centered accuracy over those tasks, measured for each stage (base, SFT, RL) of a run.
 - `lmlit.core`: The ground every chapter stands on: which device and dtype to use, how a training job becomes several processes under `torchrun`, where downloads and runs live, and how a run folder records what produced it.
 - `lmlit.data`: Stream parquet shards, tokenize documents in threaded batches, pack them into rows that each start at a document, keep batches ready in a background thread, and remember exactly where we are so a resumed run sees the very batches it would have seen.
 - `lmlit.eval`: How good is a base model? Bits per byte on held-out text first — the number the training job watches — then the CORE suite of 22 tasks.
