@@ -18,6 +18,7 @@ COMMANDS = {
     'tokenizer': ('lmlit.tokenizer:cli_tokenizer', 'train a BPE tokenizer and write its compression table'),
     'train':     ('lmlit.train:cli_train',         'pretrain: papermill on nbs/05_train.ipynb under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
+    'chat-eval': ('lmlit.chat_eval:cli_chat_eval', 'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
 }
 
 def _usage() -> str:
