@@ -83,7 +83,11 @@ def test_cannot_connect_to_a_local_port():
 
 
 def test_reading_stdin_gets_end_of_file_at_once():
-    r = run_sandboxed("import sys\ndata = sys.stdin.read()\nprint(repr(data))\ninput()", timeout_s=5)
+    read_end, write_end = os.pipe()                 # the parent's stdin holds data: the program must not see it
+    os.write(write_end, b'parent input\n'); os.close(write_end)
+    saved = os.dup(0); os.dup2(read_end, 0); os.close(read_end)
+    try: r = run_sandboxed("import sys\ndata = sys.stdin.read()\nprint(repr(data))\ninput()", timeout_s=5)
+    finally: os.dup2(saved, 0); os.close(saved)
     assert r.stdout.strip() == "''" and 'EOFError' in r.stderr and r.seconds < 4, r
 
 
