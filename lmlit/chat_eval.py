@@ -557,9 +557,12 @@ def cli_chat_eval(argv=None, load=None) -> int:
     ap.add_argument('--samples', type=int, default=1, help='HumanEval samples per problem (pass@k with k = samples)')
     ap.add_argument('--batch-size', type=int, default=8, help='prompts per batch')
     ap.add_argument('--workers', type=int, default=4, help='HumanEval programs run at once in the sandbox')
+    ap.add_argument('--max-tokens', type=int, default=None, help='cap on every reply (default per task: GSM8K 512, HumanEval 256, spelling 64, letters 16)')
     ap.add_argument('--device', default='auto')
     a = ap.parse_args(argv)
     names = [t.strip() for t in a.tasks.split(',') if t.strip()] if a.tasks else None
+    if a.max_tokens is not None and a.max_tokens < 1: raise LmlitError(f"--max-tokens must be ≥ 1, got {a.max_tokens}")
+    budgets = {n: min(t.max_tokens, a.max_tokens) for n, t in CHAT_TASKS.items()} if a.max_tokens else None
     bad = [n for n in names or [] if n not in CHAT_TASKS]
     if bad: raise LmlitError(f"unknown chat-eval task(s) {', '.join(bad)}; known: {', '.join(CHAT_TASKS)}")
     if a.max_per_task is not None and a.max_per_task < 1: raise LmlitError(f"--max-per-task must be ≥ 1, got {a.max_per_task}")
@@ -571,7 +574,7 @@ def cli_chat_eval(argv=None, load=None) -> int:
     try:
         model, tok, meta = (load or load_stage)(run_dir, stage, info.device)
         res = run_chat_eval(model, tok, names, None, info.device, a.max_per_task, a.samples, a.batch_size, stage=stage,
-                            out_dir=stage_dir(run_dir, stage), workers=a.workers)
+                            out_dir=stage_dir(run_dir, stage), workers=a.workers, max_tokens=budgets)
         if info.is_main:
             update_provenance(stage_dir(run_dir, stage), chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))
             print(res.table()); print()
