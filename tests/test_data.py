@@ -255,3 +255,70 @@ def test_a_finished_loader_stays_finished(data):
         with pytest.raises(StopIteration): next(a)
         with pytest.raises(StopIteration): next(a)
         a.close()
+
+# ---- diverse batches: the requeue rule crops the oldest document, so a tail waits behind every other one ----
+@pytest.mark.timeout(60)
+def test_the_fast_packer_matches_the_reference_with_requeue():
+    from lmlit.data import pack_reference, DocBuffer, fill_row
+    rng = random.Random(1)
+    for row_len in (3, 17, 64):
+        docs = [[1000 + i] + [i] * rng.randrange(0, 90) for i in range(200)]
+        ref, ref_drop = pack_reference(docs, row_len, 120, requeue=True)
+        buf = DocBuffer()
+        for i, d in enumerate(docs): buf.add([i, 0], d)
+        flat = []
+        for _ in range(len(ref)): fill_row(buf, row_len, flat, True)
+        assert flat == [t for r in ref for t in r] and ref_drop == 0
+    rows3, _ = pack_reference(['Aaaaaaaaaaa', 'Bbbbbbbbbbb', 'Ccccccccccc'], 4, 4, requeue=True)
+    assert [''.join(r) for r in rows3] == ['Aaaa', 'Bbbb', 'Cccc', 'Aaaa']      # not 'Aaaa' three times over
+
+@pytest.mark.timeout(60)
+def test_distinct_documents_per_batch_are_counted_right(data):
+    "stats()'s per-batch document counts against a plain packer that carries each piece's document along."
+    ps = PackStream(data['train'], TOK, batch_size=4, seq_len=40, doc_batch=6, buffer_docs=15, shuffle=False, epochs=1, requeue=True)
+    got = [st for _, st in itertools.islice(ps.batches(), 30)]
+    stream = [((u, r), TOK.encode(t, prepend=TOK.bos_id)) for u in ps.order(0) for r, t in enumerate(ps.read_unit(u))]
+    buf, per_batch, R = [], [], 41
+    for _ in range(len(got)):
+        used = set()
+        for _ in range(4):
+            row = 0
+            while row < R:
+                if len(buf) < 15 and stream: buf += stream[:6]; stream = stream[6:]     # the stream's refill: before a row
+                if not buf: break
+                while row < R and buf:
+                    fits = [i for i, (_, d) in enumerate(buf) if len(d) <= R - row]
+                    i = max(fits, key=lambda i: (len(buf[i][1]), -i)) if fits else 0
+                    doc, d = buf.pop(i); used.add(doc)
+                    if len(d) > R - row: buf.append((doc, d[:1] + d[R - row:]))
+                    row += min(len(d), R - row)
+        per_batch.append(len(used))
+    assert [st['batch_docs'] for st in got] == per_batch
+    assert got[-1]['batch_docs_sum'] == sum(per_batch) and got[-1]['cropped'] == 0
+
+@pytest.mark.timeout(120)
+def test_batches_draw_on_many_documents_without_dropping_a_token():
+    "Issue 15's must-show: rows of 256 on the offline Shakespeare, 16 rows a batch: >= 0.9 x 16 documents a batch, 0 dropped."
+    from lmlit.sources import get_source, iter_texts
+    from lmlit.tokenizer import train_tokenizer
+    src = get_source('shakespeare')
+    tok = train_tokenizer(iter_texts(src.train_files, limit_chars=1_000_000), 4096)
+    with TokenLoader(src.train_files, tok, 16, 256, requeue=True, tokenizer_threads=2) as loader:
+        batches = rows(loader, 60)
+        st = loader.stats()
+    assert all((b[:, 0] == tok.bos_id).all() for b in batches)
+    assert st['cropped'] == 0 and st['placed'] == 60 * 16 * 257
+    assert st['docs_per_batch'] >= 0.9 * 16, st
+    assert st['docs_per_batch_last'] >= 0.9 * 16 and st['docs_per_batch_epoch'] >= 0.9 * 16
+
+@pytest.mark.timeout(60)
+def test_a_state_from_before_the_crop_rule_still_loads(data):
+    kw = dict(batch_size=2, seq_len=64, doc_batch=8, buffer_docs=16, requeue=True)
+    with TokenLoader(data['train'], TOK, **kw) as a:
+        rows(a, 3); sd = a.state_dict()
+    old = {k: v for k, v in sd.items() if k not in ('crop', 'batch_docs', 'batch_docs_sum', 'epoch_batches', 'epoch_batch_docs_sum')}
+    with TokenLoader(data['train'], TOK, **kw) as b:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always'); b.load_state_dict(old)
+        assert any("['crop']" in str(x.message) for x in w)         # an old requeue state cropped the shortest: not exact
+        assert b.stats()['docs_per_batch'] == 0.0 and next(b)[0].shape == (2, 64)

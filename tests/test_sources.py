@@ -206,3 +206,25 @@ def test_cli_data(capsys):
     assert str(get_source('shakespeare').dir) in out and 'n_train_shards' in out
     assert main(['data', '--source', 'nowhere']) == 2
     assert 'unknown source' in capsys.readouterr().err
+
+@pytest.mark.timeout(60)
+def test_local_documents_are_shuffled_across_shards(tmp_path, cache):
+    "Converted local files mix their works in every shard and row group (seeded), so row-group shuffling mixes works."
+    import inspect, argparse, calendar, fractions, textwrap
+    r = tmp_path/'works'; r.mkdir(); works = {}
+    for m in (argparse, calendar, fractions, textwrap):                 # four real texts; the last (sorted) is held out
+        (r/f"{m.__name__}.txt").write_text(inspect.getsource(m)); works[m.__name__] = split_documents(inspect.getsource(m), 300)
+    src = local_source(r, max_chars=300)
+    train = list(iter_texts(src.train_files))
+    assert sorted(train) == sorted(works['argparse'] + works['calendar'] + works['fractions'])
+    assert list(iter_texts(src.val_files)) == works['textwrap']
+    work_of = {d: w for w, ds in works.items() for d in ds}
+    order = [work_of[d] for d in train]
+    assert sum(a != b for a, b in zip(order, order[1:])) > len(order) // 3      # file order would switch twice
+    for f in src.train_files:
+        pf = pq.ParquetFile(f)
+        assert pf.num_row_groups >= 4
+        assert all(len({work_of[d] for d in pf.read_row_group(g).column('text').to_pylist()}) >= 2 for g in range(pf.num_row_groups))
+    other = tmp_path/'again'; other.mkdir()                            # the same files elsewhere: the same seeded order
+    for f in r.iterdir(): (other/f.name).write_text(f.read_text())
+    assert list(iter_texts(local_source(other, max_chars=300).train_files)) == train
