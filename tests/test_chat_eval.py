@@ -130,7 +130,7 @@ def test_cli_writes_the_stage_files_and_table(tmp_path, capsys):
     tok = _tok()
     run = tmp_path/'r'; (run/'sft').mkdir(parents=True)
     rc = cli_chat_eval(['--run', str(run), '--stage', 'sft', '--tasks', 'arc_easy', '--max-per-task', '5', '--device', 'cpu'],
-                       load=lambda d, s, dev: (Prefers(tok, 'B'), tok, dict(step=3)))
+                       load=lambda run, step, dev, stage: (Prefers(tok, 'B'), tok, dict(step=3, stage=stage)))
     out = capsys.readouterr().out
     assert rc == 0 and (run/'sft'/'eval'/'chat.json').exists() and (run/'sft'/'eval'/'chat.png').exists()
     assert 'ChatCORE (1/6 tasks; missing: arc_challenge, mmlu, gsm8k, humaneval, spelling)' in out and '| task | chance | sft |' in out
