@@ -477,7 +477,11 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
     while True:
         last = step == job.total_steps
         job.clock.start(); faults = minor_faults()
-        if due(cfg['eval_every'], step, job.start_step, last): evaluate(job, step)
+        # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
+        missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
+        if due(cfg['eval_every'], step, job.start_step, last) or missed:
+            evaluate(job, step)
+            job.loop['evaluated'] = step
         if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
         job.clock.mark('eval')
         if last:

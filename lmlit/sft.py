@@ -20,8 +20,8 @@ from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, dat
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'setup_sft',
-           'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'sft', 'cli_sft', 'main']
+__all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'check_seq_len',
+           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'sft', 'cli_sft', 'main']
 
 # %% ../nbs/09_sft.ipynb #0dc4b232
 DEFAULTS = parameters_of(stage_notebook('09_sft'))   # the parameters cell below
@@ -71,6 +71,12 @@ def horizon(cfg: dict, mixture, tok) -> int:
     tokens = sum(row['tokens'] for row in C.mixture_table(mixture, tok) if row['task'] != 'total')
     return max(1, math.ceil(tokens / cfg['total_batch']))
 
+def check_seq_len(cfg: dict, context: int) -> int:
+    "The row length SFT trains on: `seq_len`, or 0 for the model's context, never longer than it."
+    seq_len = cfg['seq_len'] or context
+    if seq_len > context: raise LmlitError(f"seq_len {seq_len} is longer than the model's context {context}; use seq_len ≤ {context} (0: the context)")
+    return seq_len
+
 # %% ../nbs/09_sft.ipynb #c1510586
 def setup_sft(cfg: dict) -> Job | None:
     "Everything before SFT's first step, checks first; None when the stage is already complete."
@@ -84,8 +90,7 @@ def setup_sft(cfg: dict) -> Job | None:
     start = load_checkpoint(init_dir, rank=0, map_location='cpu')
     mcfg = M.GPTConfig(**start['meta']['model_shape'])
     check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
-    seq_len = cfg['seq_len'] or mcfg.sequence_len
-    if seq_len > mcfg.sequence_len: raise LmlitError(f"seq_len {seq_len} is longer than the model's context {mcfg.sequence_len}")
+    seq_len = check_seq_len(cfg, mcfg.sequence_len)
     accum = grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, info.world_size)
     mixture = C.get_mixture(cfg['mixture'], 'train', cfg['seed'])
     total_steps = horizon(cfg, mixture, tok)
@@ -212,9 +217,9 @@ def cli_sft(argv=None) -> int:
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
-    init_checkpoint(cfg)
-    start = load_checkpoint(init_checkpoint(cfg)[1], rank=0)['meta']['model_shape']
-    grad_accum_steps(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'] or start['sequence_len'], args.nproc * nodes(args))
+    context = load_checkpoint(init_checkpoint(cfg)[1], rank=0)['meta']['model_shape']['sequence_len']
+    seq_len = check_seq_len(cfg, context)
+    grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, args.nproc * nodes(args))
     notebook = Path(args.notebook) if args.notebook else stage_notebook('09_sft')
     out = run_path(cfg['run'])/cfg['stage']
     if cfg['resume'] and not complete_checkpoints(out): raise LmlitError(f"resume=True but {out} has no complete checkpoint")
