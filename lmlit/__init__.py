@@ -4,6 +4,7 @@ Modules:
 
 - `lmlit.core`: The ground every chapter stands on: which device and dtype to use, how a training job becomes several processes under `torchrun`, where downloads and runs live, and how a run folder records what produced it.
 - `lmlit.data`: Stream parquet shards, tokenize documents in threaded batches, pack them into rows that each start at a document, keep batches ready in a background thread, and remember exactly where we are so a resumed run sees the very batches it would have seen.
+- `lmlit.engine`: Prefill several prompts at once, decode them together from a KV cache, sample each row with its own seed, run the calculator when the model asks for it, and stream text that never splits a character.
 - `lmlit.eval`: How good is a base model? Bits per byte on held-out text first — the number the training job watches — then the CORE suite of 22 tasks.
 - `lmlit.model`: A decoder-only transformer in nanochat's shape — RoPE, QK-norm, parameter-free RMSNorm, ReLU² MLP, untied embedding and head, logit softcap, grouped-query attention — with a KV cache, a sampler, and the parameter and FLOP counts a training report needs.
 - `lmlit.optim`: Muon orthogonalises each block matrix's momentum with five Newton–Schulz steps; AdamW handles the embedding and the head. One optimizer object does both, averages gradients across processes itself and shards its state ZeRO-2 style, with LR and momentum schedules.
