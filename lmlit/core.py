@@ -15,9 +15,10 @@ import importlib.metadata as _md
 
 # %% auto #0
 __all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'minor_faults', 'DistInfo',
-           'dist_env', 'dist_setup', 'dist_teardown', 'is_main_process', 'print0', 'seed_all', 'cache_dir', 'runs_dir',
-           'hf_endpoint', 'offline', 'run_name', 'make_run_dir', 'git_state', 'package_versions', 'device_info',
-           'provenance', 'write_json', 'write_provenance', 'update_provenance']
+           'dist_env', 'dist_setup', 'dist_teardown', 'rank_world', 'is_main_process', 'print0', 'interactive',
+           'progress', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline', 'run_name', 'make_run_dir',
+           'git_state', 'package_versions', 'device_info', 'provenance', 'write_json', 'write_provenance',
+           'update_provenance']
 
 # %% ../nbs/00_core.ipynb #7a7603bf
 import torch
@@ -103,14 +104,39 @@ def dist_teardown():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
+# %% ../nbs/00_core.ipynb #c38433bf
+def rank_world(joined: bool = False) -> tuple[int, int]:
+    """(rank, world_size): the initialised process group's, else torchrun's environment's, else (0, 1).
+    `joined=True` asks only the group: code about to run collectives must not trust the environment alone."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if joined: return 0, 1
+    rank, _, world = dist_env()
+    return rank, world
+
 # %% ../nbs/00_core.ipynb #b41f2171
 def is_main_process() -> bool:
     "True on rank 0 (and in a plain single process)."
-    return dist_env()[0] == 0
+    return rank_world()[0] == 0
 
 def print0(*args, **kwargs):
     "`print` on rank 0 only, flushed at once so logs of headless runs stay current."
     if is_main_process(): print(*args, **kwargs, flush=True)
+
+# %% ../nbs/00_core.ipynb #30a1e0d4
+def interactive() -> bool:
+    "True in a Jupyter frontend or when stderr is a terminal: where a progress bar can redraw itself."
+    if os.environ.get('LMLIT_HEADLESS'): return False
+    try:
+        shell = get_ipython()  # noqa: F821 (defined inside IPython)
+        if type(shell).__name__ == 'ZMQInteractiveShell' and getattr(shell, 'kernel', None) is not None: return True
+    except NameError: pass
+    return sys.stderr.isatty()
+
+def progress(iterable=None, enabled: bool = True, **kw):
+    "A tqdm bar (a widget in notebooks) where it can redraw itself, a disabled one elsewhere: no carriage returns in logs."
+    from tqdm.auto import tqdm   # tqdm.auto pulls in ipywidgets' machinery: imported only when a bar is asked for
+    return tqdm(iterable, disable=not (enabled and is_main_process() and interactive()), **kw)
 
 # %% ../nbs/00_core.ipynb #694b493a
 def seed_all(seed: int) -> None:

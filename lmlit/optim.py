@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import torch
 import torch.distributed as dist
+from .core import rank_world
 
 # %% auto #0
 __all__ = ['NS_COEFFS', 'NS_BAND', 'newton_schulz_reference', 'fast_bf16_matmul', 'newton_schulz', 'MuonAdamW', 'setup_optimizer',
@@ -93,10 +94,6 @@ def _muon_update(ps, g, buf, lr, momentum, wd, dtype=None):
         p.add_(oj.to(p.dtype), alpha=-lr * scale)
 
 # %% ../nbs/03_optim.ipynb #ea1c9bef
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 _reduce_scatter = getattr(dist, 'reduce_scatter_single', None) or getattr(dist, 'reduce_scatter_tensor', None)
 _all_gather = getattr(dist, 'all_gather_single', None) or getattr(dist, 'all_gather_into_tensor', None)
 
@@ -109,7 +106,7 @@ class MuonAdamW(torch.optim.Optimizer):
                  overlap: bool = True, buckets_per_shape: int = 4):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
-        self.rank, self.world = _world()
+        self.rank, self.world = rank_world(joined=True)
         dev = next(p.device for g in self.param_groups for p in g['params'])
         # Newton–Schulz precision, decided once: given, else bf16 where bf16 matmuls are fast on the parameters' device
         self.ns_dtype = ns_dtype or (torch.bfloat16 if fast_bf16_matmul(dev) else torch.float32)
@@ -292,7 +289,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_ratio: float = 0.0, warmdo
     warmup, warmdown = round(warmup_ratio * total_steps), round(warmdown_ratio * total_steps)
     if step < warmup: return (step + 1) / warmup
     if step <= total_steps - warmdown: return 1.0
-    frac = (total_steps - step) / warmdown
+    frac = min(max((total_steps - step) / warmdown, 0.0), 1.0)   # a step past the horizon stays at the floor, never below
     return frac + (1 - frac) * final_lr_frac
 
 def muon_momentum(step: int, start: float = 0.85, end: float = 0.95, ramp_steps: int = 300) -> float:
@@ -313,7 +310,7 @@ def set_muon_momentum(opt, m: float):
 def clip_grad_norm(model, max_norm: float) -> float:
     "Clip the (rank-averaged) gradients of `model` to global norm `max_norm`; return the norm before clipping."
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    _, W = _world()
+    _, W = rank_world(joined=True)
     if W > 1:
         for g in grads: dist.all_reduce(g, op=dist.ReduceOp.AVG)
     return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm).item()

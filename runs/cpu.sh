@@ -37,7 +37,7 @@ echo "== train";     lmlit train --run "$NAME" -p source shakespeare -p vocab_si
 echo "== val BPB vs unigram"
 python3 -m lmlit.train --compare-unigram "$RUNS/$NAME"
 echo "== where the time went"
-python3 -c "import sys; from lmlit.train import throughput_report; print(throughput_report(sys.argv[1]))" "$RUNS/$NAME"
+python3 -c "import sys; from lmlit.loop import throughput_report; print(throughput_report(sys.argv[1]))" "$RUNS/$NAME"
 
 echo "== eval: CORE tasks available offline, $EVAL_ITEMS items each (per-task table, diagnostics, chart in $RUNS/$NAME/eval/)"
 lmlit eval --run "$NAME" --max-per-task "$EVAL_ITEMS"

@@ -10,11 +10,11 @@ SMALL = ['-p', 'steps', '6', '-p', 'eval_every', '3', '-p', 'total_batch', '1024
 WHOLE_VAL = ['-p', 'eval_batches', '100000']   # every validation token, so 1 and 2 ranks score the same text
 
 def _losses(run_dir):
-    from lmlit.train import read_metrics
+    from lmlit.loop import read_metrics
     return [r['loss'] for r in read_metrics(Path(run_dir)/'metrics.jsonl')]
 
 def _bpb(run_dir):
-    from lmlit.train import read_metrics
+    from lmlit.loop import read_metrics
     return [r['val_bpb'] for r in read_metrics(Path(run_dir)/'metrics.jsonl', 'eval')]
 
 def _kernels_in(cwd) -> list[int]:

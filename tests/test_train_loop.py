@@ -14,7 +14,7 @@ def _run(tmp_path, *pairs, timeout=200, check=True):
     return r
 
 def _train(run_dir, kind='train'):
-    from lmlit.train import read_metrics
+    from lmlit.loop import read_metrics
     return read_metrics(Path(run_dir)/'metrics.jsonl', kind)
 
 BASE = [('steps', 10), ('checkpoint_every', 2), ('keep_last', 3), ('eval_every', 5), ('sample_every', 0), ('plots', False)]
@@ -36,14 +36,14 @@ def test_sigkill_then_resume_is_identical_and_skips_partial_checkpoints(tmp_path
         if done and done[-1]['step'] >= 5: break
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL); p.wait()
-    from lmlit.train import complete_checkpoints, save_checkpoint
+    from lmlit.checkpoint import complete_checkpoints, save_checkpoint
     steps_before = [s for s, _ in complete_checkpoints(rd)]
     killed_at = _train(rd)[-1]['step']
     assert killed_at < 10 and steps_before and steps_before[-1] >= 4, (killed_at, steps_before)
     # a checkpoint writer killed half-way: a child process dies right after writing its first file
     code = textwrap.dedent(f'''
         import os, torch
-        from lmlit.train import save_checkpoint
+        from lmlit.checkpoint import save_checkpoint
         _save = torch.save
         def dying_save(obj, f, *a, **k): _save(obj, f, *a, **k); os._exit(9)
         torch.save = dying_save
@@ -64,7 +64,7 @@ def test_sigkill_then_resume_is_identical_and_skips_partial_checkpoints(tmp_path
 
 @pytest.mark.timeout(120)
 def test_loader_sleep_shows_as_data_wait(tmp_path, run_root):
-    from lmlit.train import train, PARTS
+    from lmlit.train import train; from lmlit.loop import PARTS
     with pytest.warns(UserWarning, match='data wait is'):
         s = train(run='sleepy', steps=8, loader_delay_s=0.1, eval_every=4, sample_every=0, plots=False)
     recs = _train(run_root/'sleepy')
@@ -155,7 +155,7 @@ def test_bad_input_is_refused_before_any_step(tmp_path, run_root):
 def test_nonfinite_stops_with_last_good_checkpoint_kept(run_root, monkeypatch):
     from lmlit.core import LmlitError
     from lmlit import optim as O
-    from lmlit.train import train, complete_checkpoints
+    from lmlit.train import train; from lmlit.checkpoint import complete_checkpoints
     # test-side injection: from the 4th step on the learning rate is infinite, so the weights blow up
     monkeypatch.setattr(O, 'lr_multiplier', lambda step, *a, **k: 1.0 if step < 3 else float('inf'))
     with pytest.raises(LmlitError, match=r'(loss became nan|non-finite).*last good checkpoint \(step_3\) is kept'):
@@ -164,7 +164,7 @@ def test_nonfinite_stops_with_last_good_checkpoint_kept(run_root, monkeypatch):
 
 @pytest.mark.timeout(150)
 def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
-    from lmlit.train import complete_checkpoints
+    from lmlit.checkpoint import complete_checkpoints
     args = [PY, '-m', 'lmlit.train', '-p', 'run', 'term', '-p', 'steps', '200', '-p', 'loader_delay_s', '0.1',
             '-p', 'eval_every', '-1', '-p', 'sample_every', '0', '-p', 'plots', 'false']
     p = subprocess.Popen(args, cwd=tmp_path, env=child_env(LMLIT_RUNS=tmp_path/'runs'), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -189,7 +189,7 @@ def test_planner_covers_exact_tensor_peak_for_each_loss_path():
     from torch.distributed._tools.mem_tracker import MemTracker
     from lmlit.model import GPTConfig, build_model
     from lmlit.optim import setup_optimizer
-    from lmlit.train import plan_memory
+    from lmlit.memory import plan_memory
     cfg = GPTConfig.from_depth(2, vocab_size=4096, sequence_len=256, aspect_ratio=64, head_dim=64)
     x = torch.randint(0, 4096, (16, 256))
     res = {}
