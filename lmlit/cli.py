@@ -18,6 +18,8 @@ COMMANDS = {
     'tokenizer': ('lmlit.tokenizer:cli_tokenizer', 'train a BPE tokenizer and write its compression table'),
     'train':     ('lmlit.train:cli_train',         'pretrain: papermill on nbs/05_train.ipynb under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
+    'chat':      ('lmlit.chat:cli_chat',           'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
+    'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
 }
 
 def _usage() -> str:
