@@ -284,8 +284,7 @@ class Engine:
         elif row.expression is not None:
             row.expression.append(token)
             if len(row.expression) > MAX_EXPRESSION_TOKENS: row.expression = None
-        finish = 'length' if row.emitted >= request.max_tokens else None
-        return Delta(row.request, row.sample, token, finish=finish)
+        return Delta(row.request, row.sample, token)     # `generate` decides 'length', counting forced tokens too
 
     def generate(self, requests: list[Request], cache: RowCache | None = None):
         """Yield `Delta`s for every row until all end. With one request and `cache` (a batch-1 RowCache whose tokens are a
