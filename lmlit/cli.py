@@ -20,6 +20,8 @@ COMMANDS = {
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
     'sft':       ('lmlit.sft:cli_sft',             'supervised fine-tuning (-p stage mid: mid-training): papermill on the 09_sft notebook'),
     'chat-eval': ('lmlit.chat_eval:cli_chat_eval', 'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
+    'chat':      ('lmlit.chat:cli_chat',           'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
+    'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
 }
 
 def _usage() -> str:

@@ -1,0 +1,102 @@
+"""Engine speed: decode tokens/s with the KV cache against recomputing the whole sequence every token (256 new
+tokens), batched throughput at batch 1/4/16 against batch 1, and time to first token.
+
+    python bench/engine.py [--depth 4] [--width 256] [--vocab 4096] [--new 256] [--prompt 64] [--device cpu]
+
+Greedy decoding of a random-weight lmlit GPT (speed does not depend on what the weights learned). Prints markdown
+tables with ratios measured in this run; on CUDA it adds the memory bandwidth the cached decode reaches (weights + KV
+cache read once per step) as a share of the device's peak (--peak-gbs)."""
+import sys, time, argparse
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from lmlit.engine import Engine, Request, RowCache, forward_rows
+from lmlit.model import GPTConfig, build_model
+
+
+class _Tok:
+    "Just enough tokenizer for the engine: special ids outside the sampled range, so no row stops early."
+    def __init__(self, vocab): self.special_tokens, self.bos_id = {}, vocab - 1
+    def encode_special(self, name): return self.bos_id
+    def decode(self, ids): return ''
+    def encode(self, text): return []
+
+
+def sync(device):
+    if device.startswith('cuda'): torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def recompute_decode(model, prompt, new):
+    "The plain reference: a full forward over the whole sequence for every new token."
+    seq = list(prompt)
+    for _ in range(new):
+        logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0, -1]
+        seq.append(int(logits[:-1].argmax()))
+    return seq[len(prompt):]
+
+
+def engine_decode(engine, prompts, new):
+    reqs = [Request(p, max_tokens=new, temperature=0) for p in prompts]
+    t0 = time.perf_counter()
+    first = None
+    count = 0
+    for d in engine.generate(reqs):
+        if first is None:
+            sync(engine.model.lm_head.weight.device.type)
+            first = time.perf_counter() - t0
+        count += 1
+    sync(engine.model.lm_head.weight.device.type)
+    return count, time.perf_counter() - t0, first
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--depth', type=int, default=4)
+    ap.add_argument('--width', type=int, default=256)
+    ap.add_argument('--vocab', type=int, default=4096)
+    ap.add_argument('--new', type=int, default=256)
+    ap.add_argument('--prompt', type=int, default=64)
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--reps', type=int, default=3)
+    ap.add_argument('--peak-gbs', type=float, default=4800.0, help='device memory bandwidth peak, GB/s (H200: 4800)')
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    config = GPTConfig(sequence_len=a.prompt + a.new, vocab_size=a.vocab, n_layer=a.depth, n_head=a.width // 64,
+                       n_kv_head=a.width // 64, n_embd=a.width)
+    model = build_model(config, a.device).eval()
+    for p in model.parameters(): torch.nn.init.normal_(p, std=0.02)
+    engine = Engine(model, _Tok(a.vocab))
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, a.vocab - 1, (a.prompt,), generator=gen).tolist()
+    print(f"model: depth {a.depth}, width {a.width}, vocab {a.vocab}, {sum(p.numel() for p in model.parameters()):,} params; "
+          f"prompt {a.prompt}, {a.new} new tokens, greedy; device {a.device}; threads {torch.get_num_threads()}")
+
+    engine_decode(engine, [prompt], 8)                       # warm up
+    cached = min(engine_decode(engine, [prompt], a.new)[1] for _ in range(a.reps))
+    t0 = time.perf_counter(); ref = recompute_decode(model, prompt, a.new); sync(a.device); recompute = time.perf_counter() - t0
+    same = [d.token for d in engine.generate([Request(prompt, max_tokens=a.new, temperature=0)])]
+    agree = sum(x == y for x, y in zip(same, ref))
+    print(f"\n| decode, batch 1, {a.new} new tokens | tok/s | ratio |\n|---|---:|---:|")
+    print(f"| full recompute each token (GPT.forward) | {a.new / recompute:,.1f} | 1.00 |")
+    print(f"| KV cache (Engine) | {a.new / cached:,.1f} | {recompute / cached:.1f} |")
+    print(f"(greedy tokens equal in {agree}/{a.new} positions)")
+
+    print(f"\n| batch | tok/s (all rows) | vs batch 1 | time to first token, ms |\n|---:|---:|---:|---:|")
+    base = None
+    for b in (1, 4, 16):
+        prompts = [torch.randint(0, a.vocab - 1, (a.prompt - (i % 8),), generator=gen).tolist() for i in range(b)]
+        runs = [engine_decode(engine, prompts, a.new) for _ in range(a.reps)]
+        count, secs, first = min(runs, key=lambda r: r[1])
+        rate = count / secs
+        base = base or rate
+        print(f"| {b} | {rate:,.1f} | {rate / base:.2f} | {min(r[2] for r in runs) * 1e3:.1f} |")
+
+    if a.device.startswith('cuda'):
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        kv = 2 * config.n_layer * (a.prompt + a.new / 2) * config.n_kv_head * config.head_dim * 4
+        gbs = (weights + kv) * a.new / cached / 1e9
+        print(f"\ncached decode, batch 1: {gbs:,.1f} GB/s of weights + KV read per step = {gbs / a.peak_gbs:.1%} of {a.peak_gbs:,.0f} GB/s")
+
+
+if __name__ == '__main__': main()

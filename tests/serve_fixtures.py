@@ -1,0 +1,47 @@
+"A scripted engine and a live `lmlit serve` app on loopback, shared by test_serve and test_browser."
+import threading, time
+import torch
+import uvicorn
+from conftest import free_port
+from lmlit.engine import Engine, ScriptedModel, scripted_step
+from lmlit.serve import make_app, Limits
+from lmlit.tokenizer import get_tokenizer
+
+HOSTILE = " said <script>window.pwned=1</script> and <img src=x onerror=\"window.pwned=2\"> and **bold** `code`."
+
+def scripted_engine(delay_s: float = 0.0):
+    "Replies 'Alpha'/'Beta'/'Gamma' (sampled: regenerating changes it) then HOSTILE, then <|assistant_end|>."
+    tok = get_tokenizer('shakespeare', vocab_size=512, max_chars=200_000)
+    S = tok.encode_special
+    firsts = [tok.encode(w)[0] for w in ("Alpha", "Beta", "Gamma")]
+    rest = tok.encode(HOSTILE) + [S('<|assistant_end|>')]
+    def script(tokens):
+        if delay_s: time.sleep(delay_s)
+        k = len(tokens) - tokens[::-1].index(S('<|assistant_start|>'))
+        said = tokens[k:]
+        logits = torch.full((tok.vocab_size,), -30.0)
+        if not said:
+            logits[firsts] = 5.0
+            logits[firsts[0]] = 5.1          # greedy picks the first
+        else: logits[rest[min(len(said) - 1, len(rest) - 1)]] = 30.0
+        return logits
+    model = ScriptedModel(script, tok.vocab_size, sequence_len=512)
+    return Engine(model, tok, step=scripted_step), model, tok
+
+class LiveServer:
+    "uvicorn serving `app` in a thread on a free loopback port."
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=self.port, log_level='warning'))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline: raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
