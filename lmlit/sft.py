@@ -18,6 +18,7 @@ from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoin
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
                         read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
+from .engine import Engine, Request
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'check_seq_len',
@@ -178,14 +179,12 @@ SAMPLE_CHATS = ["Hello! Who are you?", "What is 12 + 30?", "How many letters r a
                 "Question: Which gas do plants take in from the air?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\nAnswer with the letter of the correct choice."]
 
 def chat_reply(model, tok, question: str, max_tokens: int, seed: int = 42) -> str:
-    "The model's reply to one user message (sampled until <|assistant_end|> or `max_tokens`)."
-    ids = tok.render_for_completion([dict(role='user', content=question)])
-    end = tok.encode_special('<|assistant_end|>')
-    out = []
-    for t in model.generate(ids, max_tokens=max_tokens, temperature=0.7, top_k=50, seed=seed):
-        if t == end: break
-        out.append(t)
-    return tok.decode(out)
+    "The model's reply to one user message through the inference engine (07_engine): sampled, calculator on, until <|assistant_end|>."
+    engine = Engine(model, tok)
+    prompt = tok.render_for_completion([dict(role='user', content=question)])
+    request = Request(prompt, max_tokens=min(max_tokens, engine.context - len(prompt)), temperature=0.7, top_k=50, seed=seed)
+    with torch.no_grad(): tokens = [d.token for d in engine.generate([request]) if d.token is not None and d.finish != 'stop']
+    return tok.decode(tokens)
 
 def sample(job: Job, step: int, questions=SAMPLE_CHATS) -> list[str]:
     "Replies to a few fixed questions at `step`, appended to samples.md (rank 0)."
