@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU recipe, end to end on a laptop-class CPU (<= 20 min on 2 cores):
-# offline Shakespeare -> BPE tokenizer -> a small base model -> val BPB vs the unigram baseline -> samples -> plots.
+# offline Shakespeare -> BPE tokenizer -> a small base model -> val BPB vs the unigram baseline -> CORE -> SFT on the offline
+# conversation mixture -> chat eval of base and SFT side by side -> a one-shot chat answer.
 #   bash runs/cpu.sh [NAME]            the recipe (run folder runs/NAME, default cpu-<date>-<time>)
 #   LMLIT_SMOKE=1 bash runs/cpu.sh X   every stage smoke-sized (~3 min; what CI runs)
 set -euo pipefail
@@ -16,16 +17,21 @@ RUNS=${LMLIT_RUNS:-runs}
 START=$(date +%s)
 
 if [ -n "${LMLIT_SMOKE:-}" ]; then
-  VOCAB=1024; COMPARE=''; EVAL_ITEMS=4
+  VOCAB=1024; COMPARE=''; EVAL_ITEMS=4; CHAT_ITEMS=4
   TRAIN=(-p depth 2 -p aspect_ratio 32 -p head_dim 32 -p seq_len 128 -p device_batch 4 -p total_batch 1024
          -p steps 30 -p eval_every 15 -p eval_batches 4 -p sample_every 15 -p sample_tokens 32 -p checkpoint_every 15)
+  SFT=(-p device_batch 4 -p total_batch 1024 -p steps 10 -p eval_every 5 -p eval_batches 2 -p sample_every -1 -p checkpoint_every 5)
 else
   # 1.4M parameters (d=128, 2 blocks, 4096-token vocabulary: most of them embeddings); 300 steps x 4096 tokens = 1.2M tokens (~0.9 epoch)
-  VOCAB=4096; COMPARE='1024,2048,8192'; EVAL_ITEMS=50
+  VOCAB=4096; COMPARE='1024,2048,8192'; EVAL_ITEMS=50; CHAT_ITEMS=25
   TRAIN=(-p depth 2 -p aspect_ratio 64 -p head_dim 64 -p seq_len 256 -p device_batch 16 -p total_batch 4096
          -p steps 300 -p warmdown_ratio 0.3 -p eval_every 100 -p eval_batches 14 -p sample_every 100 -p sample_tokens 64
          -p checkpoint_every 100)
+  # SFT: 160 steps x 4096 tokens = 0.66M tokens, a quarter of an epoch of the offline mixture (2.6M tokens)
+  SFT=(-p device_batch 16 -p total_batch 4096 -p steps 160 -p eval_every 40 -p eval_batches 4 -p sample_every -1
+       -p sample_tokens 48 -p checkpoint_every 80)
 fi
+CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,humaneval,spelling
 
 if [ -e "$RUNS/$NAME" ]; then      # never overwrite a run: its checkpoints may be all someone has
   echo "runs/cpu.sh: $RUNS/$NAME already exists; pass another name (bash runs/cpu.sh NEWNAME) or move it away" >&2
@@ -42,6 +48,17 @@ python3 -c "import sys; from lmlit.loop import throughput_report; print(throughp
 echo "== eval: CORE tasks available offline, $EVAL_ITEMS items each (per-task table, diagnostics, chart in $RUNS/$NAME/eval/)"
 lmlit eval --run "$NAME" --max-per-task "$EVAL_ITEMS"
 
+echo "== SFT on the offline conversation mixture (runs/$NAME/sft/: held-out loss per task before and after)"
+lmlit sft --run "$NAME" "${SFT[@]}"
+python3 -c "import sys; from lmlit.sft import held_out_table; print(held_out_table(sys.argv[1]))" "$RUNS/$NAME/sft"
+
+echo "== chat eval: base, then SFT ($CHAT_ITEMS items per task; the second table shows both stages)"
+lmlit chat-eval --run "$NAME" --stage base --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
+lmlit chat-eval --run "$NAME" --stage sft --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
+
+echo "== chat: one question to the SFT model"
+lmlit chat --run "$NAME" -p "What is 12 + 30?" --max-tokens 32 --temperature 0
+
 echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
 echo "== plots";     ls "$RUNS/$NAME/plots/"
-echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/)"
+echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, eval/chat.md)"
