@@ -18,6 +18,7 @@ COMMANDS = {
     'tokenizer': ('lmlit.tokenizer:cli_tokenizer', 'train a BPE tokenizer and write its compression table'),
     'train':     ('lmlit.train:cli_train',         'pretrain: papermill on nbs/05_train.ipynb under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
+    'report':    ('lmlit.report:cli_report',       'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
 }
 
 def _usage() -> str:
