@@ -22,6 +22,7 @@ COMMANDS = {
     'chat-eval': ('lmlit.chat_eval:cli_chat_eval', 'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
     'chat':      ('lmlit.chat:cli_chat',           'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
     'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
+    'report':    ('lmlit.report:cli_report',       'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
 }
 
 def _usage() -> str:
