@@ -16,13 +16,14 @@ import torch.distributed as dist
 from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
 from . import optim as O
 from .checkpoint import save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat
+from .report import write_record
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs',
            'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock',
            'data_wait_warning', 'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due',
            'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype',
-           'data_stats', 'step_record', 'make_plots', 'throughput_report', 'run_job', 'finish']
+           'data_stats', 'step_record', 'make_plots', 'throughput_report', 'run_job', 'finish', 'write_stage_record']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -515,6 +516,21 @@ def finish(job: Job, step: int) -> dict:
     s['tok_per_s_avg'] = job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
     s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
     if job.is_main and job.cfg.get('plots', True): s['plots'] = [str(p) for p in make_plots(job.run_dir)]
+    if job.is_main: write_stage_record(job, step)
     if dist.is_available() and dist.is_initialized(): dist.barrier()
     if job.progress is not None: job.progress.close()
     return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data', 'counts')}
+
+def write_stage_record(job: Job, step: int) -> None:
+    "The stage's record of its figures (`12_report` renders the run report from these), written when the loop ends."
+    s = job.summary
+    evals = job.summary.get('val_bpb') or []
+    write_record(job.run_dir, job.meta.get('stage', 'base'), status='stopped' if s.get('stopped') == 'signal' else 'complete',
+                 started=time.time() - (time.perf_counter() - job.t_start), ended=time.time(),
+                 steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'], train_seconds=job.loop['train_time'],
+                 params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None, world_size=job.world,
+                 device=str(job.device), planned_peak_gb=job.plan['total'] / 2**30 if job.plan else None,
+                 measured_peak_gb=s['measured_peak_bytes'] / 2**30 if s.get('measured_peak_bytes') else None,
+                 final_loss=(s.get('losses') or [None])[-1], val_bpb=evals[-1][1] if evals else None,
+                 started_from=job.meta.get('init'), resumed_at=[job.start_step] if job.start_step else [],
+                 stop_reason='signal' if s.get('stopped') == 'signal' else None)

@@ -22,7 +22,8 @@ from .engine import Engine, Request
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'check_seq_len',
-           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'sft', 'cli_sft', 'main']
+           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'held_out_table', 'sft',
+           'cli_sft', 'main']
 
 # %% ../nbs/09_sft.ipynb #0dc4b232
 DEFAULTS = parameters_of(stage_notebook('09_sft'))   # the parameters cell below
@@ -195,6 +196,17 @@ def sample(job: Job, step: int, questions=SAMPLE_CHATS) -> list[str]:
     with open(job.run_dir/'samples.md', 'a') as f: f.write('\n'.join(lines) + '\n\n')
     print0('\n'.join(lines))
     return lines
+
+# %% ../nbs/09_sft.ipynb #34017454
+def held_out_table(stage_folder) -> str:
+    "A markdown table: per task, held-out loss before SFT (step 0), after (the last evaluation), and the change."
+    evals = [r for r in read_metrics(Path(stage_folder)/'metrics.jsonl', 'eval') if r.get('val_loss_tasks')]
+    if len(evals) < 2: return 'fewer than two evaluations recorded: nothing to compare'
+    first, last = evals[0], evals[-1]
+    rows = [f"| {name} | {b:.3f} | {last['val_loss_tasks'].get(name) or float('nan'):.3f} | {(last['val_loss_tasks'].get(name) or float('nan')) - b:+.3f} |"
+            for name, b in first['val_loss_tasks'].items() if b is not None]
+    head = f"| task | step {first['step']} | step {last['step']} | change |\n|---|---:|---:|---:|"
+    return head + '\n' + '\n'.join(rows) + f"\n| **mean** | {first['val_loss']:.3f} | {last['val_loss']:.3f} | {last['val_loss'] - first['val_loss']:+.3f} |"
 
 # %% ../nbs/09_sft.ipynb #8027a88c
 def sft(**params) -> dict:

@@ -60,5 +60,6 @@ echo "== chat: one question to the SFT model"
 lmlit chat --run "$NAME" -p "What is 12 + 30?" --max-tokens 32 --temperature 0
 
 echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
+echo "== report";    lmlit report --run "$NAME"
 echo "== plots";     ls "$RUNS/$NAME/plots/"
-echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, eval/chat.md)"
+echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, eval/chat.md, report.md)"
