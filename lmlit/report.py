@@ -127,7 +127,7 @@ def load_run(stage_dir, name: str | None = None, records: dict | None = None) ->
     if records is None: records = (_read_json(d/RECORD_FILE) or {}).get('stages', {})
     return Run(name=name or d.name, dir=d, config=_read_json(d/'config.json') or {}, provenance=_read_json(d/'provenance.json') or {},
                meta=[r for r in lines if r.get('kind') == 'meta'], train=_newest_per_step(lines, 'train'),
-               evals=_newest_per_step([r for r in lines if r.get('kind') == 'eval' and 'val_bpb' in r], 'eval'),
+               evals=_newest_per_step([r for r in lines if r.get('kind') == 'eval' and ('val_bpb' in r or 'val_loss' in r)], 'eval'),   # BPB: base; held-out loss: SFT
                records=records or {}, core=core, core_steps=core_steps, notebook=nb)
 
 # %% ../nbs/12_report.ipynb #b1825e19
@@ -342,7 +342,7 @@ def training_table(run: Run, stage: str) -> dict | None:
     tps_step = run.config.get('total_batch') or (run.train[1]['tokens'] - run.train[0]['tokens'] if len(run.train) > 1 else None)
     losses = [(r['step'], r['loss']) for r in run.train if isinstance(r.get('loss'), (int, float)) and math.isfinite(r['loss'])]
     best = min(losses, key=lambda x: x[1]) if losses else (None, None)
-    bpbs = [(e['step'], e['val_bpb']) for e in run.evals]
+    bpbs = [(e['step'], e['val_bpb']) for e in run.evals if 'val_bpb' in e]
     best_bpb = min(bpbs, key=lambda x: x[1]) if bpbs else (None, None)
     cores = core_over_steps(run)
     best_core = max(cores, key=lambda x: x['core']) if cores else None
@@ -418,7 +418,8 @@ TEXT = dict(
         throughput_drop="{stage}: throughput fell in steps {first_step}–{last_step}: {tok_per_s:,.0f} tok/s vs {ref_tok_per_s:,.0f} in the "
                         "faster half of the run ({drop:.0%} lower). Cause: **{cause_name}**. {why}",
         why_part="Per step, {cause_name} grew {before:.3f} → {after:.3f} s (+{grow:.3f} s, {share:.0%} of the step's growth of {total:+.3f} s).",
-        why_eval=" Evals ran after {evals} of these {steps} steps (elsewhere about {ref_rate:.2f} per step): a denser eval cadence.",
+        why_eval=" Evals ran after {evals} of these {steps} steps (elsewhere about {ref_rate:.2f} per step): {verdict}.",
+        eval_denser="a denser eval cadence", eval_regular="the regular evaluation (eval_every) falls in this window; evaluate less often or on fewer batches to shrink it",
         why_machine="Every sizeable part slowed together ({ratios}); nothing in the job changed — the machine got slower "
                     "(throttling, another job on the same devices, a slower node).",
         throughput_ok="{stage}: no window's throughput fell more than {threshold:.0%} below the faster half of the run.",
@@ -447,7 +448,8 @@ TEXT = dict(
         throughput_drop="{stage}：第 {first_step}–{last_step} 步吞吐量下降：{tok_per_s:,.0f} tok/s，而较快的一半窗口为 {ref_tok_per_s:,.0f}"
                         "（低 {drop:.0%}）。原因：**{cause_name}**。{why}",
         why_part="每步中 {cause_name} 由 {before:.3f} 增至 {after:.3f} 秒（+{grow:.3f} 秒，占每步增长 {total:+.3f} 秒的 {share:.0%}）。",
-        why_eval="这 {steps} 步中有 {evals} 步之后运行了评测（其他窗口约每步 {ref_rate:.2f} 次）：评测频率变密。",
+        why_eval="这 {steps} 步中有 {evals} 步之后运行了评测（其他窗口约每步 {ref_rate:.2f} 次）：{verdict}。",
+        eval_denser="评测频率变密", eval_regular="常规评测（eval_every）落在此窗口内；降低评测频率或减少评测批次可缩小它",
         why_machine="所有主要部分一起变慢（{ratios}）；训练任务本身没有变化——是机器变慢了（降频、同一设备上的其他任务、较慢的节点）。",
         throughput_ok="{stage}：没有任何窗口的吞吐量比较快的一半低 {threshold:.0%} 以上。",
         negative_centered="{task}：准确率 {accuracy:.1%} 低于基线 {baseline:.0%}（{baseline_why}），因此 centered = "
@@ -500,7 +502,10 @@ def _throughput_problems(stage, table) -> list[dict]:
             else:
                 why = TEXT[lang]['why_part'].format(cause_name=names[c], before=d['ref_parts'][c], after=d['parts'][c], grow=d['growth'][c],
                                                     share=d['cause_share'] or 0, total=d['parts']['step'] - d['ref_parts']['step'])
-                if c == 'eval': why += TEXT[lang]['why_eval'].format(evals=d['evals'], steps=d['steps'], ref_rate=d['ref_evals_per_step'])
+                if c == 'eval':
+                    denser = d['ref_evals_per_step'] > 0 and d['evals'] / d['steps'] > 1.5 * d['ref_evals_per_step']
+                    verdict = TEXT[lang]['eval_denser' if denser else 'eval_regular']
+                    why += TEXT[lang]['why_eval'].format(evals=d['evals'], steps=d['steps'], ref_rate=d['ref_evals_per_step'], verdict=verdict)
             texts[lang] = TEXT[lang]['throughput_drop'].format(stage=stage, cause_name=names[c], why=why, **{k: f[k] for k in
                                                                ('first_step', 'last_step', 'tok_per_s', 'ref_tok_per_s', 'drop')})
         out.append(dict(code='throughput_drop', severity='problem', stage=stage, figures=_jsonable(f), text_key='throughput_drop',
