@@ -22,8 +22,8 @@ from .engine import Engine, Request
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'check_seq_len',
-           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'held_out_table', 'sft',
-           'cli_sft', 'main']
+           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'held_out_table',
+           'tool_use', 'sft', 'cli_sft', 'main']
 
 # %% ../nbs/09_sft.ipynb #0dc4b232
 DEFAULTS = parameters_of(stage_notebook('09_sft'))   # the parameters cell below
@@ -207,6 +207,24 @@ def held_out_table(stage_folder) -> str:
             for name, b in first['val_loss_tasks'].items() if b is not None]
     head = f"| task | step {first['step']} | step {last['step']} | change |\n|---|---:|---:|---:|"
     return head + '\n' + '\n'.join(rows) + f"\n| **mean** | {first['val_loss']:.3f} | {last['val_loss']:.3f} | {last['val_loss'] - first['val_loss']:+.3f} |"
+
+# %% ../nbs/09_sft.ipynb #c2a9c987
+def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
+    "On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are right (± s.e.)."
+    from lmlit.chat_eval import extract_answer   # the GSM8K answer rule (11_chat_eval), imported where it is used
+    engine = Engine(model, tok)
+    python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
+    problems = C.get_task('arithmetic')['test'][:n]
+    calls = right = 0
+    for conv in problems:
+        prompt = tok.render_for_completion(conv[:1])
+        request = Request(prompt, max_tokens=min(max_tokens, engine.context - len(prompt)), temperature=0.0)
+        with torch.no_grad(): tokens = [d.token for d in engine.generate([request]) if d.token is not None]
+        calls += python_start in tokens and tokens[-1:] == [end]
+        gold = conv[1]['content'][-1]['text'].rsplit('####', 1)[1].strip()
+        right += extract_answer(tok.decode([t for t in tokens if t != end])) == extract_answer('#### ' + gold)
+    se = lambda k: math.sqrt(max(k / n * (1 - k / n), 1e-12) / n)
+    return dict(n=n, tool_call_and_end=calls / n, tool_se=se(calls), correct=right / n, correct_se=se(right))
 
 # %% ../nbs/09_sft.ipynb #8027a88c
 def sft(**params) -> dict:

@@ -51,6 +51,15 @@ lmlit eval --run "$NAME" --max-per-task "$EVAL_ITEMS"
 echo "== SFT on the offline conversation mixture (runs/$NAME/sft/: held-out loss per task before and after)"
 lmlit sft --run "$NAME" "${SFT[@]}"
 python3 -c "import sys; from lmlit.sft import held_out_table; print(held_out_table(sys.argv[1]))" "$RUNS/$NAME/sft"
+python3 - "$RUNS/$NAME" "$CHAT_ITEMS" <<'PY'
+import sys
+from lmlit.checkpoint import load_model
+from lmlit.sft import tool_use
+for stage in ('base', 'sft'):   # held-out arithmetic: does the model call the calculator and end its turn?
+    model, tok, _ = load_model(sys.argv[1], stage=stage)
+    r = tool_use(model, tok, n=4 * int(sys.argv[2]))
+    print(f"{stage}: calls the tool and ends its turn on {r['tool_call_and_end']:.0%} ± {r['tool_se']:.0%} of {r['n']} held-out arithmetic problems; right answer {r['correct']:.0%} ± {r['correct_se']:.0%}")
+PY
 
 echo "== chat eval: base, then SFT ($CHAT_ITEMS items per task; the second table shows both stages)"
 lmlit chat-eval --run "$NAME" --stage base --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
