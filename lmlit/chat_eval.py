@@ -234,9 +234,10 @@ def model_generator(model, tokenizer, top_k: int | None = 50, batch: bool = True
 # %% ../nbs/11_chat_eval.ipynb #bb1bf476
 def engine_generator(model, tokenizer, top_k: int | None = 50):
     "A `generate(prompts, max_tokens, temperature, seed)` on lmlit's batched engine, with the calculator tool."
-    engine = Engine(model, tokenizer)
-    model.eval()
+    engines = []   # built on the first generation: categorical tasks never need one (and may score a model that is not a GPT)
     def generate(prompts, max_tokens, temperature=0.0, seed=0):
+        if not engines: model.eval(); engines.append(Engine(model, tokenizer))
+        engine = engines[0]
         groups = {}
         for j, p in enumerate(prompts): groups.setdefault(tuple(p), []).append(j)
         requests, where = [], []
