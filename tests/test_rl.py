@@ -1,0 +1,117 @@
+"The RL job: the policy-gradient sign; 2 ranks match 1 rank on the same sampled batch; SIGKILL mid-RL then resume gives the identical loss sequence; bad input."
+import os, sys, time, shutil, signal, subprocess
+from pathlib import Path
+import pytest
+from conftest import child_env
+
+PY = sys.executable
+LMLIT = [PY, '-c', 'import sys; from lmlit.cli import main; sys.exit(main())']
+# a reward with signal even for a smoke model (which never gets an arithmetic answer right): odd-length replies pay
+REWARDS = '''
+def odd_length(question, reply, answer): return float(len(reply) % 2)
+def broken(question, reply, answer): raise ValueError("verifier offline")
+def wordy(question, reply, answer): return "yes"
+'''
+SMALL = ['-p', 'max_new_tokens', '24', '-p', 'eval_problems', '4', '-p', 'plots', 'false']
+
+@pytest.fixture(scope='module')
+def sft_run(tmp_path_factory):
+    "A smoke base model and a short SFT on it, trained once for this module; and a folder holding the test rewards."
+    root = tmp_path_factory.mktemp('rlbase')
+    env = child_env(LMLIT_RUNS=root/'runs')
+    r = subprocess.run([PY, '-m', 'lmlit.train', '-p', 'run', 'base', '-p', 'steps', '6', '-p', 'eval_every', '-1', '-p', 'sample_every', '0',
+                        '-p', 'plots', 'false'], cwd=root, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([PY, '-m', 'lmlit.sft', '-p', 'run', 'base', '-p', 'steps', '2', '-p', 'eval_every', '-1', '-p', 'sample_every', '0',
+                        '-p', 'plots', 'false'], cwd=root, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (root/'plug').mkdir()
+    (root/'plug'/'rl_test_rewards.py').write_text(REWARDS)
+    return root
+
+def _copy(sft_run, tmp_path, name):
+    runs = tmp_path/'runs'; runs.mkdir(exist_ok=True)
+    shutil.copytree(sft_run/'runs'/'base', runs/name, ignore=shutil.ignore_patterns('rl'))
+    return runs/name
+
+def _env(sft_run, tmp_path):
+    return child_env(LMLIT_RUNS=tmp_path/'runs', PYTHONPATH=os.pathsep.join([str(sft_run/'plug'), os.environ.get('PYTHONPATH', '')]))
+
+def _records(folder, kind='train', key='loss'):
+    from lmlit.loop import read_metrics
+    return [r[key] for r in read_metrics(Path(folder)/'metrics.jsonl', kind)]
+
+@pytest.mark.timeout(60)
+def test_policy_gradient_sign():
+    "A reward paying for one token raises its probability; the negated reward lowers it (tiny GPT, pg_loss + the optimizer)."
+    from lmlit.rl import toy_pg_run
+    before, up = toy_pg_run(+1.0)
+    _, down = toy_pg_run(-1.0)
+    print(f"\np(target): before {before:.4f}, rewarded {up:.4f}, penalised {down:.4f}")
+    assert up > before + 0.1 and down < before / 2, (before, up, down)
+
+@pytest.mark.timeout(300)
+def test_two_ranks_match_one_rank(sft_run, tmp_path):
+    one, two = _copy(sft_run, tmp_path, 'one'), _copy(sft_run, tmp_path, 'two')
+    env = _env(sft_run, tmp_path)
+    args = ['-p', 'steps', '2', '-p', 'eval_every', '-1', '-p', 'prompts', '2', '-p', 'device_prompts', '1',
+            '-p', 'reward', 'rl_test_rewards:odd_length', *SMALL]
+    r1 = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'one', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = subprocess.run([*LMLIT, 'rl', '--nproc', '2', '--run', 'two', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=250)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    for r in (0, 1): assert (two/'rl'/'notebooks'/f'10_rl.rank{r}.ipynb').exists()
+    l1, l2 = _records(one/'rl'), _records(two/'rl')
+    rw1, rw2 = _records(one/'rl', 'rl', 'reward'), _records(two/'rl', 'rl', 'reward')
+    n1, n2 = _records(one/'rl', 'rl', 'sampled_tokens'), _records(two/'rl', 'rl', 'sampled_tokens')
+    print(f"\n1 rank {l1} rewards {rw1} tokens {n1}\n2 ranks {l2} rewards {rw2} tokens {n2}")
+    # step 1: the same weights on every rank, the same seeds per problem -> the same sampled batch, split 2 micro-batches
+    # on 1 rank or 1 micro-batch on each of 2 ranks; only the order of float sums differs
+    assert rw1[0] == rw2[0] and n1[0] == n2[0], (rw1, rw2, n1, n2)
+    assert l1[0] != 0.0
+    assert abs(l1[0] - l2[0]) < 1e-5, (l1, l2)
+
+@pytest.mark.timeout(300)
+def test_sigkill_then_resume_gives_the_same_losses(sft_run, tmp_path):
+    ref, killed = _copy(sft_run, tmp_path, 'ref'), _copy(sft_run, tmp_path, 'killed')
+    env = _env(sft_run, tmp_path)
+    args = ['-p', 'steps', '8', '-p', 'eval_every', '4', '-p', 'checkpoint_every', '2', '-p', 'reward', 'rl_test_rewards:odd_length', *SMALL]
+    r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'ref', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = subprocess.Popen([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from lmlit.checkpoint import complete_checkpoints
+    deadline = time.time() + 150
+    while time.time() < deadline and not [s for s, _ in complete_checkpoints(killed/'rl') if s >= 4]: time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    done = [s for s, _ in complete_checkpoints(killed/'rl')]
+    assert done and done[-1] < 8, done
+    r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at step {done[-1]}" in r.stdout, r.stdout[-2000:]
+    got, want = _records(killed/'rl'), _records(ref/'rl')
+    print(f"\nkilled at checkpoint {done[-1]}; losses {[round(x, 5) for x in got]}")
+    assert len(want) == 8 and any(x != 0.0 for x in want), want
+    assert got == want                                                      # bit-identical on CPU
+    assert _records(killed/'rl', 'rl', 'reward') == _records(ref/'rl', 'rl', 'reward')
+    assert _records(killed/'rl', 'eval', 'pass@1') == _records(ref/'rl', 'eval', 'pass@1')
+
+@pytest.mark.timeout(200)
+def test_bad_input_is_refused_before_any_step(sft_run, tmp_path):
+    env = _env(sft_run, tmp_path)
+    (tmp_path/'runs').mkdir()
+    (tmp_path/'runs'/'empty').mkdir()
+    r = subprocess.run([*LMLIT, 'rl', '--run', 'empty'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no checkpoint to start rl from" in r.stderr, r.stderr
+    ok = _copy(sft_run, tmp_path, 'ok')
+    cases = [(['-p', 'samples', '1'], "a group of one has no baseline"),
+             (['-p', 'max_new_tokens', '4096'], "exceeds the model's context"),
+             (['-p', 'reward', 'rl_test_rewards:broken'], "reward function broken raised ValueError: verifier offline"),
+             (['-p', 'reward', 'rl_test_rewards:wordy'], "reward function wordy returned 'yes' (str); it must return a finite number"),
+             (['-p', 'reward', 'rl_test_rewards:nothing'], "reward 'rl_test_rewards:nothing' cannot be loaded")]
+    for extra, message in cases:
+        r = subprocess.run([*LMLIT, 'rl', '--run', 'ok', *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and message in r.stderr, (extra, r.stdout[-1500:], r.stderr[-1500:])
+    assert not (ok/'rl').exists()                                   # refused before anything was written
+    assert (ok/'sft'/'checkpoints').exists()                         # nothing lost
