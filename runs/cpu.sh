@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU recipe, end to end on a laptop-class CPU (<= 20 min on 2 cores):
 # offline Shakespeare -> BPE tokenizer -> a small base model -> val BPB vs the unigram baseline -> CORE -> SFT on the offline
-# conversation mixture -> chat eval of base and SFT side by side -> a one-shot chat answer.
+# conversation mixture -> chat eval of base and SFT -> RL on arithmetic -> chat eval with its RL column -> a one-shot chat
+# answer -> the run report.
 #   bash runs/cpu.sh [NAME]            the recipe (run folder runs/NAME, default cpu-<date>-<time>)
 #   LMLIT_SMOKE=1 bash runs/cpu.sh X   every stage smoke-sized (~3 min; what CI runs)
 set -euo pipefail
@@ -21,6 +22,7 @@ if [ -n "${LMLIT_SMOKE:-}" ]; then
   TRAIN=(-p depth 2 -p aspect_ratio 32 -p head_dim 32 -p seq_len 128 -p device_batch 4 -p total_batch 1024
          -p steps 30 -p eval_every 15 -p eval_batches 4 -p sample_every 15 -p sample_tokens 32 -p checkpoint_every 15)
   SFT=(-p device_batch 4 -p total_batch 1024 -p steps 10 -p eval_every 5 -p eval_batches 2 -p sample_every -1 -p checkpoint_every 5)
+  RL=(-p steps 4 -p prompts 4 -p device_prompts 2 -p samples 4 -p max_new_tokens 32 -p eval_every 2 -p eval_problems 8 -p checkpoint_every 2 -p sample_every -1)
 else
   # 1.4M parameters (d=128, 2 blocks, 4096-token vocabulary: most of them embeddings); 300 steps x 4096 tokens = 1.2M tokens (~0.9 epoch)
   VOCAB=4096; COMPARE='1024,2048,8192'; EVAL_ITEMS=50; CHAT_ITEMS=25
@@ -30,6 +32,9 @@ else
   # SFT: 160 steps x 4096 tokens = 0.66M tokens, a quarter of an epoch of the offline mixture (2.6M tokens)
   SFT=(-p device_batch 16 -p total_batch 4096 -p steps 160 -p eval_every 40 -p eval_batches 4 -p sample_every -1
        -p sample_tokens 48 -p checkpoint_every 80)
+  # RL: 30 steps x 8 problems x 4 samples of arithmetic, pass@1/pass@4 on 50 held-out problems at steps 0, 15, 30
+  RL=(-p steps 30 -p prompts 8 -p device_prompts 4 -p samples 4 -p max_new_tokens 64 -p eval_every 15 -p eval_problems 50
+      -p checkpoint_every 15 -p sample_every -1)
 fi
 CHAT_TASKS=arc_easy,arc_challenge,mmlu,gsm8k,humaneval,spelling
 
@@ -65,10 +70,14 @@ echo "== chat eval: base, then SFT ($CHAT_ITEMS items per task; the second table
 lmlit chat-eval --run "$NAME" --stage base --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
 lmlit chat-eval --run "$NAME" --stage sft --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
 
-echo "== chat: one question to the SFT model"
+echo "== RL on arithmetic word problems (runs/$NAME/rl/: held-out pass@1 / pass@4 before and after, plots/reward.png)"
+lmlit rl --run "$NAME" "${RL[@]}"
+lmlit chat-eval --run "$NAME" --stage rl --tasks "$CHAT_TASKS" --max-per-task "$CHAT_ITEMS" --max-tokens 48
+
+echo "== chat: one question to the latest stage"
 lmlit chat --run "$NAME" -p "What is 12 + 30?" --max-tokens 32 --temperature 0
 
 echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
 echo "== report";    lmlit report --run "$NAME"
 echo "== plots";     ls "$RUNS/$NAME/plots/"
-echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, eval/chat.md, report.md)"
+echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, rl/, eval/chat.md, report.md)"
