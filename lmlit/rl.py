@@ -32,7 +32,7 @@ __all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'resolve_config', 'problems', '
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
 
 # %% ../nbs/10_rl.ipynb #ae1a0c0f
-RL_TASKS = ('arithmetic', 'spelling')
+RL_TASKS = ('arithmetic', 'spelling', 'gsm8k')   # gsm8k: GSM8K train from the hub (08_chat_data, HF_ENDPOINT honoured), what GPU users run
 
 def resolve_config(**overrides) -> dict:
     "The parameters cell's defaults updated with `overrides`, checked; raises `LmlitError` on bad input."
