@@ -12,9 +12,11 @@ import os, sys, json, ast, time, signal, argparse, subprocess, threading
 from pathlib import Path
 import lmlit
 from .core import LmlitError, dist_env
+from .loop import params_from_pairs
 
 # %% auto #0
-__all__ = ['TORCHRUN_FLAGS', 'stage_notebook', 'parameters_cell', 'parameters_of', 'run_rank', 'launch_parser', 'nodes', 'launch']
+__all__ = ['TORCHRUN_FLAGS', 'stage_notebook', 'parameters_cell', 'parameters_of', 'run_rank', 'launch_parser', 'nodes', 'launch',
+           'run_here']
 
 # %% ../nbs/04e_launch.ipynb #4d60dbea
 def stage_notebook(name: str) -> Path:
@@ -149,6 +151,15 @@ def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | Non
         except (ProcessLookupError, PermissionError): pass
     if rc: print(f"lmlit {stage}: failed (exit {rc}); the failing rank's notebook in {out_dir} shows the error", file=sys.stderr)
     return 1 if rc else 0
+
+def run_here(stage: str, job, argv=None) -> int:
+    "`python -m lmlit.STAGE [-p name value]...`: run the stage's `job(**params)` in this process; an LmlitError is one line, status 2."
+    ap = argparse.ArgumentParser(prog=f'python -m lmlit.{stage}', description=f'Run the lmlit {stage} job in this process.')
+    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
+    try: job(**params_from_pairs(ap.parse_args(argv).param))
+    except LmlitError as e:
+        print(f"lmlit {stage}: error: {e}", file=sys.stderr); return 2
+    return 0
 
 # %% ../nbs/04e_launch.ipynb #5fd36733
 if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:   # a rank process, not this notebook's kernel

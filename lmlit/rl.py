@@ -18,7 +18,7 @@ from . import model as M, optim as O, tokenizer as T, chat_data as C
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, peak_flops, MetricsWriter, read_metrics,
                         StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
-from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
+from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 from .chat_eval import extract_answer
 from .sft import warm_start, sample
@@ -388,14 +388,7 @@ def cli_rl(argv=None) -> int:
 
 def main(argv=None) -> int:
     "`python -m lmlit.rl [-p name value]...`: run `rl()` in this process."
-    import argparse
-    ap = argparse.ArgumentParser(prog='python -m lmlit.rl', description='Run the lmlit RL job in this process.')
-    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
-    a = ap.parse_args(argv)
-    try: rl(**params_from_pairs(a.param))
-    except LmlitError as e:
-        print(f"lmlit rl: error: {e}", file=sys.stderr); return 2
-    return 0
+    return run_here('rl', rl, argv)
 
 # %% ../nbs/10_rl.ipynb #b14efa6e
 if __name__ == '__main__' and '__file__' in globals():  # `python -m lmlit.rl`, not this notebook's kernel

@@ -17,7 +17,7 @@ from . import model as M, optim as O, tokenizer as T, chat_data as C
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
                         read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
-from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
+from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
 # %% auto #0
@@ -257,14 +257,7 @@ def cli_sft(argv=None) -> int:
 
 def main(argv=None) -> int:
     "`python -m lmlit.sft [-p name value]...`: run `sft()` in this process."
-    import argparse
-    ap = argparse.ArgumentParser(prog='python -m lmlit.sft', description='Run the lmlit SFT job in this process.')
-    ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
-    a = ap.parse_args(argv)
-    try: sft(**params_from_pairs(a.param))
-    except LmlitError as e:
-        print(f"lmlit sft: error: {e}", file=sys.stderr); return 2
-    return 0
+    return run_here('sft', sft, argv)
 
 # %% ../nbs/09_sft.ipynb #dded3156
 if __name__ == '__main__' and '__file__' in globals():  # `python -m lmlit.sft`, not this notebook's kernel
