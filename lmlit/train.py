@@ -11,7 +11,7 @@ from __future__ import annotations
 import os, sys, json, time, argparse, itertools, warnings
 from pathlib import Path
 import torch
-from .core import (LmlitError, autocast_dtype, dist_setup, dist_teardown, dist_env, print0, interactive,
+from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_teardown, dist_env, print0, interactive,
                         seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory, minor_faults)
 from . import model as M, optim as O, data as D, sources as S, tokenizer as T
 from .bpb import evaluate_bpb, unigram_bpb
@@ -211,18 +211,29 @@ def train(**params) -> dict:
         close_job(job)
 
 # %% ../nbs/05_train.ipynb #4b732a67
-def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None) -> dict:
+def _row_chunks(batches, rows: int):
+    "Each `(x, y)` of `batches` cut into pieces of at most `rows` rows: the same tokens, a smaller logits tensor at a time."
+    for x, y in batches:
+        yield from zip(x.split(rows), y.split(rows))
+
+def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None, device='auto', rows: int = 4) -> dict:
     "Val BPB of the run's checkpoint and of a unigram model (counted on the training shards) on the same validation tokens."
-    run_dir = Path(run_dir); cfg = json.loads((run_dir/'config.json').read_text())
-    model, tok, meta = load_model(run_dir, step)
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir/'config.json').read_text())
+    device = get_device(device)   # the job's device: a d20 model on a CPU would take hours
+    model, tok, meta = load_model(run_dir, step, device=device)
     src = _get_source({**DEFAULTS, **cfg})
     n = batches or cfg['eval_batches']
-    val = list(itertools.islice(iter(D.val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], requeue=cfg['requeue'])), n))
-    tb = T.get_token_bytes(tok)
-    bpb = evaluate_bpb(model, val, len(val), tb)
+    loader = D.val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device, requeue=cfg['requeue'])
+    val = list(itertools.islice(iter(loader), n))
+    tb = T.get_token_bytes(tok, device=device)
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        bpb = evaluate_bpb(model, _row_chunks(val, rows), sum(-(-len(x) // rows) for x, _ in val), tb)
     train_ids = [i for ids in tok.encode(list(S.iter_texts(src.train_files, limit_chars=50_000_000))) for i in ids]
-    val_ids = torch.cat([y.view(-1) for _, y in val]); val_ids = val_ids[val_ids >= 0]
-    uni = unigram_bpb(train_ids, val_ids, tb, tok.vocab_size)
+    val_ids = torch.cat([y.view(-1) for _, y in val]).cpu()
+    val_ids = val_ids[val_ids >= 0]
+    uni = unigram_bpb(train_ids, val_ids, tb.cpu(), tok.vocab_size)
     return dict(step=meta['step'], val_bpb=bpb, unigram_bpb=uni, ratio=bpb / uni, val_tokens=int(val_ids.numel()))
 
 # %% ../nbs/05_train.ipynb #97bd4d95
