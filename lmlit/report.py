@@ -18,9 +18,9 @@ __all__ = ['RECORD_SCHEMA_VERSION', 'RECORD_FILE', 'STATUSES', 'STAGE_FOLDERS', 
            'SIZEABLE_SHARE', 'REPORT_SCHEMA_VERSION', 'REPORT_SCHEMA', 'CONFIG_KEYS', 'PART_NAMES', 'TEXT',
            'BASELINE_WHY', 'COMPARE_ROWS', 'SECTIONS', 'LABELS', 'write_record', 'read_records', 'Run', 'load_run',
            'steady_steps', 'window_size', 'windows', 'throughput_drops', 'synthetic_metrics', 'accuracy_sigma',
-           'baseline_kind', 'core_table', 'param_split', 'training_table', 'core_over_steps', 'overview', 'headline',
-           'compare', 'chat_evals', 'resolve_run_dir', 'build_report', 'make_report_plots', 'render_markdown',
-           'write_report', 'cli_report']
+           'baseline_kind', 'core_table', 'param_split', 'training_table', 'core_over_steps', 'overview', 'part_names',
+           'headline', 'compare', 'chat_evals', 'resolve_run_dir', 'build_report', 'make_report_plots',
+           'render_markdown', 'write_report', 'cli_report']
 
 # %% ../nbs/12_report.ipynb #ea6948a9
 RECORD_SCHEMA_VERSION = 1
@@ -171,9 +171,10 @@ def windows(recs: list[dict], tokens_per_step: int, n: int = 8, evals: list | No
     for _, w in sorted(groups.items()):
         t = sum(r['t_step'] for r in w)
         mfus = [r['mfu'] for r in w if r.get('mfu') is not None]
+        mfu = sum(mfus) / len(mfus) if mfus else None
         first, last = w[0]['step'], w[-1]['step']
         out.append(dict(first_step=first, last_step=last, steps=len(w), tok_per_s=tokens_per_step * len(w) / t if t else None,
-                        mfu=sum(mfus) / len(mfus) if mfus else None, parts=_part_means(w),
+                        mfu=mfu if mfu is None or mfu <= 1 else None, mfu_over_100=bool(mfu and mfu > 1), parts=_part_means(w),
                         evals=sum(first - 1 <= s < last for s in eval_steps)))   # an eval after step s is timed in step s+1
     return out
 
@@ -349,6 +350,8 @@ def training_table(run: Run, stage: str) -> dict | None:
     steady = steady_steps(run)
     t = sum(r['t_step'] for r in steady)
     mfus = [r['mfu'] for r in steady if r.get('mfu') is not None]
+    mfu = sum(mfus) / len(mfus) if mfus else None
+    wins = windows(steady, tps_step or 0, evals=run.evals)
     peaks = [r['mem_peak_gb'] for r in run.train if r.get('mem_peak_gb') is not None]
     plan = (run.meta[-1].get('plan') or {}).get('total') if run.meta else None
     on_gpu = bool((run.provenance.get('devices') or {}).get('gpus')) or 'cuda' in str((run.config.get('resolved') or {}).get('device', ''))
@@ -356,8 +359,10 @@ def training_table(run: Run, stage: str) -> dict | None:
                 val_bpb=dict(first=bpbs[0][1] if bpbs else None, first_step=bpbs[0][0] if bpbs else None, best=best_bpb[1],
                              best_step=best_bpb[0], final=bpbs[-1][1] if bpbs else None, final_step=bpbs[-1][0] if bpbs else None),
                 core=dict(best=best_core['core'] if best_core else None, best_step=best_core['step'] if best_core else None),
-                windows=windows(steady, tps_step or 0, evals=run.evals),
-                tok_per_s=tps_step * len(steady) / t if t and tps_step else None, mfu=sum(mfus) / len(mfus) if mfus else None,
+                windows=wins, tok_per_s=tps_step * len(steady) / t if t and tps_step else None,
+                # an MFU over 100 % means the peak it is measured against was too low (a CPU peak measured once, on a busy machine): never a figure
+                mfu=mfu if mfu is None or mfu <= 1 else None, mfu_over_100=bool(mfu and mfu > 1) + sum(w['mfu_over_100'] for w in wins),
+                mfu_basis=(run.meta[-1].get('mfu_basis') if run.meta else None),
                 memory=dict(planned_gb=_fig(run, stage, 'planned_peak_gb') or (plan / 2**30 if plan else None),
                             peak_gb=_fig(run, stage, 'measured_peak_gb') or (max(peaks) if peaks else None),
                             device_gb=_fig(run, stage, 'device_memory_gb'),
@@ -423,6 +428,10 @@ TEXT = dict(
         why_machine="Every sizeable part slowed together ({ratios}); nothing in the job changed — the machine got slower "
                     "(throttling, another job on the same devices, a slower node).",
         throughput_ok="{stage}: no window's throughput fell more than {threshold:.0%} below the faster half of the run.",
+        warm_up="{stage}: steps {first_step}–{last_step} ran {drop:.0%} slower than the faster half of the run ({tok_per_s:,.0f} vs "
+                "{ref_tok_per_s:,.0f} tok/s): the run's first steps, where kernels, the allocator and caches warm up. Not a problem.",
+        mfu_over_100="{stage}: MFU came out above 100 % ({where}), so it is not shown: the peak it divides by ({basis}) was measured "
+                     "too low, as a CPU peak measured once at start on a busy machine is. Compare tok/s instead.",
         negative_centered="{task}: accuracy {accuracy:.1%} is below its baseline {baseline:.0%} ({baseline_why}), so centered = "
                           "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}. The gap ({gap:+.1%}) is {noise_word} "
                           "the 2σ noise of {noise:.1%} for {items} items.{bias}",
@@ -452,6 +461,10 @@ TEXT = dict(
         eval_denser="评测频率变密", eval_regular="常规评测（eval_every）落在此窗口内；降低评测频率或减少评测批次可缩小它",
         why_machine="所有主要部分一起变慢（{ratios}）；训练任务本身没有变化——是机器变慢了（降频、同一设备上的其他任务、较慢的节点）。",
         throughput_ok="{stage}：没有任何窗口的吞吐量比较快的一半低 {threshold:.0%} 以上。",
+        warm_up="{stage}：第 {first_step}–{last_step} 步比较快的一半慢 {drop:.0%}（{tok_per_s:,.0f} 对 {ref_tok_per_s:,.0f} tok/s）："
+                "这是运行的最初几步，内核、内存分配器和缓存正在预热。不是问题。",
+        mfu_over_100="{stage}：MFU 超过 100 %（{where}），因此不显示：作为分母的峰值（{basis}）测得偏低，"
+                     "例如在繁忙机器上启动时只测一次的 CPU 峰值。请改为比较 tok/s。",
         negative_centered="{task}：准确率 {accuracy:.1%} 低于基线 {baseline:.0%}（{baseline_why}），因此 centered = "
                           "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}。差距 {gap:+.1%} {noise_word} "
                           "{items} 个样本的 2σ 噪声 {noise:.1%}。{bias}",
@@ -485,16 +498,33 @@ def _problem(code, severity, stage, text_key=None, **figures) -> dict:
                 text=TEXT['en'][key].format(stage=stage, **figures), text_zh=TEXT['zh'][key].format(stage=stage, **figures))
 
 # %% ../nbs/12_report.ipynb #cf032223
+def part_names(stage: str, lang: str) -> dict:
+    "The names of the step's parts in `lang`; in RL the data part is the sampling of answers (generation), and is called so."
+    names = dict(PART_NAMES[lang])
+    if stage == 'rl': names['data'] = 'sampling (generation)' if lang == 'en' else '采样（生成）(sampling)'
+    return names
+
+def _is_warm_up(drop: dict, wins: list[dict]) -> bool:
+    "A slow span that opens the run and ends within its first fifth: warm-up, not a problem."
+    return drop['first_step'] == wins[0]['first_step'] and drop['last_step'] <= max(wins[0]['last_step'], 0.2 * wins[-1]['last_step'])
+
 def _throughput_problems(stage, table) -> list[dict]:
     out = []
+    if table.get('mfu_over_100'):
+        where = ', '.join(f"steps {w['first_step']}–{w['last_step']}" for w in table['windows'] if w.get('mfu_over_100')) or 'the run average'
+        out.append(_problem('mfu_over_100', 'note', stage, where=where, basis=table.get('mfu_basis') or 'the device peak'))
     for d in throughput_drops(table['windows']):
+        if _is_warm_up(d, table['windows']):
+            out.append(_problem('warm_up', 'note', stage, first_step=d['first_step'], last_step=d['last_step'], drop=d['drop'],
+                                tok_per_s=d['tok_per_s'], ref_tok_per_s=d['ref_tok_per_s']))
+            continue
         c = d['cause']
         f = dict(first_step=d['first_step'], last_step=d['last_step'], tok_per_s=d['tok_per_s'], ref_tok_per_s=d['ref_tok_per_s'],
                  drop=d['drop'], cause=c, growth=d['growth'], parts=d['parts'], ref_parts=d['ref_parts'], evals=d['evals'], steps=d['steps'],
                  ref_rate=d['ref_evals_per_step'])
         texts = {}
         for lang in ('en', 'zh'):
-            names = PART_NAMES[lang]
+            names = part_names(stage, lang)
             if c == 'machine':
                 ratios = ', '.join(f"{names[p]} ×{d['parts'][p] / d['ref_parts'][p]:.2f}" for p in ('data', 'fwdbwd', 'optim')
                                    if d['ref_parts'][p] >= SIZEABLE_SHARE * d['ref_parts']['step'])
@@ -510,7 +540,7 @@ def _throughput_problems(stage, table) -> list[dict]:
                                                                ('first_step', 'last_step', 'tok_per_s', 'ref_tok_per_s', 'drop')})
         out.append(dict(code='throughput_drop', severity='problem', stage=stage, figures=_jsonable(f), text_key='throughput_drop',
                         text=texts['en'], text_zh=texts['zh']))
-    if not out and len(table['windows']) >= 2:
+    if not any(p['severity'] == 'problem' for p in out) and len(table['windows']) >= 2:
         out.append(_problem('throughput_ok', 'ok', stage, threshold=DROP_THRESHOLD))
     return out
 
@@ -635,7 +665,7 @@ def chat_evals(stages: dict) -> dict:
         rec = (st['run'].records.get('chat_eval') or {}) if st else {}
         fig = rec.get('figures') if rec else None
         if fig is None and st:
-            f = _read_json(st['dir']/'eval'/'chat_eval.json')
+            f = _read_json(st['dir']/'eval'/'chat.json')   # what `lmlit chat-eval` writes (11_chat_eval's save_chat)
             fig = f if isinstance(f, dict) and isinstance(f.get('tasks'), dict) else None
         out[label] = fig
     return out
@@ -837,7 +867,7 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
                 (L['val_bpb'], _f(tr['val_bpb']['first']), _f(tr['val_bpb']['final']), _f(tr['val_bpb']['best']), _f(tr['val_bpb']['best_step'])),
                 (L['core_best'], '—', '—', _f(tr['core']['best']), _f(tr['core']['best_step'])),
                 (L['tok_s'], '—', '—', _f(tr['tok_per_s'], ',.0f'), '—'),
-                (L['mfu'], '—', '—', f"{100 * tr['mfu']:.2f}%" if tr['mfu'] is not None else '—', '—'),
+                (L['mfu'], '—', '—', f"{100 * tr['mfu']:.2f}%" if tr['mfu'] is not None else ('> 100 %: not shown' if tr.get('mfu_over_100') else '—'), '—'),
                 (L['memory'], f"{L['planned']} {_f(m['planned_gb'])} GiB", f"{L['device']} {_f(m['device_gb'])} GiB", f"{_f(m['peak_gb'])} GiB", m['basis'])]
         out += [_table([L['metric'], L['initial'], L['final'], L['best'], L['at_step']], rows), '']
     # -- throughput windows
@@ -846,9 +876,11 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
         tr = st['training']
         if not tr: continue
         out += [f"### {label}", '']
-        rows = [(f"{w['first_step']}–{w['last_step']}", _f(w['tok_per_s'], ',.0f'), f"{100 * w['mfu']:.2f}%" if w['mfu'] is not None else '—',
+        def mfu_cell(w): return f"{100 * w['mfu']:.2f}%" if w['mfu'] is not None else ('> 100 %' if w.get('mfu_over_100') else '—')
+        rows = [(f"{w['first_step']}–{w['last_step']}", _f(w['tok_per_s'] or None, ',.0f'), mfu_cell(w),
                  *[f"{1e3 * w['parts'][p]:.1f}" for p in (*PART_ORDER, 'step')], str(w['evals'])) for w in tr['windows']]
-        out += [_table([L['window'], L['tok_s'], L['mfu'], *[f"{p} ms" for p in (*PART_ORDER, 'step')], L['evals']], rows), '']
+        heads = [('sampling' if label == 'rl' and p == 'data' else p) + ' ms' for p in (*PART_ORDER, 'step')]
+        out += [_table([L['window'], L['tok_s'], L['mfu'], *heads, L['evals']], rows), '']
     if not any(st['training'] for st in rep['stages'].values()): missing_line('no training steps')
     # -- curves
     section('curves')
@@ -914,11 +946,13 @@ def write_report(run, compare_with=(), price_per_hour: float | None = None, lang
     rep['lang'] = lang
     if plots: rep['plots'] = make_report_plots(rep, run_dir)
     else: rep['missing']['curves'] = 'plots off'
-    write_json(run_dir/'report.json', rep)
+    stem = 'report' if lang == 'en' else f'report.{lang}'   # another language is written beside the English report, never over it
+    write_json(run_dir/f'{stem}.json', rep)
     md = render_markdown(rep, lang)
-    tmp = run_dir/'report.md.tmp'
+    tmp = run_dir/f'{stem}.md.tmp'
     tmp.write_text(md)
-    os.replace(tmp, run_dir/'report.md')
+    os.replace(tmp, run_dir/f'{stem}.md')
+    rep['report_file'] = str(run_dir/f'{stem}.md')
     return rep
 
 def cli_report(argv=None) -> int:
@@ -933,5 +967,5 @@ def cli_report(argv=None) -> int:
     rep = write_report(a.run, a.compare, a.price_per_gpu_hour, a.lang, plots=not a.no_plots)
     run_dir = Path(rep['run_dir'])
     n = sum(p['severity'] == 'problem' for p in rep['problems'])
-    print(f"lmlit report: {run_dir/'report.md'} ({n} problem{'s' if n != 1 else ''} found; report.json and {len(rep['plots'])} plots beside it)")
+    print(f"lmlit report: {rep['report_file']} ({n} problem{'s' if n != 1 else ''} found; report.json and {len(rep['plots'])} plots beside it)")
     return 0

@@ -35,8 +35,11 @@ def test_real_run_every_section(tmp_path):
 
 def test_report_zh_same_numbers(tmp_path):
     d = _real_run(tmp_path, 'r1')
+    R.write_report(d)
+    english = (d/'report.md').read_text()
     rep = R.write_report(d, lang='zh')
-    md_zh = (d/'report.md').read_text()
+    md_zh = (d/'report.zh.md').read_text()          # beside the English report, which is left as it was
+    assert (d/'report.md').read_text() == english and (d/'report.zh.json').exists()
     md_en = R.render_markdown(rep, 'en')
     assert '训练概况' in md_zh and '发现的问题' in md_zh
     nums = lambda s: [[c for c in l.split('|')[2:] if any(ch.isdigit() for ch in c)] for l in s.splitlines() if l.startswith('| 2') or l.startswith('| hellaswag')]
@@ -107,3 +110,29 @@ def test_records_preferred(tmp_path):
 def test_bad_input(tmp_path):
     with pytest.raises(R.LmlitError, match='no run folder'): R.write_report(tmp_path/'nope')
     with pytest.raises(R.LmlitError, match='--lang'): R.write_report(tmp_path, lang='fr')
+
+
+def test_mfu_over_100_is_never_a_figure(tmp_path):
+    d = tmp_path/'hot'
+    R.synthetic_metrics(d/'metrics.jsonl')
+    lines = [json.loads(l) for l in (d/'metrics.jsonl').read_text().splitlines()]
+    for r in lines:
+        if r.get('kind') == 'train' and r['step'] > 40: r['mfu'] = 1.57      # a CPU peak measured low at start: 157 %
+    (d/'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+    rep = R.write_report(d, plots=False)
+    md = (d/'report.md').read_text()
+    assert '157' not in md and '> 100 %' in md
+    assert all(w['mfu'] is None or w['mfu'] <= 1 for w in rep['stages']['base']['training']['windows'])
+    note = next(p for p in rep['problems'] if p['code'] == 'mfu_over_100')
+    assert note['severity'] == 'note' and 'synthetic' in note['text'] and 'steps 41' in note['text']
+
+def test_warm_up_is_a_note_not_a_throughput_problem(tmp_path):
+    d = tmp_path/'warm'
+    R.synthetic_metrics(d/'metrics.jsonl', slow=(2, 10, dict(fwdbwd=3.0)))   # the first steps slow: kernels and caches warming
+    rep = R.write_report(d, plots=False)
+    assert not [p for p in rep['problems'] if p['code'] == 'throughput_drop']
+    warm = [p for p in rep['problems'] if p['code'] == 'warm_up']
+    assert len(warm) == 1 and warm[0]['severity'] == 'note' and 'Not a problem' in warm[0]['text']
+    late = tmp_path/'late'
+    R.synthetic_metrics(late/'metrics.jsonl', slow=(41, 50, dict(fwdbwd=3.0)))   # the same slowdown later in the run is one
+    assert [p['code'] for p in R.write_report(late, plots=False)['problems'] if p['code'] in ('throughput_drop', 'warm_up')] == ['throughput_drop']
