@@ -276,7 +276,7 @@ def make_repo_tree(root, n_shards: int = 3, docs_per_shard: int = 40, rows: int 
     """Write, under `root`, hub-shaped dataset repos made of real text (Shakespeare by default):
     `karpathy/fineweb-edu-100b-shuffle` (shard_00000.. shard_{n_shards-1} + validation shard_01822, `text` column),
     `HuggingFaceTB/smol-smoltalk` (data/{train,test}, `messages`), `cais/mmlu` (all/{test,validation,dev},
-    auxiliary_train/train nested under a `train` column, as on the hub), `openai/gsm8k` (main/ and socratic/
+    auxiliary_train/train (4 × rows) nested under a `train` column, as on the hub), `openai/gsm8k` (main/ and socratic/
     {train,test}, `question`/`answer` with `<<a*b=c>>` marks and `#### n`). Returns `root`."""
     import pyarrow as pa
     root = Path(root)
@@ -306,7 +306,7 @@ def make_repo_tree(root, n_shards: int = 3, docs_per_shard: int = 40, rows: int 
     mmlu = root/'cais/mmlu'
     for split, n, off in (('test', rows, 0), ('validation', 8, 5000), ('dev', 5, 6000)):
         _write(pa.Table.from_pylist([mc(off + k) for k in range(n)]), mmlu/'all'/f"{split}-00000-of-00001.parquet")
-    _write(pa.table({'train': [mc(7000 + k) for k in range(rows)]}), mmlu/'auxiliary_train'/'train-00000-of-00001.parquet')
+    _write(pa.table({'train': [mc(7000 + k) for k in range(4 * rows)]}), mmlu/'auxiliary_train'/'train-00000-of-00001.parquet')
 
     def problem(k):
         a, b = 2 + k % 9, 3 + k % 7
