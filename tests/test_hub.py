@@ -56,6 +56,7 @@ def test_sft_and_rl_hub_tasks_fetch_each_file_once_inside_the_endpoint(hub, conn
     val = chat_data.get_mixture(weights, 'validation')
     rl = chat_data.get_task('gsm8k')                                 # ... and an RL job after it
     assert len(train) > 0 and len(val) > 0 and len(rl['train']) + len(rl['validation']) == 60
+    assert chat_data.get_task('gsm8k') is rl and train.tasks['gsm8k'] is rl                    # built once per process
     assert chat_data.get_task('mmlu_aux')['train'][0][1]['content'] in 'ABCD'
     # only the endpoint and the host it redirects to; only the needed split files, each once
     assert connections and set(connections) <= _hosts(hub), connections
@@ -187,3 +188,16 @@ def test_tokenizer_reads_as_many_shards_as_max_chars_needs(hub, run_root, capsys
     pv = json.loads((run_root/'tok'/'provenance.json').read_text())
     assert pv['data_source']['n_train_shards'] == 3 and max_chars <= pv['tokenizer']['train_chars'] <= sum(chars)
     assert all(n == 1 for n in hub.summary()['files'].values())          # every shard fetched once
+
+
+@pytest.mark.timeout(60)
+def test_lmlit_data_fetches_hub_tasks_ahead_so_sft_needs_no_network(hub, monkeypatch, capsys):
+    from lmlit.sources import cli_data
+    assert cli_data(['--hub-tasks', 'gsm8k,smoltalk']) == 0
+    assert 'gsm8k: openai/gsm8k main/train: 60 rows' in capsys.readouterr().out
+    with pytest.raises(LmlitError, match="unknown hub task.*nope; known: smoltalk"): cli_data(['--hub-tasks', 'nope'])
+    n = len(hub.log)
+    monkeypatch.setenv('LMLIT_OFFLINE', '1')                            # the SFT job, later, in another process
+    monkeypatch.setattr(sources, '_HUB_TABLES', {})
+    monkeypatch.setattr(chat_data, '_cached_decontaminate', lambda name, convs: (convs, 0))
+    assert len(chat_data.get_task('smoltalk')['validation']) == 6 and len(hub.log) == n
