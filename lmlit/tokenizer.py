@@ -329,13 +329,22 @@ def token_viewer(tok: Tokenizer, text: str = "Type here to see the tokens."):
     return _Viewer([box, out])
 
 # %% ../nbs/01_tokenizer.ipynb #3f4f13ae
+def _char_count(text: str) -> int:
+    "A character count from the command line: `2000000000` or `2e9`."
+    try: value = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number of characters, like 2e9, got {text!r}") from None
+    if value < 1 or value != int(value): raise argparse.ArgumentTypeError(f"expected a whole number of characters ≥ 1, got {text!r}")
+    return int(value)
+
 def cli_tokenizer(argv: list[str] | None = None) -> int:
     "`lmlit tokenizer`: train, save to runs/NAME/tokenizer/, write eval/tokenizer_compression.{md,csv}, update provenance."
     ap = argparse.ArgumentParser(prog='lmlit tokenizer', description='Train a BPE tokenizer on a source and measure its compression.')
     ap.add_argument('--source', default='shakespeare', help='shakespeare | hub:<owner>/<repo> | local:<path> | a folder')
     ap.add_argument('--vocab-size', type=int, default=4096, help='tokens including the 9 specials')
     ap.add_argument('--run', default=None, help='run folder name under $LMLIT_RUNS (default: a fresh timestamped name)')
-    ap.add_argument('--max-chars', type=int, default=None, help='train on at most this many characters')
+    ap.add_argument('--max-chars', type=_char_count, default=None, help='train on at most this many characters (2e9 is fine)')
+    ap.add_argument('--n-shards', type=int, default=None, help='hub: training shards to read (default: as many as --max-chars needs)')
+    ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--compare', default='1024,2048,8192', help="other vocab sizes of ours for the table ('' for none)")
     ap.add_argument('--tiktoken-files', default=None, help='folder with cl100k_base.tiktoken / vocab.bpe + encoder.json (never downloaded)')
     a = ap.parse_args(argv)
@@ -344,7 +353,12 @@ def cli_tokenizer(argv: list[str] | None = None) -> int:
     except ValueError: raise LmlitError(f"--compare takes comma-separated vocab sizes, got {a.compare!r}") from None
     for v in [a.vocab_size, *compare]:
         if v < 256 + n_spec: raise LmlitError(f"vocab size {v} is too small: it must be at least 256 bytes + {n_spec} specials = {256 + n_spec}")
-    src = get_source(a.source, need_val=True)
+    source_kw = {}
+    if a.source.startswith('hub:'): source_kw = dict(n_shards=a.n_shards or 1, val_shard=a.val_shard, min_chars=a.max_chars)
+    elif a.n_shards or a.val_shard: raise LmlitError("--n-shards / --val-shard only apply to hub sources")
+    src = get_source(a.source, need_val=True, **source_kw)
+    same_source = dict(n_shards=len(src.train_files), val_shard=a.val_shard) if source_kw else {}
+    print(f"training on {src.name}: {len(src.train_files)} training shard{'s' * (len(src.train_files) > 1)}")
     run = make_run_dir(a.run); write_provenance(run)
     t0 = time.time()
     tok = train_tokenizer(iter_texts(src.train_files, limit_chars=a.max_chars), a.vocab_size)
@@ -353,7 +367,7 @@ def cli_tokenizer(argv: list[str] | None = None) -> int:
     print(f"trained a {tok.vocab_size}-token tokenizer on {tok.train_stats['chars']:,} chars ({tok.train_stats['docs']:,} documents) in {dt:.2f} s -> {run/'tokenizer'}")
     texts = {'val bytes/token': '\n\n'.join(iter_texts(src.val_files)),
              'train bytes/token (first 1M chars)': '\n\n'.join(iter_texts(src.train_files, limit_chars=1_000_000))}
-    toks = {(f"ours {v} (this run)" if v == a.vocab_size else f"ours {v}"): (tok if v == a.vocab_size else get_tokenizer(a.source, v, a.max_chars))
+    toks = {(f"ours {v} (this run)" if v == a.vocab_size else f"ours {v}"): (tok if v == a.vocab_size else get_tokenizer(a.source, v, a.max_chars, **same_source))
             for v in sorted(set(compare) | {a.vocab_size})}
     for k, v in REFERENCE_TOKENIZERS.items(): toks[f"{k} ({v})"] = reference_encoding(v, a.tiktoken_files)
     rows = compression_table(texts, toks)
