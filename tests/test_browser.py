@@ -314,6 +314,25 @@ def test_a_tool_call_is_a_block_and_goes_back_as_parts(page, served):
                         {'type': 'python_output', 'text': '5'}, {'type': 'text', 'text': ' so five. Then '}]
     assert sent[4]['type'] == 'python' and sent[4]['text'].startswith('abs(-1')
 
+def test_an_api_key_is_asked_for_and_sent(page, served, fast):
+    "`lmlit serve --api-key K`: a 401 reveals the key field; the retry carries `Authorization: Bearer K`."
+    seen = []
+    def guard(route):
+        seen.append(route.request.headers.get('authorization'))
+        if seen[-1] != 'Bearer sesame':
+            route.fulfill(status=401, content_type='application/json',
+                          body=json.dumps({'error': {'message': 'Incorrect or missing API key', 'type': 'invalid_request_error'}}))
+        else: route.continue_()
+    page.route('**/v1/chat/completions', guard)
+    _ask(page, 'short with a key')
+    _wait(page, "!document.getElementById('alert').hidden")
+    assert 'API key' in page.inner_text('[role=alert]') and page.locator('#apikey').is_visible()
+    page.fill('#apikey', 'sesame')
+    page.dispatch_event('#apikey', 'change')
+    page.click('#retry')
+    _idle(page)
+    assert seen == [None, 'Bearer sesame'] and [m['role'] for m in _stored(page)] == ['user', 'assistant']
+
 def _shoot(page, name: str):
     "A screenshot for the closing note, when the notes folder exists (never inside the repository)."
     if SHOTS.parent.exists():

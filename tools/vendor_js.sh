@@ -28,7 +28,10 @@ fetch() {
 
 rm -rf "$out"
 mkdir -p "$out"
-echo "# npm package@version and the sha256 of its tarball; written by tools/vendor_js.sh" > "$out/VERSIONS"
+{
+  echo "# npm package@version and the sha256 of its tarball; written by tools/vendor_js.sh"
+  echo "# licences: marked MIT, highlight.js BSD-3-Clause, DOMPurify (MPL-2.0 OR Apache-2.0) used under Apache-2.0"
+} > "$out/VERSIONS"
 fetch marked@18.2.1 d66c5213fc203466186060105b01f51896764ba64b3797d2620d02e28e34b8ca \
   lib/marked.umd.js marked.umd.js  LICENSE LICENSE.marked
 fetch dompurify@3.5.0 faa5f2bfe2814384b83d6edb4ed66812fbfdb2a654b4d59edd4b12304058ec20 \
