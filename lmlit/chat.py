@@ -227,5 +227,5 @@ def cli_chat(argv: list[str] | None = None) -> int:
         raise LmlitError(f"--max-tokens {max_tokens} does not fit the model's context of {engine.context}; "
                          f"use 1 to {engine.context - 1}")
     session = ChatSession(engine, args.temperature, args.top_k or None, max_tokens, args.seed)
-    if args.prompt is not None: return _piped(session, [args.prompt], sys.stdout)
+    if args.prompt is not None: return 0 if _reply(session, args.prompt, sys.stdout) else 1
     return chat_loop(session, banner(args.run, meta, engine.context))

@@ -130,6 +130,7 @@ def _steps_stop(model, settle_s: float = 0.5) -> bool:
 def test_stop_and_esc_end_the_reply_and_the_server_stops_stepping(page, served):
     _ask(page, 'long answer please')
     _streaming(page)
+    _shoot(page, 'desktop-streaming-stop')
     assert page.inner_text('#send') == 'Stop' and page.get_attribute('#send', 'aria-label') == 'Stop the reply'
     page.click('#send')
     _idle(page)
@@ -179,6 +180,7 @@ def test_errors_are_page_state_never_history(page, served, fast):
     page.route('**/v1/chat/completions', lambda route: route.abort())     # the connection drops
     _ask(page, 'short please')
     _wait(page, "!document.getElementById('alert').hidden")
+    _shoot(page, 'desktop-error-retry')
     assert 'connection' in page.inner_text('#alert-text') and [m['role'] for m in _stored(page)] == ['user']
     page.unroute('**/v1/chat/completions')
     page.click('#retry')
