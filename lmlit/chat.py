@@ -1,4 +1,4 @@
-"""A multi-turn chat that streams its replies and keeps the KV cache across turns.
+"""A multi-turn chat that streams its replies and keeps the KV cache across turns, and behaves as people who use `ollama run` or `llama-cli` expect.
 
 Docs: https://lmlit.github.io/lmlit/chat.html.md"""
 
@@ -9,20 +9,28 @@ from __future__ import annotations
 import argparse, sys
 from .core import LmlitError
 from .checkpoint import load_model
-from .engine import Engine, Request, RowCache, TextStream, fit_conversation
+from .engine import Engine, Request, TextStream, fit_conversation
 
 # %% auto #0
-__all__ = ['HELP', 'ChatSession', 'cli_chat']
+__all__ = ['HELP', 'QUIT', 'ChatSession', 'shown', 'settings', 'banner', 'chat_loop', 'cli_chat']
 
 # %% ../nbs/07a_chat.ipynb #0c59c6c3
 class ChatSession:
     "One conversation with `engine`: `ask(text)` yields the reply's text deltas; the KV cache carries over between turns."
-    def __init__(self, engine: Engine, temperature: float = 0.6, top_k: int | None = 50, max_tokens: int = 256, seed: int = 0):
-        self.engine, self.temperature, self.top_k, self.max_tokens, self.seed = engine, temperature, top_k, max_tokens, seed
+    def __init__(self, engine: Engine, temperature: float = 0.6, top_k: int | None = 50, max_tokens: int = 256,
+                 seed: int = 0):
+        self.engine = engine
+        self.temperature = temperature
+        self.top_k = top_k
+        self.max_tokens = max_tokens
+        self.seed = seed
         self.clear()
 
     def clear(self):
-        self.messages, self.cache, self.last_token, self.prefilled = [], None, None, 0
+        self.messages = []
+        self.cache = None
+        self.last_token = None
+        self.prefilled = 0
 
     def _prompt(self, text: str) -> list[int]:
         tok = self.engine.tokenizer
@@ -33,47 +41,172 @@ class ChatSession:
                 + [S('<|user_end|>'), S('<|assistant_start|>')])
 
     def ask(self, text: str):
-        "Stream the assistant's reply to `text`."
-        self.messages.append(dict(role='user', content=text))
+        "Stream the reply to `text`. Too long for the context: `LmlitError`, history unchanged. Closed early: see above."
+        messages = self.messages + [dict(role='user', content=text)]
         context = self.engine.context
         prompt = self._prompt(text)
         max_tokens = self.max_tokens
         if prompt is None or len(prompt) + max_tokens > context:      # first turn, or the history outgrew the context
-            prompt, max_tokens, _ = fit_conversation(self.engine.tokenizer, self.messages, max_tokens, context)
+            prompt, max_tokens, _ = fit_conversation(self.engine.tokenizer, messages, max_tokens, context)
             self.cache = self.engine.new_cache(1, context)
-        held = len(self.cache.tokens[0])
-        self.prefilled = len(prompt) - held
+        self.prefilled = len(prompt) - len(self.cache.tokens[0])
         self.seed += 1
         request = Request(prompt, max_tokens=max_tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed)
         stream = TextStream(self.engine.tokenizer)
+        self.messages = messages
         reply = []
-        for d in self.engine.generate([request], cache=self.cache):
-            self.last_token = d.token
-            piece = stream.push(d.token) if d.finish != 'stop' else ''
-            if d.finish: piece += stream.finish()
-            reply.append(piece)
-            if piece: yield piece
-        self.messages.append(dict(role='assistant', content=''.join(reply)))
+        finished = False
+        try:
+            for d in self.engine.generate([request], cache=self.cache):
+                self.last_token = d.token
+                piece = stream.push(d.token) if d.finish != 'stop' else ''
+                if d.finish: piece += stream.finish()
+                reply.append(piece)
+                if piece: yield piece
+            finished = True
+        finally:
+            self.messages.append(dict(role='assistant', content=''.join(reply)))
+            if not finished: self.cache = None        # the next turn re-prefills from the messages
+
+# %% ../nbs/07a_chat.ipynb #5d1c0a07
+_ESCAPED = {c: f'\\x{c:02x}' for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)] if chr(c) not in '\n\t'}
+
+def shown(text: str) -> str:
+    "`text` safe to print on a terminal: control characters (ESC, backspace, CR, bell…) as `\\xNN`, never interpreted."
+    return text.translate(_ESCAPED)
 
 # %% ../nbs/07a_chat.ipynb #0d753d9d
 HELP = """/clear            start a new conversation
-/temperature T    sampling temperature (0 = greedy)
-/topk K           sample from the K most likely tokens (0 = all)
-/max N            at most N tokens per reply
-/help             this list; Ctrl-D or /quit leaves"""
+/temperature [T]  show or set the sampling temperature (0 = greedy)
+/topk [K]         show or set top-k: sample from the K most likely tokens (0 = all)
+/max [N]          show or set the most tokens per reply (below the context)
+/show             list the settings (also /settings)
+/help             this list
+/quit             leave (also exit, quit, Ctrl-D, or Ctrl-C twice at the prompt)
+Ctrl-C during a reply stops it; a line ending in \\ continues on the next line."""
+
+QUIT = ('/quit', '/exit', 'exit', 'quit')
+
+def settings(session: ChatSession) -> str:
+    "The current settings, one per line."
+    return (f"temperature {session.temperature}\ntop-k {session.top_k or 'off'}\n"
+            f"max tokens {session.max_tokens} (context {session.engine.context})\nturns {len(session.messages) // 2}")
+
+# %% ../nbs/07a_chat.ipynb #5d1c0a09
+def _set(session: ChatSession, name: str, value: str) -> str:
+    "Set one setting from the text after its command; the reply says what it now is, or why not."
+    if name == '/temperature':
+        session.temperature = max(0.0, float(value))
+        return f'temperature {session.temperature}'
+    if name == '/topk':
+        session.top_k = max(0, int(value)) or None
+        return f'top-k {session.top_k or "off"}'
+    tokens = int(value)
+    limit = session.engine.context - 1
+    if not 1 <= tokens <= limit:
+        return f"max tokens must be between 1 and {limit} (the model's context is {session.engine.context}); still {session.max_tokens}"
+    session.max_tokens = tokens
+    return f'max tokens {session.max_tokens}'
 
 def _command(session: ChatSession, line: str) -> str:
     "Apply a /command; return what to print."
-    name, _, value = line.partition(' ')
-    try:
-        if name == '/clear': session.clear(); return 'new conversation'
-        if name == '/temperature': session.temperature = max(0.0, float(value)); return f'temperature {session.temperature}'
-        if name == '/topk': session.top_k = max(0, int(value)) or None; return f'top-k {session.top_k or "off"}'
-        if name == '/max': session.max_tokens = max(1, int(value)); return f'max tokens {session.max_tokens}'
-    except ValueError: return f"{name} needs a number, got {value!r}"
+    name, _, value = line.strip().partition(' ')
+    value = value.strip()
+    if name == '/clear':
+        session.clear()
+        return 'new conversation'
+    if name in ('/show', '/settings'): return settings(session)
     if name == '/help': return HELP
-    return f"unknown command {name!r}; /help lists them"
+    shown_now = {'/temperature': f'temperature {session.temperature}', '/topk': f'top-k {session.top_k or "off"}',
+                 '/max': f'max tokens {session.max_tokens}'}
+    if name not in shown_now: return f"unknown command {name!r}; /help lists them"
+    if not value: return shown_now[name]
+    try: return _set(session, name, value)
+    except ValueError: return f"{name} needs a number, got {value!r}"
 
+# %% ../nbs/07a_chat.ipynb #5d1c0a11
+def banner(run: str, meta: dict, context: int) -> str:
+    "What the chat says before its first prompt: run, stage, step, context, and a warning for a base model."
+    stage = meta.get('stage') or 'base'
+    text = f"lmlit chat: {run} · stage {stage} · step {meta.get('step', '?')} · context {context} tokens · /help for commands"
+    if stage == 'base':
+        text += ("\nwarning: this is a base model, pretrained only and not trained to chat: it continues your text rather "
+                 "than answering it (chat with an sft or rl stage for answers)")
+    return text
+
+# %% ../nbs/07a_chat.ipynb #5d1c0a14
+def _reply(session: ChatSession, text: str, out) -> bool:
+    "Stream the reply to `text` onto `out`; Ctrl-C stops it. False when the message could not be sent."
+    reply = session.ask(text)
+    try:
+        for piece in reply:
+            out.write(shown(piece))
+            out.flush()
+    except KeyboardInterrupt:
+        reply.close()
+        out.write(' [stopped]')
+    except LmlitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    out.write('\n')
+    out.flush()
+    return True
+
+def _piped(session: ChatSession, stdin, stdout) -> int:
+    "Answer each non-empty line of `stdin`; only the answers go to `stdout`. 1 if some message could not be answered."
+    failed = False
+    for line in stdin:
+        line = line.strip()
+        if not line: continue
+        if line in QUIT: break
+        if line.startswith('/'):
+            print(_command(session, line), file=sys.stderr)
+            continue
+        failed |= not _reply(session, line, stdout)
+    return int(failed)
+
+# %% ../nbs/07a_chat.ipynb #5d1c0a16
+def _read_message() -> str:
+    "One message from the prompt; a line ending in a backslash continues on the next."
+    parts = [input('> ')]
+    while parts[-1].endswith('\\'):
+        parts[-1] = parts[-1][:-1]
+        parts.append(input('. '))
+    return '\n'.join(parts).strip()
+
+def _interactive(session: ChatSession, title: str, stdout) -> int:
+    try: import readline  # noqa: F401  line editing and history for input(); optional (absent on some platforms)
+    except ImportError: pass
+    print(title, file=stdout)
+    warned = False
+    while True:
+        try: line = _read_message()
+        except EOFError:
+            print(file=stdout)
+            return 0
+        except KeyboardInterrupt:
+            if warned:
+                print(file=stdout)
+                return 0
+            warned = True
+            print("\n(Ctrl-C again, Ctrl-D or /quit leaves)", file=stdout)
+            continue
+        warned = False
+        if not line: continue
+        if line in QUIT: return 0
+        if line.startswith('/'):
+            print(_command(session, line), file=stdout)
+            continue
+        _reply(session, line, stdout)
+
+def chat_loop(session: ChatSession, title: str, stdin=None, stdout=None) -> int:
+    "Chat on a terminal (banner `title`, prompts, line editing) or, when `stdin` is not one, answer its lines."
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    if not stdin.isatty(): return _piped(session, stdin, stdout)
+    return _interactive(session, title, stdout)
+
+# %% ../nbs/07a_chat.ipynb #5d1c0a18
 def cli_chat(argv: list[str] | None = None) -> int:
     "`lmlit chat --run NAME [--stage S] [--step N] [-p QUESTION]`."
     ap = argparse.ArgumentParser(prog='lmlit chat', description='Chat with a trained checkpoint in the terminal.')
@@ -84,21 +217,15 @@ def cli_chat(argv: list[str] | None = None) -> int:
     ap.add_argument('-p', '--prompt', help='answer this one question and exit')
     ap.add_argument('--temperature', type=float, default=0.6)
     ap.add_argument('--top-k', type=int, default=50)
-    ap.add_argument('--max-tokens', type=int, default=256)
+    ap.add_argument('--max-tokens', type=int, help='most tokens per reply (default: 256, or less to fit the context)')
     ap.add_argument('--seed', type=int, default=0)
     args = ap.parse_args(argv)
     model, tokenizer, meta = load_model(args.run, args.step, args.device, stage=args.stage)
-    session = ChatSession(Engine(model, tokenizer), args.temperature, args.top_k or None, args.max_tokens, args.seed)
-    if args.prompt is not None:
-        for piece in session.ask(args.prompt): print(piece, end='', flush=True)
-        print()
-        return 0
-    print(f"lmlit chat: {args.run} ({meta.get('stage')}, step {meta.get('step')}); /help for commands")
-    while True:
-        try: line = input('> ').strip()
-        except EOFError: print(); return 0
-        if not line: continue
-        if line in ('/quit', '/exit'): return 0
-        if line.startswith('/'): print(_command(session, line)); continue
-        for piece in session.ask(line): print(piece, end='', flush=True)
-        print()
+    engine = Engine(model, tokenizer)
+    max_tokens = args.max_tokens or min(256, engine.context // 2)
+    if not 1 <= max_tokens < engine.context:
+        raise LmlitError(f"--max-tokens {max_tokens} does not fit the model's context of {engine.context}; "
+                         f"use 1 to {engine.context - 1}")
+    session = ChatSession(engine, args.temperature, args.top_k or None, max_tokens, args.seed)
+    if args.prompt is not None: return 0 if _reply(session, args.prompt, sys.stdout) else 1
+    return chat_loop(session, banner(args.run, meta, engine.context))

@@ -1,17 +1,70 @@
-"The chat page in a real headless Chromium (Debian's, driven by Playwright): send, watch the reply stream, regenerate, edit; hostile model text stays text."
-import os, shutil, tempfile, time
+"""The chat page in a real headless Chromium (Debian's, driven by Playwright) against `lmlit serve`'s app on a scripted,
+slow engine (a fixed delay per step, so a reply takes seconds and can be stopped, replaced or scrolled mid-stream):
+one reply at a time, Stop/Esc, Regenerate/Send/Edit mid-stream, errors as page state, follow-scroll, storage across a
+reload, markdown through the vendored libraries, hostile model text inert, focus and labels, dark mode."""
+import json, os, time
+from importlib import resources
 from pathlib import Path
 import pytest
-from serve_fixtures import scripted_engine, LiveServer, HOSTILE
+import torch
+from starlette.staticfiles import StaticFiles
+from serve_fixtures import LiveServer
+from lmlit.engine import Engine, ScriptedModel, scripted_step
 from lmlit.serve import make_app
+from lmlit.tokenizer import get_tokenizer
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(120)
 CHROMIUM = '/usr/bin/chromium'
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync']
-SCREENSHOT = os.environ.get('LMLIT_UI_SCREENSHOT')    # where to save a picture of the page, if set
+SHOTS = Path(os.environ.get('LMLIT_UI_SHOTS', '/work/notes/shots'))     # where screenshots go, when that folder exists
 
-def _playwright():
+MARKDOWN = """Here is a list:
+
+- first item
+- second item
+
+| name | value |
+|------|-------|
+| pi   | 3.14  |
+
+See [the docs](https://example.com/docs) and
+```python
+def add(a, b):
+    return a + b
+```
+Hostile: <script>window.pwned=1</script> <img src=x onerror="window.pwned=2"> [click me](javascript:window.pwned=3)
+<svg onload="window.pwned=4"><circle r="9"/></svg> done."""
+REPLIES = {'long': '\n'.join(f'line {i}' for i in range(300)), 'markdown': MARKDOWN, 'short': 'Alpha beta.',
+           'tool': 'Let me add.'}
+
+def slow_engine():
+    "A scripted model whose reply is REPLIES[first word of the last user message] (else 'short'), one token per step."
+    tok = get_tokenizer('shakespeare', vocab_size=512, max_chars=200_000)
+    S = tok.encode_special
+    start, user_start, user_end = S('<|assistant_start|>'), S('<|user_start|>'), S('<|user_end|>')
+    scripts = {key: tok.encode(text) + [S('<|assistant_end|>')] for key, text in REPLIES.items()}
+    pace = dict(delay=0.02)
+    def script(tokens):
+        time.sleep(pace['delay'])
+        k = len(tokens) - tokens[::-1].index(start)
+        u = len(tokens) - tokens[::-1].index(user_start)
+        asked = tok.decode(tokens[u:tokens.index(user_end, u)]).split()
+        reply = scripts.get(asked[0] if asked else '', scripts['short'])
+        logits = torch.full((tok.vocab_size,), -30.0)
+        logits[reply[min(len(tokens) - k, len(reply) - 1)]] = 30.0
+        return logits
+    model = ScriptedModel(script, tok.vocab_size, sequence_len=4096)
+    return Engine(model, tok, step=scripted_step), model, pace
+
+def with_static(app):
+    "The page's vendored libraries under /static (mounted here when the app does not serve them itself yet)."
+    if not any(getattr(route, 'path', None) == '/static' for route in app.routes):
+        app.mount('/static', StaticFiles(directory=str(resources.files('lmlit') / 'static')), name='static')
+    return app
+
+@pytest.fixture(scope='module')
+def served():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -20,62 +73,270 @@ def _playwright():
     if not Path(CHROMIUM).exists():
         if os.environ.get('CI'): raise AssertionError(f"{CHROMIUM} is missing under CI; .ci/run installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
-    return sync_playwright
+    engine, model, pace = slow_engine()
+    with LiveServer(with_static(make_app(engine, 'scripted'))) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield dict(server=server, browser=browser, model=model, pace=pace)
+        browser.close()
 
-def _wait(page, expression: str, timeout_s: float = 60):
+@pytest.fixture
+def page(served):
+    "A fresh browser context (empty localStorage) on the page; posts and dialogs recorded."
+    context = served['browser'].new_context(viewport=dict(width=1100, height=700))
+    page = context.new_page()
+    page.posts = []
+    page.on('request', lambda r: page.posts.append(json.loads(r.post_data)) if r.method == 'POST' else None)
+    page.dialogs = []
+    page.on('dialog', lambda d: (page.dialogs.append(d.type), d.accept()))
+    page.goto(served['server'].url + '/')
+    _wait(page, "document.getElementById('status').dataset.state === 'ok'")
+    yield page
+    context.close()
+
+@pytest.fixture
+def fast(served):
+    "Replies at full speed, for the tests that do not stop or race a reply."
+    served['pace']['delay'] = 0.0
+    yield
+    served['pace']['delay'] = 0.02
+
+def _wait(page, expression: str, timeout_s: float = 30):
     "Poll `expression` in the page (the page's CSP forbids wait_for_function's eval)."
     deadline = time.time() + timeout_s
     while not page.evaluate(expression):
         assert time.time() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.05)
+        time.sleep(0.03)
 
-def test_chat_page_streams_regenerates_edits_and_shows_html_as_text(tmp_path):
-    sync_playwright = _playwright()
-    engine, model, tok = scripted_engine(delay_s=0.03)
-    with LiveServer(make_app(engine, 'scripted')) as server, sync_playwright() as p:
-        profile = tempfile.mkdtemp(dir=tmp_path)
-        browser = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS,   # a fresh profile
-                                                       viewport=dict(width=1000, height=640))
-        page = browser.new_page()
-        posts = []
-        page.on('request', lambda r: posts.append(r.url) if r.method == 'POST' else None)
-        dialogs = []
-        page.on('dialog', lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(server.url + '/')
-        page.fill('#input', 'Hello there, who are you?')
-        page.press('#input', 'Enter')
-        reply = page.locator('.msg.assistant .body').last
-        lengths = []
-        deadline = time.time() + 60
-        while page.evaluate("document.body.dataset.idle") != '1':
-            lengths.append(len(reply.inner_text()))
-            assert time.time() < deadline, "the reply never finished"
-            time.sleep(0.05)
-        partial = sorted({n for n in lengths if n > 0})
-        assert len(partial) >= 3, f"the reply did not stream (lengths seen: {partial})"
-        shown = reply.inner_text()
-        assert '<script>window.pwned=1</script>' in shown and '<img src=x onerror="window.pwned=2">' in shown
-        assert page.locator('#log script').count() == 0 and page.locator('#log img').count() == 0
-        assert page.evaluate("window.pwned === undefined") and not dialogs
-        assert page.locator('#log strong').inner_text() == 'bold' and page.locator('#log code').inner_text() == 'code'
-        first = shown
-        # regenerate: the reply is asked for again and streamed anew in the same place
-        page.click('.msg.assistant .regenerate')
-        _wait(page, "document.body.dataset.idle === '1'")
-        assert len(posts) == 2 and page.locator('.msg.assistant').count() == 1
-        assert page.locator('.msg.assistant .body').inner_text().endswith(first[1:].strip()[-20:])
-        # edit and resend: the question goes back to the box, the old turn is gone, the new one is answered
-        page.click('.msg.user .edit')
-        assert page.input_value('#input') == 'Hello there, who are you?' and page.locator('.msg').count() == 0
-        page.fill('#input', 'Who are you, then?')
-        page.press('#input', 'Enter')
-        _wait(page, "document.body.dataset.idle === '1'")
-        assert page.locator('.msg.user .body').inner_text() == 'Who are you, then?' and len(posts) == 3
-        page.fill('#input', 'A second question')
-        page.press('#input', 'Enter')
-        _wait(page, "document.body.dataset.idle === '1' && document.querySelectorAll('.msg').length === 4")
-        page.screenshot(path=str(tmp_path/'ui.png'))
-        if SCREENSHOT: shutil.copy(tmp_path/'ui.png', SCREENSHOT)
-        page.click('#new')
-        assert page.locator('.msg').count() == 0
-        browser.close()
+def _idle(page): _wait(page, "document.body.dataset.idle === '1'")
+
+def _streaming(page, at_least: int = 30):
+    "Wait until a reply is streaming and shows at least `at_least` characters."
+    _wait(page, f"(document.querySelector('.streaming .body') || {{}}).textContent?.length >= {at_least}")
+
+def _ask(page, text: str):
+    page.fill('#input', text)
+    page.press('#input', 'Enter')
+
+def _stored(page) -> list:
+    "The current conversation as the page stored it."
+    return page.evaluate("(() => { const s = JSON.parse(localStorage.getItem('lmlit.chat.v1')); return s.conversations[s.current].messages; })()")
+
+def _steps_stop(model, settle_s: float = 0.5) -> bool:
+    "True when the engine takes at most one more step in `settle_s` (its rows were cancelled)."
+    before = len(model.calls)
+    time.sleep(settle_s)
+    return len(model.calls) - before <= 1
+
+def test_stop_and_esc_end_the_reply_and_the_server_stops_stepping(page, served):
+    _ask(page, 'long answer please')
+    _streaming(page)
+    _shoot(page, 'desktop-streaming-stop')
+    assert page.inner_text('#send') == 'Stop' and page.get_attribute('#send', 'aria-label') == 'Stop the reply'
+    page.click('#send')
+    _idle(page)
+    assert _steps_stop(served['model'])
+    assert page.inner_text('#send') == 'Send'
+    kept = _stored(page)
+    assert [m['role'] for m in kept] == ['user', 'assistant'] and 0 < len(kept[1]['content']) < len(REPLIES['long']) / 2
+    assert 'stopped: by you' in page.inner_text('.msg.assistant .stats')
+    _ask(page, 'long again')
+    _streaming(page)
+    page.keyboard.press('Escape')
+    _idle(page)
+    assert _steps_stop(served['model'])
+    assert len(_stored(page)) == 4
+
+def test_regenerate_send_and_edit_mid_stream_replace_the_reply(page, served):
+    model = served['model']
+    _ask(page, 'long one')
+    _streaming(page)
+    page.click('.streaming .regenerate')                 # regenerate mid-stream: the old reply stops, a new one streams
+    _wait(page, "document.querySelectorAll('.streaming').length === 1 && "
+                "document.querySelector('.streaming .body').textContent.length === 0", 10)
+    _streaming(page)                                     # the new reply streams at once: the server let the old one go
+    assert page.locator('.msg.assistant').count() == 1 and max(batch for batch, _ in model.calls[-5:]) == 1
+    _ask(page, 'short question')                         # send mid-stream: the reply ends, the new question is answered
+    _idle(page)
+    kept = _stored(page)
+    assert [m['role'] for m in kept] == ['user', 'assistant', 'user', 'assistant'] and kept[3]['content'] == 'Alpha beta.'
+    assert kept[1]['stats']['finish'] == 'by you' and page.locator('.streaming').count() == 0
+    assert len(page.posts) == 3 and [m['role'] for m in page.posts[2]['messages']] == ['user', 'assistant', 'user']
+    page.click('.msg.assistant >> nth=1 >> .regenerate')
+    _idle(page)
+    _ask(page, 'long three')
+    _streaming(page)
+    page.click('.msg.user >> nth=2 >> .edit')             # edit mid-stream: the reply stops, the question returns to the box
+    _idle(page)
+    assert _steps_stop(model)
+    assert page.input_value('#input') == 'long three' and len(_stored(page)) == 4 and page.locator('.msg').count() == 4
+
+def test_errors_are_page_state_never_history(page, served, fast):
+    _ask(page, 'x' * 9000)                               # over the server's per-message limit: a 400 with a message
+    _wait(page, "!document.getElementById('alert').hidden")
+    alert = page.locator('[role=alert]')
+    assert 'characters' in alert.inner_text() and alert.locator('#retry').is_visible()
+    assert [m['role'] for m in _stored(page)] == ['user']
+    page.click('.msg.user .edit')
+    page.route('**/v1/chat/completions', lambda route: route.abort())     # the connection drops
+    _ask(page, 'short please')
+    _wait(page, "!document.getElementById('alert').hidden")
+    _shoot(page, 'desktop-error-retry')
+    assert 'connection' in page.inner_text('#alert-text') and [m['role'] for m in _stored(page)] == ['user']
+    page.unroute('**/v1/chat/completions')
+    page.click('#retry')
+    _idle(page)
+    _wait(page, "document.getElementById('alert').hidden")
+    assert [m['content'] for m in _stored(page)] == ['short please', 'Alpha beta.']
+    assert 'connection' not in json.dumps(page.posts[-1]) and 'characters' not in json.dumps(page.posts[-1])
+
+def test_server_down_on_load_is_said(served):
+    context = served['browser'].new_context()
+    page = context.new_page()
+    page.route('**/health', lambda route: route.abort())
+    page.goto(served['server'].url + '/')
+    _wait(page, "!document.getElementById('alert').hidden")
+    assert 'not reachable' in page.inner_text('[role=alert]') and page.get_attribute('#status', 'data-state') == 'down'
+    context.close()
+
+def test_the_view_follows_the_stream_unless_the_user_scrolls_up(page, served):
+    page.set_viewport_size(dict(width=700, height=420))
+    _ask(page, 'long scroll')
+    distance = "(() => { const s = document.getElementById('scroller'); return s.scrollHeight - s.scrollTop - s.clientHeight; })()"
+    _wait(page, "document.getElementById('scroller').scrollHeight > document.getElementById('scroller').clientHeight + 200")
+    assert page.evaluate(distance) < 40                  # following the bottom
+    page.mouse.move(350, 250)
+    page.mouse.wheel(0, -5000)                           # the user scrolls up to read
+    _wait(page, "document.getElementById('scroller').scrollTop === 0", 5)
+    grown = page.evaluate("document.getElementById('scroller').scrollHeight")
+    _wait(page, f"document.getElementById('scroller').scrollHeight > {grown} + 100")
+    assert page.evaluate("document.getElementById('scroller').scrollTop") == 0     # left where they are
+    assert page.locator('header').bounding_box()['y'] == 0 and page.locator('#new').is_visible()    # header stays
+    page.keyboard.press('Escape')
+    _idle(page)
+    assert page.evaluate("document.getElementById('scroller').scrollTop") == 0     # no jump at the end
+
+def test_reload_keeps_conversations_settings_and_warns_of_a_draft(page, served, fast):
+    page.fill('#temperature', '0.3')
+    page.dispatch_event('#temperature', 'change')
+    _ask(page, 'short first')
+    _idle(page)
+    assert page.inner_text('.msg.assistant .stats').endswith('stopped: stop')
+    stats = page.inner_text('.msg.assistant .stats')
+    assert stats.split(' tokens · ')[0].isdigit() and ' tok/s · ' in stats
+    page.reload()
+    _idle(page)
+    assert page.inner_text('.msg.assistant .body') == 'Alpha beta.' and page.input_value('#temperature') == '0.3'
+    page.click('#new')
+    assert page.locator('.msg').count() == 0 and page.locator('#chats li').count() == 2
+    _ask(page, 'markdown second')
+    _idle(page)
+    page.click('#chats li >> nth=1 >> .open')           # back to the first conversation
+    assert page.inner_text('.msg.user .body') == 'short first'
+    page.click('#chats li >> nth=0 >> .delete')         # delete the second (confirmed)
+    assert page.dialogs == ['confirm'] and page.locator('#chats li').count() == 1
+    warns = ("(() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
+             "return e.defaultPrevented; })()")
+    assert not page.evaluate(warns)                      # nothing unsent: leaving is quiet
+    page.fill('#input', 'an unsent draft')
+    assert page.evaluate(warns)                          # the browser asks before the draft is lost
+    page.reload()
+    assert page.input_value('#input') == 'an unsent draft'     # and a reload keeps it anyway
+
+def test_markdown_is_rendered_and_hostile_text_is_inert(page, served, fast):
+    page.fill('#maxtokens', '600')
+    _ask(page, 'markdown please')
+    _idle(page)
+    body = page.locator('.msg.assistant .body')
+    assert body.locator('ul > li').count() == 2 and body.locator('table td').first.inner_text() == 'pi'
+    link = body.locator('a', has_text='the docs')
+    assert link.get_attribute('href') == 'https://example.com/docs' and 'noopener' in link.get_attribute('rel')
+    code = body.locator('pre > code')
+    assert 'language-python' in code.get_attribute('class') and 'hljs' in code.get_attribute('class')
+    assert code.locator('span').count() > 0 and code.inner_text().startswith('def add(a, b):')    # highlighted, first line intact
+    assert body.locator('pre .copy-code').count() == 1
+    text = body.inner_text()
+    assert '<script>window.pwned=1</script>' in text and 'onerror="window.pwned=2"' in text and '<svg onload' in text
+    assert page.locator('#log script, #log img, #log svg, #log [onerror], #log [onload]').count() == 0
+    clicked = body.locator('a', has_text='click me')
+    assert clicked.count() == 0 or not (clicked.get_attribute('href') or '').lower().startswith('javascript')
+    if clicked.count(): clicked.click()
+    time.sleep(0.2)
+    assert page.evaluate("window.pwned === undefined") and page.dialogs == []
+    _shoot(page, 'desktop-light')
+    page.set_viewport_size(dict(width=390, height=800))
+    _shoot(page, 'phone-light')
+
+def test_without_the_vendored_libraries_the_page_shows_plain_text(page, served, fast):
+    page.route('**/static/vendor/**', lambda route: route.abort())
+    page.reload()
+    _wait(page, "document.getElementById('status').dataset.state === 'ok'")
+    assert page.evaluate("typeof window.marked") == 'undefined'
+    page.fill('#maxtokens', '600')
+    _ask(page, 'markdown without libraries')
+    _idle(page)
+    text = page.inner_text('.msg.assistant .body')
+    assert '- first item' in text and '<script>window.pwned=1</script>' in text
+    assert page.locator('#log script, #log img, #log svg, #log ul, #log a').count() == 0 and page.evaluate("window.pwned === undefined")
+
+def test_focus_labels_and_dark_mode(served, fast):
+    context = served['browser'].new_context(color_scheme='dark', viewport=dict(width=1100, height=700))
+    page = context.new_page()
+    page.goto(served['server'].url + '/')
+    _wait(page, "document.getElementById('status').dataset.state === 'ok'")
+    assert page.evaluate("document.activeElement.id") == 'input'
+    assert page.get_by_label('Message').get_attribute('id') == 'input'
+    assert page.get_attribute('#log', 'role') == 'log' and page.get_attribute('#log', 'aria-live') == 'polite'
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == 'rgb(13, 17, 23)'
+    _ask(page, 'markdown in the dark')
+    _idle(page)
+    assert page.evaluate("document.activeElement.id") == 'input'
+    assert page.get_attribute('.msg.assistant .regenerate', 'aria-label') == 'Regenerate this reply'
+    _shoot(page, 'desktop-dark')
+    page.set_viewport_size(dict(width=390, height=800))
+    page.click('#chats-toggle')
+    _shoot(page, 'phone-dark-chats')
+    context.close()
+
+def test_a_tool_call_is_a_block_and_goes_back_as_parts(page, served):
+    "The stream's <<expr=result>> is drawn as a tool-call block and sent back as python/python_output parts."
+    canned = [{'choices': [{'index': 0, 'delta': {'content': text}, 'finish_reason': None}]}
+              for text in ('Two and three: ', '<<', '2+3', '=', '5', '>>', ' so five. Then ', '<<', 'abs(-1', ' gave nothing.')]
+    canned.append({'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})
+    sse = ''.join(f"data: {json.dumps(c)}\n\n" for c in canned) + 'data: [DONE]\n\n'
+    page.route('**/v1/chat/completions', lambda route: route.fulfill(status=200, content_type='text/event-stream', body=sse))
+    _ask(page, 'tool time')
+    _idle(page)
+    blocks = page.locator('.msg.assistant .toolcall')
+    assert blocks.count() == 2 and 'tool call2+3 = 5' in blocks.nth(0).inner_text().replace('\n', '')
+    assert blocks.nth(1).inner_text().endswith('(no result)') and '<<' not in page.inner_text('.msg.assistant .body')
+    _ask(page, 'tool again')
+    _idle(page)
+    sent = page.posts[-1]['messages'][1]['content']
+    assert sent[:4] == [{'type': 'text', 'text': 'Two and three: '}, {'type': 'python', 'text': '2+3'},
+                        {'type': 'python_output', 'text': '5'}, {'type': 'text', 'text': ' so five. Then '}]
+    assert sent[4]['type'] == 'python' and sent[4]['text'].startswith('abs(-1')
+
+def test_an_api_key_is_asked_for_and_sent(page, served, fast):
+    "`lmlit serve --api-key K`: a 401 reveals the key field; the retry carries `Authorization: Bearer K`."
+    seen = []
+    def guard(route):
+        seen.append(route.request.headers.get('authorization'))
+        if seen[-1] != 'Bearer sesame':
+            route.fulfill(status=401, content_type='application/json',
+                          body=json.dumps({'error': {'message': 'Incorrect or missing API key', 'type': 'invalid_request_error'}}))
+        else: route.continue_()
+    page.route('**/v1/chat/completions', guard)
+    _ask(page, 'short with a key')
+    _wait(page, "!document.getElementById('alert').hidden")
+    assert 'API key' in page.inner_text('[role=alert]') and page.locator('#apikey').is_visible()
+    page.fill('#apikey', 'sesame')
+    page.dispatch_event('#apikey', 'change')
+    page.click('#retry')
+    _idle(page)
+    assert seen == [None, 'Bearer sesame'] and [m['role'] for m in _stored(page)] == ['user', 'assistant']
+
+def _shoot(page, name: str):
+    "A screenshot for the closing note, when the notes folder exists (never inside the repository)."
+    if SHOTS.parent.exists():
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / f'{name}.png'))
