@@ -250,31 +250,29 @@ def _describe(option: dict) -> str:
     "One alternative, as the parameters that ask for it and its planned GiB."
     extra = (f", loss_chunk {option['loss_chunk']}" if option['loss_chunk'] else '') + \
             (", activation_checkpointing=True" if option['activation_checkpointing'] else '')
-    return f"device_batch {option['device_batch']} (grad accum {option['grad_accum']}){extra}: {option['total'] / 2**30:.1f} GiB"
+    return f"device_batch {option['device_batch']} (grad accum {option['grad_accum']}){extra}: {option['total'] / 2**30:.3g} GiB"
 
 # %% ../nbs/04c_memory.ipynb #a1d0c017
+def _largest_valid(rows: int, batches: list[int] | None) -> int:
+    "The largest batch of `batches` (all, when None) that is at most `rows`; 0 if none."
+    if batches is None: return rows
+    return max((b for b in batches if b <= rows), default=0)
+
 def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_checkpointing: bool,
-                 options: list[dict] | None = None, usable: float = 1.0) -> None:
-    "Raise `LmlitError` when the planned peak exceeds `usable` × `limit_gb`, naming settings that would fit (`options`)."
+                 options: list[dict] | None = None, usable: float = 1.0, batches: list[int] | None = None) -> None:
+    "Raise `LmlitError` when the planned peak exceeds `usable` × `limit_gb`, naming batches (of `batches`) and `options` that fit."
     limit = limit_gb * usable * 2**30
     if not limit_gb or plan['total'] <= limit: return
     share = f"{usable:.0%} of " if usable < 1 else ''
     msg = (f"planned peak memory {plan['total']/2**30:.2f} GiB (params {plan['params']/2**30:.2f}, grads {plan['grads']/2**30:.2f}, "
            f"optimizer {plan['optim']/2**30:.2f}, activations {plan['activations']/2**30:.2f}, backward transient "
            f"{plan['transient']/2**30:.2f}) exceeds {share}memory_limit_gb {limit_gb:g} at device_batch {device_batch}. ")
-    if options is None:      # no batch arithmetic given: the planned rows alone
-        plain = largest_batch(plan, limit, activation_checkpointing)
-        ckpt = largest_batch(plan, limit, True)
-        same = [dict(device_batch=plain, activation_checkpointing=activation_checkpointing)] if plain else []
-        with_ckpt = [dict(device_batch=ckpt, activation_checkpointing=True)] if ckpt and not activation_checkpointing else []
-    else:
-        same = [o for o in options if o['activation_checkpointing'] == activation_checkpointing and not o['loss_chunk']] or \
-               [o for o in options if o['activation_checkpointing'] == activation_checkpointing]
-        with_ckpt = [o for o in options if o['activation_checkpointing']] if not activation_checkpointing else []
-    if same: msg += f"The largest device_batch that fits is {same[0]['device_batch']} (raise total_batch's grad accumulation to keep the batch)"
+    same = _largest_valid(largest_batch(plan, limit, activation_checkpointing), batches)
+    ckpt = _largest_valid(largest_batch(plan, limit, True), batches)
+    if same >= 1: msg += f"The largest device_batch that fits is {same} (raise total_batch's grad accumulation to keep the batch)"
     else: msg += "No device_batch fits without activation checkpointing"
     if not activation_checkpointing:
-        msg += (f"; with activation_checkpointing=True device_batch {with_ckpt[0]['device_batch']} would fit" if with_ckpt else
+        msg += (f"; with activation_checkpointing=True device_batch {ckpt} would fit" if ckpt >= 1 else
                 "; even activation checkpointing would not make one row fit: use a smaller model or seq_len")
     if not plan.get('loss_chunked'):
         msg += f"; loss_chunk={DEFAULT_LOSS_CHUNK} (head and loss in chunks) removes the tokens × vocabulary logits from every row"
@@ -300,7 +298,8 @@ def fit_memory(model, opt, device_batch: int, seq_len: int, total_batch: int, wo
         if chunked['total'] <= limit: plan = dict(chunked, auto_chunked=True)
     if limit_gb and plan['total'] > limit:
         options = memory_options(model, opt, seq_len, total_batch, world, limit, device, dtype, compiled, loss_chunk, device_batch)
-        check_memory(plan, limit_gb, device_batch, activation_checkpointing, options, usable)
+        batches = valid_device_batches(total_batch, seq_len, world)
+        check_memory(plan, limit_gb, device_batch, activation_checkpointing, options, usable, batches)
     model.loss_chunk = plan['loss_chunk']
     return plan
 
