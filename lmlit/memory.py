@@ -69,7 +69,8 @@ def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
     return dict(outside=acc['outside'] - const, blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab, width=width,
                 block_input=seq_len * width * act_bytes, logits=seq_len * vocab * 4 if path == 'plain' else 0,
                 loss_const=const, loss_chunk=model.loss_chunk if path == 'chunked' else 0,
-                weights_in_blocks=acc['weights_in_blocks'], weights_outside=acc['weights_outside'], path=path, basis='probe')
+                weights_in_blocks=acc['weights_in_blocks'], weights_outside=acc['weights_outside'], path=path,
+                basis='probe')
 
 # %% ../nbs/04c_memory.ipynb #a1d0c002
 def block_terms(config, device_type: str = 'cuda', dtype=torch.bfloat16, compiled: bool = False) -> dict:
@@ -78,7 +79,8 @@ def block_terms(config, device_type: str = 'cuda', dtype=torch.bfloat16, compile
     low = dtype != torch.float32           # autocast: matmuls read and write `dtype`
     a = 2 if low else 4                    # bytes of what a matmul writes
     if device_type == 'cpu':
-        if low or compiled: raise ValueError("the CPU count is for lmlit's eager fp32 CPU kernels; probe other CPU runs")
+        if low or compiled:
+            raise ValueError("the CPU count is for lmlit's eager fp32 CPU kernels; probe other CPU runs")
         return dict(norm_outputs=2 * 4 * C, norm_rstd=2 * 4, qk_normed=4 * (C + kv), qk_rstd=4 * (H + Hkv), v=4 * kv,
                     attn_out=4 * C, attn_lse=4 * H, relu_out=4 * 4 * C, mlp_proj_input=4 * 4 * C)
     if compiled:
@@ -98,9 +100,9 @@ def head_terms(config, loss_path: str, device_type: str = 'cuda', dtype=torch.bf
     terms = dict(indices=8, embed_norm=4 * C + 4, final_norm=4 * C + 4)
     if loss_path == 'chunked': terms.update(head_dx=4 * C)                        # d loss / d x, formed in forward
     elif loss_path == 'fused_cpu': terms.update(head_dz=4 * V)                    # d loss / d logits, formed in forward
-    elif compiled: terms.update(targets=8, head_input=a * C, logits=a * Vp, lse=4)   # inductor recomputes softcap, softmax
+    elif compiled: terms.update(targets=8, head_input=a * C, logits=a * Vp, lse=4)   # softcap, softmax recomputed
     else: terms.update(targets=8, head_input=0 if cpu else a * C, tanh_out=4 * V, log_softmax_out=4 * V)
-    transient = 0          # the loss's gradients in backward (the CPU probe's calibrated count: one padded logits tensor)
+    transient = 0          # the loss's gradients in backward (on a CPU the probe's calibrated count: one padded logits)
     if loss_path == 'plain': transient = 4 * Vp if cpu else (4 * V + a * Vp) if compiled else 8 * V
     return dict(terms, transient=transient)
 
@@ -110,8 +112,8 @@ def _linear_weights(config) -> tuple[int, int]:
     per_block = C * C + 2 * C * kv + C * C + 2 * 4 * C * C
     return config.n_layer * per_block, padded_vocab_size(config.vocab_size) * C
 
-def analytic_activations(config, seq_len: int, device_type: str = 'cuda', dtype=torch.bfloat16, loss_path: str = 'plain',
-                         loss_chunk: int = 0, compiled: bool = False) -> dict:
+def analytic_activations(config, seq_len: int, device_type: str = 'cuda', dtype=torch.bfloat16,
+                         loss_path: str = 'plain', loss_chunk: int = 0, compiled: bool = False) -> dict:
     "What `probe_activations` measures, counted from the shape: the planner's count for a GPU (and a model on `meta`)."
     block = block_terms(config, device_type, dtype, compiled)
     head = head_terms(config, loss_path, device_type, dtype, compiled)
@@ -137,7 +139,7 @@ def optimizer_state_bytes(model, world: int = 1) -> int:
     for p in matrices: by_shape.setdefault(tuple(p.shape), []).append(p)
     muon = 0
     for shape, ps in by_shape.items():
-        size = world * -(-len(ps) // (world * 4)) if world > 1 else len(ps)    # buckets, each a multiple of the world size
+        size = world * -(-len(ps) // (world * 4)) if world > 1 else len(ps)    # buckets, multiples of the world size
         for start in range(0, len(ps), size):
             n = min(size, len(ps) - start)
             muon += -(-n // world) * math.prod(shape) * ps[0].element_size()  # one momentum buffer per owned matrix
@@ -145,7 +147,8 @@ def optimizer_state_bytes(model, world: int = 1) -> int:
     for p in model.parameters():
         if id(p) in ids: continue
         sharded = world > 1 and p.dim() >= 1 and p.shape[0] % world == 0
-        adamw += 2 * (p.numel() // world if sharded else p.numel()) * p.element_size()   # two moments of this rank's rows
+        rows_share = p.numel() // world if sharded else p.numel()
+        adamw += 2 * rows_share * p.element_size()          # two moments of this rank's rows
     return muon + adamw
 
 def _opt_state_bytes(opt) -> int:
@@ -187,7 +190,7 @@ def activations_for(model, seq_len: int, device='cpu', dtype=torch.float32, loss
 def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype=torch.float32,
                 activation_checkpointing: bool = False, probe: dict | None = None, compiled: bool = False,
                 loss_chunk: int | None = None, world: int = 1) -> dict:
-    "Planned peak bytes of a training step, by component (`opt=None`: the optimizer state of one of `world` ranks, counted)."
+    "Planned peak bytes of a training step, by part (`opt=None`: one of `world` ranks' optimizer state, counted)."
     probe = probe or activations_for(model, seq_len, device, dtype, loss_chunk, compiled)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -201,7 +204,7 @@ def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype
     # Muon's step stacks the gradients and parameters of each matrix shape: a short-lived copy of both
     step_tmp = 2 * sum(p.numel() * p.element_size() for b in _blocks(model) for p in b.parameters() if p.dim() == 2)
     loss = probe.get('loss_const', 0)
-    if probe.get('loss_chunk'):   # one chunk's logits, softcap and softmax (+ bf16 copies under autocast); d W's product
+    if probe.get('loss_chunk'):   # one chunk's logits, softcap, softmax (+ bf16 copies under autocast); d W's product
         rows = min(probe['loss_chunk'], device_batch * seq_len)
         low = dtype != torch.float32
         loss += rows * probe['vocab'] * (12 if low else 8) + probe['vocab'] * probe['width'] * (4 + (2 if low else 0))
@@ -209,8 +212,9 @@ def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype
     fixed = params + grads + optim + loss + casts
     total = fixed + max(device_batch * (act + transient), step_tmp)
     return dict(params=params, grads=grads, optim=optim, weight_casts=casts, activations=device_batch * act,
-                transient=device_batch * transient, step_tmp=step_tmp, loss_chunked=loss, total=total, per_row=act + transient,
-                per_row_ckpt=act_ckpt + transient, fixed=fixed, basis=probe.get('basis', 'probe'), loss_chunk=probe.get('loss_chunk', 0),
+                transient=device_batch * transient, step_tmp=step_tmp, loss_chunked=loss, total=total,
+                per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed,
+                basis=probe.get('basis', 'probe'), loss_chunk=probe.get('loss_chunk', 0),
                 device_batch=device_batch, activation_checkpointing=activation_checkpointing)
 
 def largest_batch(plan: dict, limit_bytes: float, ckpt: bool = False) -> int:
@@ -230,8 +234,9 @@ def valid_device_batches(total_batch: int, seq_len: int, world: int = 1) -> list
 DEFAULT_LOSS_CHUNK = 4096   # tokens per chunk when the planner turns chunking on: logits of 4096 × vocab at a time
 
 def memory_options(model, opt, seq_len: int, total_batch: int, world: int, limit_bytes: float, device='cpu',
-                   dtype=torch.float32, compiled: bool = False, loss_chunk: int = 0, max_batch: int | None = None) -> list[dict]:
-    "Settings that pass the batch arithmetic and fit `limit_bytes`: per device batch, the cheapest of plain / chunked / checkpointed."
+                   dtype=torch.float32, compiled: bool = False, loss_chunk: int = 0,
+                   max_batch: int | None = None) -> list[dict]:
+    "Settings that pass the batch arithmetic and fit: per device batch, the first of plain, chunked, checkpointed."
     chunks = [loss_chunk] if loss_chunk else [0, DEFAULT_LOSS_CHUNK]
     probes = {chunk: activations_for(model, seq_len, device, dtype, chunk, compiled) for chunk in chunks}
     options = []
@@ -250,7 +255,8 @@ def _describe(option: dict) -> str:
     "One alternative, as the parameters that ask for it and its planned GiB."
     extra = (f", loss_chunk {option['loss_chunk']}" if option['loss_chunk'] else '') + \
             (", activation_checkpointing=True" if option['activation_checkpointing'] else '')
-    return f"device_batch {option['device_batch']} (grad accum {option['grad_accum']}){extra}: {option['total'] / 2**30:.3g} GiB"
+    batch = f"device_batch {option['device_batch']} (grad accum {option['grad_accum']})"
+    return f"{batch}{extra}: {option['total'] / 2**30:.3g} GiB"
 
 # %% ../nbs/04c_memory.ipynb #a1d0c017
 def _largest_valid(rows: int, batches: list[int] | None) -> int:
@@ -260,22 +266,25 @@ def _largest_valid(rows: int, batches: list[int] | None) -> int:
 
 def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_checkpointing: bool,
                  options: list[dict] | None = None, usable: float = 1.0, batches: list[int] | None = None) -> None:
-    "Raise `LmlitError` when the planned peak exceeds `usable` × `limit_gb`, naming batches (of `batches`) and `options` that fit."
+    "Raise `LmlitError` when the plan exceeds `usable` × `limit_gb`, naming the `batches` and `options` that fit."
     limit = limit_gb * usable * 2**30
     if not limit_gb or plan['total'] <= limit: return
     share = f"{usable:.0%} of " if usable < 1 else ''
-    msg = (f"planned peak memory {plan['total']/2**30:.2f} GiB (params {plan['params']/2**30:.2f}, grads {plan['grads']/2**30:.2f}, "
-           f"optimizer {plan['optim']/2**30:.2f}, activations {plan['activations']/2**30:.2f}, backward transient "
-           f"{plan['transient']/2**30:.2f}) exceeds {share}memory_limit_gb {limit_gb:g} at device_batch {device_batch}. ")
+    gib = {k: plan[k] / 2**30 for k in ('total', 'params', 'grads', 'optim', 'activations', 'transient')}
+    msg = (f"planned peak memory {gib['total']:.2f} GiB (params {gib['params']:.2f}, grads {gib['grads']:.2f}, "
+           f"optimizer {gib['optim']:.2f}, activations {gib['activations']:.2f}, backward transient "
+           f"{gib['transient']:.2f}) exceeds {share}memory_limit_gb {limit_gb:g} at device_batch {device_batch}. ")
     same = _largest_valid(largest_batch(plan, limit, activation_checkpointing), batches)
     ckpt = _largest_valid(largest_batch(plan, limit, True), batches)
-    if same >= 1: msg += f"The largest device_batch that fits is {same} (raise total_batch's grad accumulation to keep the batch)"
+    if same >= 1:
+        msg += f"The largest device_batch that fits is {same} (raise total_batch's grad accumulation to keep the batch)"
     else: msg += "No device_batch fits without activation checkpointing"
     if not activation_checkpointing:
         msg += (f"; with activation_checkpointing=True device_batch {ckpt} would fit" if ckpt >= 1 else
                 "; even activation checkpointing would not make one row fit: use a smaller model or seq_len")
     if not plan.get('loss_chunked'):
-        msg += f"; loss_chunk={DEFAULT_LOSS_CHUNK} (head and loss in chunks) removes the tokens × vocabulary logits from every row"
+        msg += (f"; loss_chunk={DEFAULT_LOSS_CHUNK} (head and loss in chunks) removes the tokens × vocabulary logits "
+                "from every row")
     if options:
         msg += ". Settings that fit the batch arithmetic and the memory, largest device batch first: " + \
                "; ".join(_describe(o) for o in options[:6])
@@ -283,21 +292,23 @@ def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_chec
     raise LmlitError(msg + ".")
 
 # %% ../nbs/04c_memory.ipynb #a1d0c020
-GPU_USABLE = 0.92   # of a GPU's memory a plan may use: the rest is the CUDA context, NCCL's buffers, allocator fragmentation
+GPU_USABLE = 0.92   # of a GPU's memory a plan may use: the rest is CUDA's context, NCCL's buffers, fragmentation
 
 def fit_memory(model, opt, device_batch: int, seq_len: int, total_batch: int, world: int, limit_gb: float, device='cpu',
-               dtype=torch.float32, activation_checkpointing: bool = False, loss_chunk: int = 0, compiled: bool = False) -> dict:
-    "The plan of the asked settings, with the head chunked when only that makes it fit (sets `model.loss_chunk`); else refuse."
+               dtype=torch.float32, activation_checkpointing: bool = False, loss_chunk: int = 0,
+               compiled: bool = False) -> dict:
+    "The asked settings' plan, the head chunked if only that makes it fit (sets `model.loss_chunk`); else refuse."
     plan = plan_memory(model, opt, device_batch, seq_len, device, dtype, activation_checkpointing, compiled=compiled,
                        loss_chunk=loss_chunk, world=world)
     usable = 1.0 if torch.device(device).type == 'cpu' else GPU_USABLE
     limit = limit_gb * usable * 2**30
-    if limit_gb and plan['total'] > limit and not loss_chunk and usable < 1:   # GPUs only: on a CPU the fused loss is better
-        chunked = plan_memory(model, opt, device_batch, seq_len, device, dtype, activation_checkpointing, compiled=compiled,
-                              loss_chunk=DEFAULT_LOSS_CHUNK, world=world)
+    if limit_gb and plan['total'] > limit and not loss_chunk and usable < 1:   # GPUs: on a CPU the fused loss is better
+        chunked = plan_memory(model, opt, device_batch, seq_len, device, dtype, activation_checkpointing,
+                              compiled=compiled, loss_chunk=DEFAULT_LOSS_CHUNK, world=world)
         if chunked['total'] <= limit: plan = dict(chunked, auto_chunked=True)
     if limit_gb and plan['total'] > limit:
-        options = memory_options(model, opt, seq_len, total_batch, world, limit, device, dtype, compiled, loss_chunk, device_batch)
+        options = memory_options(model, opt, seq_len, total_batch, world, limit, device, dtype, compiled, loss_chunk,
+                                 device_batch)
         batches = valid_device_batches(total_batch, seq_len, world)
         check_memory(plan, limit_gb, device_batch, activation_checkpointing, options, usable, batches)
     model.loss_chunk = plan['loss_chunk']

@@ -28,12 +28,13 @@ def test_d20_speedrun_batch_32_fits_an_80gb_gpu():
           f"activations {plan['activations'] / 2**30:.1f} GiB")
     assert plan['device_batch'] == 32 and not plan['activation_checkpointing']
     assert plan['total'] <= GB80 * GPU_USABLE * 2**30
-    assert plan['loss_chunk'] == DEFAULT_LOSS_CHUNK and model.loss_chunk == DEFAULT_LOSS_CHUNK   # chunked: the plain head does not fit
+    assert plan['loss_chunk'] == DEFAULT_LOSS_CHUNK == model.loss_chunk     # chunked: the plain head does not fit
     plain = plan_memory(model, None, 32, 2048, 'cuda', torch.bfloat16, compiled=True, loss_chunk=0, world=8)
     assert plain['total'] > GB80 * GPU_USABLE * 2**30 > plan['total']
     # eager, the same shape is refused (68C bytes per token per layer), naming checkpointing or a smaller batch
     model.loss_chunk = 0
-    with pytest.raises(LmlitError, match=r'device_batch 32 \(grad accum 1\), loss_chunk 4096, activation_checkpointing=True: [\d.]+ GiB'):
+    named = r'device_batch 32 \(grad accum 1\), loss_chunk 4096, activation_checkpointing=True: [\d.]+ GiB'
+    with pytest.raises(LmlitError, match=named):
         fit_memory(model, None, 32, 2048, 524288, 8, GB80, 'cuda', torch.bfloat16)
 
 
@@ -51,7 +52,7 @@ def _case(rng):
 
 @pytest.mark.timeout(120)
 def test_every_suggestion_passes_the_batch_arithmetic_and_fits():
-    "Over shapes × world sizes × total batches: each alternative the planner offers is accepted by grad_accum_steps and fits."
+    "Over shapes × world sizes × total batches: each alternative offered passes grad_accum_steps and fits."
     rng = random.Random(0)
     refused = offered = 0
     for _ in range(150):
@@ -62,10 +63,12 @@ def test_every_suggestion_passes_the_batch_arithmetic_and_fits():
                                  c['compiled'], max_batch=c['asked'])
         for o in options:
             offered += 1
-            assert grad_accum_steps(c['total_batch'], o['device_batch'], c['seq_len'], c['world']) == o['grad_accum'], (c, o)
+            accum = grad_accum_steps(c['total_batch'], o['device_batch'], c['seq_len'], c['world'])
+            assert accum == o['grad_accum'], (c, o)
             assert o['device_batch'] <= c['asked'] and o['total'] <= limit, (c, o)
-            again = plan_memory(model, None, o['device_batch'], c['seq_len'], 'cuda', torch.bfloat16, o['activation_checkpointing'],
-                                compiled=c['compiled'], loss_chunk=o['loss_chunk'], world=c['world'])
+            again = plan_memory(model, None, o['device_batch'], c['seq_len'], 'cuda', torch.bfloat16,
+                                o['activation_checkpointing'], compiled=c['compiled'], loss_chunk=o['loss_chunk'],
+                                world=c['world'])
             assert again['total'] == o['total']
         assert [o['device_batch'] for o in options] == sorted({o['device_batch'] for o in options}, reverse=True)
         try:
@@ -117,7 +120,7 @@ def test_counted_optimizer_state_equals_the_built_one():
 
 @pytest.mark.timeout(60)
 def test_a_cpu_refusal_lists_working_alternatives():
-    "On the CPU (probed), a refused plan lists settings that fit the arithmetic, each with its planned GiB, before any step."
+    "On the CPU (probed), a refused plan lists settings that fit the arithmetic, each with its planned GiB."
     model = build_model(GPTConfig.from_depth(2, vocab_size=1024, sequence_len=128, aspect_ratio=64, head_dim=64), 'cpu')
     optimizer = setup_optimizer(model)
     full = plan_memory(model, optimizer, 8, 128, 'cpu')
