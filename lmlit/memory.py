@@ -83,9 +83,10 @@ def block_terms(config, device_type: str = 'cuda', dtype=torch.bfloat16, compile
             raise ValueError("the CPU count is for lmlit's eager fp32 CPU kernels; probe other CPU runs")
         return dict(norm_outputs=2 * 4 * C, norm_rstd=2 * 4, qk_normed=4 * (C + kv), qk_rstd=4 * (H + Hkv), v=4 * kv,
                     attn_out=4 * C, attn_lse=4 * H, relu_out=4 * 4 * C, mlp_proj_input=4 * 4 * C)
-    if compiled:
-        return dict(norm_inputs=2 * 4 * C, norm_rstd=2 * 4, qkv_outputs=a * (C + 2 * kv), qk_rstd=4 * (H + Hkv),
-                    attn_out=a * C, attn_lse=4 * H, fc_out=a * 4 * C)
+    if compiled:   # inductor: one copy of each matmul input and output, no autocast duplicates (measured on a CPU)
+        return dict(norm_inputs=2 * 4 * C, norm_rstd=2 * 4, norm_outputs=2 * a * C, qk_norm_inputs=a * (C + kv),
+                    qk_rstd=4 * (H + Hkv), sdpa_qkv=a * (C + 2 * kv), attn_out=a * C, attn_lse=4 * H, fc_out=a * 4 * C,
+                    mlp_proj_input=a * 4 * C)
     return dict(norm_inputs=2 * 4 * C, norm_rstd=2 * 4, qkv_inputs=(3 if low else 1) * a * C, rope_inputs=a * (C + kv),
                 qk_norm_inputs=4 * (C + kv), qk_rstd=4 * (H + Hkv), sdpa_qkv=a * (C + 2 * kv), attn_out=a * C,
                 attn_lse=4 * H, mlp_input=a * C, relu_out=a * 4 * C, square_input=4 * 4 * C if low else 0,
@@ -97,7 +98,8 @@ def head_terms(config, loss_path: str, device_type: str = 'cuda', dtype=torch.bf
     C, V, Vp = config.n_embd, config.vocab_size, padded_vocab_size(config.vocab_size)
     a = 2 if dtype != torch.float32 else 4
     cpu = device_type == 'cpu'
-    terms = dict(indices=8, embed_norm=4 * C + 4, final_norm=4 * C + 4)
+    # the embedding's norm keeps its float32 input; compiled, its output (the first block's input) and rstd instead
+    terms = dict(indices=8, embed_norm=4 if compiled else 4 * C + 4, final_norm=4 * C + 4)
     if loss_path == 'chunked': terms.update(head_dx=4 * C)                        # d loss / d x, formed in forward
     elif loss_path == 'fused_cpu': terms.update(head_dz=4 * V)                    # d loss / d logits, formed in forward
     elif compiled: terms.update(targets=8, head_input=a * C, logits=a * Vp, lse=4)   # softcap, softmax recomputed
@@ -203,24 +205,30 @@ def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype
     transient = probe['logits'] + per_block * (2 if activation_checkpointing else 1)
     # Muon's step stacks the gradients and parameters of each matrix shape: a short-lived copy of both
     step_tmp = 2 * sum(p.numel() * p.element_size() for b in _blocks(model) for p in b.parameters() if p.dim() == 2)
-    loss = probe.get('loss_const', 0)
+    loss = probe.get('loss_const', 0)     # the chunked head's d W, kept until backward
+    loss_forward = 0                      # alive only while the chunked loss runs, freed before the backward starts
     if probe.get('loss_chunk'):   # one chunk's logits, softcap, softmax (+ bf16 copies under autocast); d W's product
         rows = min(probe['loss_chunk'], device_batch * seq_len)
         low = dtype != torch.float32
-        loss += rows * probe['vocab'] * (12 if low else 8) + probe['vocab'] * probe['width'] * (4 + (2 if low else 0))
+        loss_forward = rows * probe['vocab'] * (12 if low else 8) + probe['vocab'] * probe['width'] * (6 if low else 4)
     casts = probe.get('weight_casts', 0)
     fixed = params + grads + optim + loss + casts
-    total = fixed + max(device_batch * (act + transient), step_tmp)
+    # at the end of forward: activations + the loss's temporaries; in backward: activations + the backward's transient
+    total = fixed + max(device_batch * act + max(loss_forward, device_batch * transient), step_tmp)
     return dict(params=params, grads=grads, optim=optim, weight_casts=casts, activations=device_batch * act,
-                transient=device_batch * transient, step_tmp=step_tmp, loss_chunked=loss, total=total,
+                transient=device_batch * transient, step_tmp=step_tmp, loss_chunked=loss + loss_forward, total=total,
                 per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed,
+                act_row=act_full, transient_row=probe['logits'] + per_block, act_row_ckpt=act_ckpt,
+                transient_row_ckpt=probe['logits'] + 2 * per_block, loss_forward=loss_forward,
                 basis=probe.get('basis', 'probe'), loss_chunk=probe.get('loss_chunk', 0),
                 device_batch=device_batch, activation_checkpointing=activation_checkpointing)
 
 def largest_batch(plan: dict, limit_bytes: float, ckpt: bool = False) -> int:
     "The largest device batch whose planned peak fits `limit_bytes` (0 if none), batch arithmetic aside."
-    per = plan['per_row_ckpt'] if ckpt else plan['per_row']
-    return max(0, int((limit_bytes - plan['fixed']) // per))
+    act = plan['act_row_ckpt'] if ckpt else plan['act_row']
+    transient = plan['transient_row_ckpt'] if ckpt else plan['transient_row']
+    room = limit_bytes - plan['fixed']
+    return max(0, int(min((room - plan['loss_forward']) // act, room // (act + transient))))
 
 # %% ../nbs/04c_memory.ipynb #a1d0c012
 def valid_device_batches(total_batch: int, seq_len: int, world: int = 1) -> list[int]:
