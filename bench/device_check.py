@@ -14,6 +14,11 @@ Checks (each a row: name, pass/FAIL, the measured numbers):
   6. `torch.compile(model)` gives the eager loss.
 Then rows of `bench/gpu.py`'s measurement (tok/s, MFU, peak memory): d12 and d16 at seq 2048, device batch 16 and 32,
 and d16 batch 32 with `loss_chunk`, with a time budget; and `bench/loss_memory.py`'s peak memory for a d16-sized head.
+Last, on CUDA only (skipped in the dry run and without a GPU): the memory planner (`lmlit.memory`, 04c) against the
+allocator's measured peak, d12 and d20 at seq 2048, vocab 65,536, device batch 16 and 32, eager and compiled, one rank.
+
+    python bench/device_check.py --memory-only   # just that table (~3-6 minutes on an H100/H200)
+
 Exit status 1 if any check fails."""
 import os, sys, time, math, argparse
 from pathlib import Path
@@ -92,15 +97,81 @@ def check_compile(model, dev, dtype, x):
     return abs(eager - compiled) < 1e-2 * abs(eager), f"loss eager {eager:.5f} vs compiled {compiled:.5f}"
 
 
+MEMORY_ROWS = [  # depth, device batch, torch.compile, loss_chunk: cheapest first, so a short budget still gets the d12 rows
+    (12, 16, False, 0), (12, 32, False, 4096), (12, 32, True, 4096), (20, 16, False, 4096), (20, 16, True, 4096),
+    (20, 32, True, 4096), (20, 32, True, 0), (20, 32, False, 4096)]
+
+
+def measure_memory(depth, batch, compiled, chunk, dev, dtype, seq=2048, vocab=65536, steps=2):
+    "(planned bytes, measured peak bytes, plan) of `steps` training steps of a fresh model: lmlit's plan vs the allocator."
+    from lmlit.memory import plan_memory
+    from lmlit.optim import setup_optimizer
+    import gc
+    gc.collect()
+    cuda = dev.type == 'cuda'
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)                 # whatever is still held from before: not this row's
+    state = {}
+    try:
+        cfg = GPTConfig.from_depth(depth, vocab_size=vocab, sequence_len=seq, head_dim=128 if seq >= 256 else 32)
+        state['model'] = model = build_model(cfg, dev)
+        model.loss_chunk = chunk
+        state['opt'] = opt = setup_optimizer(model)
+        plan = plan_memory(model, opt, batch, seq, dev, dtype, compiled=compiled, loss_chunk=chunk)
+        state['forward'] = forward = torch.compile(model, dynamic=False) if compiled else model
+        state['x'] = x = torch.randint(0, vocab, (batch, seq), device=dev)
+        state['y'] = y = torch.randint(0, vocab, (batch, seq), device=dev)
+        for _ in range(steps):
+            with _autocast(dev, dtype): loss = forward(x, y)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+            del loss
+        peak = torch.cuda.max_memory_allocated(dev) - base if cuda else float('nan')
+        return plan['total'], peak, plan
+    finally:
+        state.clear()
+        model = opt = forward = x = y = None
+        if compiled: torch._dynamo.reset()
+        gc.collect()
+        if cuda: torch.cuda.empty_cache()
+
+
+def memory_table(dev, dtype, out, deadline):
+    "Planned vs measured peak for MEMORY_ROWS (a no-op without CUDA: a CPU's RSS says nothing about a GPU plan)."
+    if dev.type != 'cuda' or not torch.cuda.is_available():
+        out("memory planner vs measured peak: skipped (needs a CUDA GPU)"); return
+    total = torch.cuda.get_device_properties(dev).total_memory
+    out(f"memory planner vs allocator peak: seq 2048, vocab 65536, {dtype}, one rank, device {total / 2**30:.1f} GiB")
+    out("| depth | device batch | compile | loss_chunk | planned GiB | measured GiB | measured / planned | planned activations GiB |")
+    out("|---|---|---|---|---|---|---|---|")
+    for depth, batch, compiled, chunk in MEMORY_ROWS:
+        row = f"| {depth} | {batch} | {compiled} | {chunk} |"
+        if time.perf_counter() > deadline:
+            out(f"{row} skipped: budget used | | | |"); continue
+        try:
+            planned, peak, plan = measure_memory(depth, batch, compiled, chunk, dev, dtype)
+            out(f"{row} {planned / 2**30:.1f} | {peak / 2**30:.1f} | {peak / planned:.2f} | {plan['activations'] / 2**30:.1f} |")
+        except torch.cuda.OutOfMemoryError:
+            out(f"{row} | out of memory | | |")
+        except Exception as e:                                   # one bad row must not lose the others
+            out(f"{row} | {type(e).__name__}: {str(e)[:120]} | | |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--dry-run', action='store_true', help='CPU, tiny sizes, fp32: checks the logic runs')
     ap.add_argument('--budget-s', type=float, default=420, help='skip benchmark rows once this much time has passed')
     ap.add_argument('--out', default=None, help='also write the report here')
+    ap.add_argument('--memory-only', action='store_true', help='only the memory planner vs measured peak table (CUDA)')
+    ap.add_argument('--memory-budget-s', type=float, default=420, help='stop starting memory rows after this many seconds of them')
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
     dry = a.dry_run
     dev = torch.device('cpu' if dry else 'cuda')
+    if a.memory_only and not torch.cuda.is_available():
+        print("memory planner vs measured peak: skipped (needs a CUDA GPU)")
+        return 0
     if dev.type == 'cuda' and not torch.cuda.is_available():
         sys.exit("bench/device_check.py: no CUDA GPU visible to torch; use --dry-run to check the logic on a CPU")
     dtype = torch.float32 if dry else torch.bfloat16
@@ -111,6 +182,10 @@ def main(argv=None):
     def out(line):
         print(line, flush=True); lines.append(line)
     for l in lines: print(l, flush=True)
+    if a.memory_only:
+        memory_table(dev, dtype, out, time.perf_counter() + a.memory_budget_s)
+        if a.out: Path(a.out).write_text('\n'.join(lines) + '\n')
+        return 0
 
     torch.manual_seed(0)
     cfg = (GPTConfig.from_depth(2, vocab_size=512, sequence_len=64, head_dim=32) if dry else
@@ -161,6 +236,9 @@ def main(argv=None):
         except torch.cuda.OutOfMemoryError: buf.write("| plain path out of memory |\n")
         for l in buf.getvalue().splitlines(): out(l)
     else: out("head + loss memory table skipped: budget used")
+    out("")
+    if time.perf_counter() - t_start <= a.budget_s: memory_table(dev, dtype, out, time.perf_counter() + a.memory_budget_s)
+    else: out("memory planner table skipped: budget used")
     out(""); out(f"{failed} check(s) failed; {time.perf_counter() - t_start:.0f} s in all")
     if a.out: Path(a.out).write_text('\n'.join(lines) + '\n')
     return 1 if failed else 0

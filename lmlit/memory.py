@@ -1,5 +1,5 @@
 """Plan a training step's peak memory before the first step, refuse a config that will not fit
-(naming the largest batch that would), and measure the real peak to compare.
+(naming settings that would), and measure the real peak to compare.
 
 Docs: https://lmlit.github.io/lmlit/memory.html.md"""
 
@@ -7,11 +7,15 @@ Docs: https://lmlit.github.io/lmlit/memory.html.md"""
 
 # %% ../nbs/04c_memory.ipynb #2c3b4d67
 from __future__ import annotations
+import math
 import torch
 from .core import LmlitError
+from .model import padded_vocab_size
 
 # %% auto #0
-__all__ = ['probe_activations', 'plan_memory', 'largest_batch', 'check_memory', 'PeakMemory']
+__all__ = ['DEFAULT_LOSS_CHUNK', 'GPU_USABLE', 'probe_activations', 'block_terms', 'head_terms', 'analytic_activations',
+           'optimizer_state_bytes', 'activations_for', 'plan_memory', 'largest_batch', 'valid_device_batches',
+           'memory_options', 'check_memory', 'fit_memory', 'PeakMemory']
 
 # %% ../nbs/04c_memory.ipynb #ec24bf93
 def _blocks(model) -> list:
@@ -19,25 +23,36 @@ def _blocks(model) -> list:
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(lists, key=len)) if lists else []
 
+def _storage_key(t):
+    try: return (t.untyped_storage().data_ptr(), t.device.type)
+    except Exception: return id(t)
+
 def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
-    "Bytes saved for backward by one row of `seq_len` tokens: {'outside', 'blocks', 'block_input', 'logits'}."
-    blocks = _blocks(model); inside = [0]; seen = set(); acc = dict(outside=0, blocks=0)
+    "Bytes saved for backward by one row of `seq_len` tokens: {'outside', 'blocks', 'block_input', 'logits', ...}."
+    blocks = _blocks(model)
+    inside = [0]
+    seen = set()
+    acc = dict(outside=0, blocks=0, weights_in_blocks=0, weights_outside=0)
+    weights = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     def pack(t):
-        try: key = (t.untyped_storage().data_ptr(), t.device.type)
-        except Exception: key = id(t)
+        key = _storage_key(t)
         if key not in seen:
             seen.add(key)
-            nb = t.untyped_storage().nbytes() if hasattr(t, 'untyped_storage') else t.numel() * t.element_size()
-            acc['blocks' if inside[0] else 'outside'] += nb
+            nbytes = t.untyped_storage().nbytes() if hasattr(t, 'untyped_storage') else t.numel() * t.element_size()
+            where = 'blocks' if inside[0] else 'outside'
+            acc[where] += nbytes
+            if key in weights: acc['weights_in_' + where if where == 'blocks' else 'weights_outside'] += nbytes
         return t
     hooks = [b.register_forward_pre_hook(lambda m, a: inside.__setitem__(0, inside[0] + 1)) for b in blocks]
     hooks += [b.register_forward_hook(lambda m, a, o: inside.__setitem__(0, inside[0] - 1)) for b in blocks]
-    was_training = model.training; model.train()
-    x = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    was_training = model.training
+    model.train()
+    inputs = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    targets = torch.zeros(1, seq_len, dtype=torch.long, device=device)
     try:
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = model(x, x)
+                loss = model(inputs, targets)
         del loss
     finally:
         for h in hooks: h.remove()
@@ -53,66 +68,259 @@ def probe_activations(model, seq_len: int, device, dtype=torch.float32) -> dict:
     const = vocab * width * 4 if path == 'chunked' else 0
     return dict(outside=acc['outside'] - const, blocks=acc['blocks'], n_layer=len(blocks), vocab=vocab, width=width,
                 block_input=seq_len * width * act_bytes, logits=seq_len * vocab * 4 if path == 'plain' else 0,
-                loss_const=const, loss_chunk=model.loss_chunk if path == 'chunked' else 0)
+                loss_const=const, loss_chunk=model.loss_chunk if path == 'chunked' else 0,
+                weights_in_blocks=acc['weights_in_blocks'], weights_outside=acc['weights_outside'], path=path,
+                basis='probe')
 
-# %% ../nbs/04c_memory.ipynb #24f1dd6c
+# %% ../nbs/04c_memory.ipynb #a1d0c002
+def block_terms(config, device_type: str = 'cuda', dtype=torch.bfloat16, compiled: bool = False) -> dict:
+    "Bytes per token that one block keeps for backward, tensor by tensor (each term is named in the text above)."
+    C, kv, H, Hkv = config.n_embd, config.n_kv_head * config.head_dim, config.n_head, config.n_kv_head
+    low = dtype != torch.float32           # autocast: matmuls read and write `dtype`
+    a = 2 if low else 4                    # bytes of what a matmul writes
+    if device_type == 'cpu':
+        if low or compiled:
+            raise ValueError("the CPU count is for lmlit's eager fp32 CPU kernels; probe other CPU runs")
+        return dict(norm_outputs=2 * 4 * C, norm_rstd=2 * 4, qk_normed=4 * (C + kv), qk_rstd=4 * (H + Hkv), v=4 * kv,
+                    attn_out=4 * C, attn_lse=4 * H, relu_out=4 * 4 * C, mlp_proj_input=4 * 4 * C)
+    if compiled:   # inductor: one copy of each matmul input and output, no autocast duplicates (measured on a CPU)
+        return dict(norm_inputs=2 * 4 * C, norm_rstd=2 * 4, norm_outputs=2 * a * C, qk_norm_inputs=a * (C + kv),
+                    qk_rstd=4 * (H + Hkv), sdpa_qkv=a * (C + 2 * kv), attn_out=a * C, attn_lse=4 * H, fc_out=a * 4 * C,
+                    mlp_proj_input=a * 4 * C)
+    return dict(norm_inputs=2 * 4 * C, norm_rstd=2 * 4, qkv_inputs=(3 if low else 1) * a * C, rope_inputs=a * (C + kv),
+                qk_norm_inputs=4 * (C + kv), qk_rstd=4 * (H + Hkv), sdpa_qkv=a * (C + 2 * kv), attn_out=a * C,
+                attn_lse=4 * H, mlp_input=a * C, relu_out=a * 4 * C, square_input=4 * 4 * C if low else 0,
+                mlp_proj_input=a * 4 * C)
+
+# %% ../nbs/04c_memory.ipynb #a1d0c005
+def head_terms(config, loss_path: str, device_type: str = 'cuda', dtype=torch.bfloat16, compiled: bool = False) -> dict:
+    "Bytes per token kept outside the blocks (embedding, final norm, head + loss) and the head's backward transient."
+    C, V, Vp = config.n_embd, config.vocab_size, padded_vocab_size(config.vocab_size)
+    a = 2 if dtype != torch.float32 else 4
+    cpu = device_type == 'cpu'
+    # the embedding's norm keeps its float32 input; compiled, its output (the first block's input) and rstd instead
+    terms = dict(indices=8, embed_norm=4 if compiled else 4 * C + 4, final_norm=4 * C + 4)
+    if loss_path == 'chunked': terms.update(head_dx=4 * C)                        # d loss / d x, formed in forward
+    elif loss_path == 'fused_cpu': terms.update(head_dz=4 * V)                    # d loss / d logits, formed in forward
+    elif compiled: terms.update(targets=8, head_input=a * C, logits=a * Vp, lse=4)   # softcap, softmax recomputed
+    else: terms.update(targets=8, head_input=0 if cpu else a * C, tanh_out=4 * V, log_softmax_out=4 * V)
+    transient = 0          # the loss's gradients in backward (on a CPU the probe's calibrated count: one padded logits)
+    if loss_path == 'plain': transient = 4 * Vp if cpu else (4 * V + a * Vp) if compiled else 8 * V
+    return dict(terms, transient=transient)
+
+def _linear_weights(config) -> tuple[int, int]:
+    "(elements in the blocks' matrices, elements in the head)."
+    C, kv = config.n_embd, config.n_kv_head * config.head_dim
+    per_block = C * C + 2 * C * kv + C * C + 2 * 4 * C * C
+    return config.n_layer * per_block, padded_vocab_size(config.vocab_size) * C
+
+def analytic_activations(config, seq_len: int, device_type: str = 'cuda', dtype=torch.bfloat16,
+                         loss_path: str = 'plain', loss_chunk: int = 0, compiled: bool = False) -> dict:
+    "What `probe_activations` measures, counted from the shape: the planner's count for a GPU (and a model on `meta`)."
+    block = block_terms(config, device_type, dtype, compiled)
+    head = head_terms(config, loss_path, device_type, dtype, compiled)
+    C, Vp = config.n_embd, padded_vocab_size(config.vocab_size)
+    low = dtype != torch.float32
+    block_w, head_w = _linear_weights(config)
+    # autocast keeps one `dtype` copy of each weight a matmul casts, for the whole step (the chunked head casts its own)
+    casts = (2 * (block_w + (head_w if loss_path != 'chunked' else 0)) if low else 0)
+    rope_casts = config.n_layer * 2 * seq_len * config.head_dim * 2 if low else 0     # cos, sin cast for q and for k
+    const = Vp * C * 4 if loss_path == 'chunked' else 0                                 # the head's gradient, float32
+    return dict(outside=seq_len * sum(v for k, v in head.items() if k != 'transient'),
+                blocks=config.n_layer * seq_len * sum(block.values()), n_layer=config.n_layer, vocab=Vp, width=C,
+                block_input=seq_len * 4 * C, logits=seq_len * head['transient'], loss_const=const,
+                loss_chunk=loss_chunk if loss_path == 'chunked' else 0, weight_casts=casts + rope_casts,
+                weights_in_blocks=0, weights_outside=0, path=loss_path, basis='compiled' if compiled else 'analytic')
+
+# %% ../nbs/04c_memory.ipynb #a1d0c008
+def optimizer_state_bytes(model, world: int = 1) -> int:
+    "The state lmlit's `MuonAdamW` keeps on one of `world` ranks, counted from the shapes (03_optim's `_plan`)."
+    matrices = [p for b in _blocks(model) for p in b.parameters() if p.dim() == 2]
+    ids = {id(p) for p in matrices}
+    by_shape = {}
+    for p in matrices: by_shape.setdefault(tuple(p.shape), []).append(p)
+    muon = 0
+    for shape, ps in by_shape.items():
+        size = world * -(-len(ps) // (world * 4)) if world > 1 else len(ps)    # buckets, multiples of the world size
+        for start in range(0, len(ps), size):
+            n = min(size, len(ps) - start)
+            muon += -(-n // world) * math.prod(shape) * ps[0].element_size()  # one momentum buffer per owned matrix
+    adamw = 0
+    for p in model.parameters():
+        if id(p) in ids: continue
+        sharded = world > 1 and p.dim() >= 1 and p.shape[0] % world == 0
+        rows_share = p.numel() // world if sharded else p.numel()
+        adamw += 2 * rows_share * p.element_size()          # two moments of this rank's rows
+    return muon + adamw
+
 def _opt_state_bytes(opt) -> int:
     "Optimizer state bytes once created: 2 moments for Adam-style groups, 1 buffer for momentum (Muon/SGD) groups."
     seen, n = set(), 0
     for st in opt.state.values():          # lmlit's MuonAdamW creates (this rank's share of) its state up front
         for t in st.values():
             if torch.is_tensor(t) and t.numel() > 1 and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr()); n += t.untyped_storage().nbytes()
+                seen.add(t.untyped_storage().data_ptr())
+                n += t.untyped_storage().nbytes()
     if n: return n
     for g in opt.param_groups:             # a lazily initialised optimizer: count what it will create
         mult = 2 if ('betas' in g or g.get('kind') == 'adamw') else 1
         n += mult * sum(p.numel() * p.element_size() for p in g['params'])
     return n
 
+# %% ../nbs/04c_memory.ipynb #24f1dd6c
+def _loss_path(model, device_type: str, dtype, loss_chunk: int) -> str:
+    "The head + loss `model` would take with `loss_chunk` (02_model's `loss_path`)."
+    saved = model.loss_chunk
+    model.loss_chunk = loss_chunk
+    try: return model.loss_path(device_type, dtype)
+    finally: model.loss_chunk = saved
+
+def activations_for(model, seq_len: int, device='cpu', dtype=torch.float32, loss_chunk: int | None = None,
+                    compiled: bool = False) -> dict:
+    "Saved bytes per row: counted from the shape for a GPU or a `meta` model (`analytic_activations`), probed on a CPU."
+    device_type = torch.device(device).type
+    saved = getattr(model, 'loss_chunk', 0)
+    loss_chunk = saved if loss_chunk is None else loss_chunk
+    if device_type != 'cpu' or next(model.parameters()).is_meta:
+        path = _loss_path(model, device_type, dtype, loss_chunk)
+        return analytic_activations(model.config, seq_len, device_type, dtype, path, loss_chunk, compiled)
+    if loss_chunk == saved: return probe_activations(model, seq_len, device, dtype)
+    model.loss_chunk = loss_chunk
+    try: return probe_activations(model, seq_len, device, dtype)
+    finally: model.loss_chunk = saved
+
 def plan_memory(model, opt, device_batch: int, seq_len: int, device='cpu', dtype=torch.float32,
-                activation_checkpointing: bool = False, probe: dict | None = None) -> dict:
-    "Planned peak bytes of a training step, by component (see the text above)."
-    probe = probe or probe_activations(model, seq_len, device, dtype)
+                activation_checkpointing: bool = False, probe: dict | None = None, compiled: bool = False,
+                loss_chunk: int | None = None, world: int = 1) -> dict:
+    "Planned peak bytes of a training step, by part (`opt=None`: one of `world` ranks' optimizer state, counted)."
+    probe = probe or activations_for(model, seq_len, device, dtype, loss_chunk, compiled)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    optim = _opt_state_bytes(opt)
-    nl = max(probe['n_layer'], 1); per_block = probe['blocks'] / nl
+    optim = optimizer_state_bytes(model, world) if opt is None else _opt_state_bytes(opt)
+    n_layer = max(probe['n_layer'], 1)
+    per_block = probe['blocks'] / n_layer
     act_full = probe['outside'] + probe['blocks']
-    act_ckpt = probe['outside'] + nl * probe['block_input'] + per_block
+    act_ckpt = probe['outside'] + n_layer * probe['block_input'] + per_block
     act = act_ckpt if activation_checkpointing else act_full
     transient = probe['logits'] + per_block * (2 if activation_checkpointing else 1)
     # Muon's step stacks the gradients and parameters of each matrix shape: a short-lived copy of both
-    step_tmp = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2 and p.shape[0] != probe.get('vocab', -1))
-    loss = probe.get('loss_const', 0)
-    if probe.get('loss_chunk'):   # one chunk's logits + softmax (float32) and, under autocast, their bf16 copy; d W's product
+    step_tmp = 2 * sum(p.numel() * p.element_size() for b in _blocks(model) for p in b.parameters() if p.dim() == 2)
+    loss = probe.get('loss_const', 0)     # the chunked head's d W, kept until backward
+    loss_forward = 0                      # alive only while the chunked loss runs, freed before the backward starts
+    if probe.get('loss_chunk'):   # one chunk's logits, softcap, softmax (+ bf16 copies under autocast); d W's product
         rows = min(probe['loss_chunk'], device_batch * seq_len)
-        loss += rows * probe['vocab'] * (8 if dtype == torch.float32 else 10) + probe['vocab'] * probe['width'] * 4
-    fixed = params + grads + optim + loss
-    total = fixed + max(device_batch * (act + transient), step_tmp)
-    return dict(params=params, grads=grads, optim=optim, activations=device_batch * act, transient=device_batch * transient,
-                step_tmp=step_tmp, loss_chunked=loss, total=total, per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed)
+        low = dtype != torch.float32
+        loss_forward = rows * probe['vocab'] * (12 if low else 8) + probe['vocab'] * probe['width'] * (6 if low else 4)
+    casts = probe.get('weight_casts', 0)
+    fixed = params + grads + optim + loss + casts
+    # at the end of forward: activations + the loss's temporaries; in backward: activations + the backward's transient
+    total = fixed + max(device_batch * act + max(loss_forward, device_batch * transient), step_tmp)
+    return dict(params=params, grads=grads, optim=optim, weight_casts=casts, activations=device_batch * act,
+                transient=device_batch * transient, step_tmp=step_tmp, loss_chunked=loss + loss_forward, total=total,
+                per_row=act + transient, per_row_ckpt=act_ckpt + transient, fixed=fixed,
+                act_row=act_full, transient_row=probe['logits'] + per_block, act_row_ckpt=act_ckpt,
+                transient_row_ckpt=probe['logits'] + 2 * per_block, loss_forward=loss_forward,
+                basis=probe.get('basis', 'probe'), loss_chunk=probe.get('loss_chunk', 0),
+                device_batch=device_batch, activation_checkpointing=activation_checkpointing)
 
 def largest_batch(plan: dict, limit_bytes: float, ckpt: bool = False) -> int:
-    "The largest device batch whose planned peak fits `limit_bytes` (0 if none)."
-    per = plan['per_row_ckpt'] if ckpt else plan['per_row']
-    return max(0, int((limit_bytes - plan['fixed']) // per))
+    "The largest device batch whose planned peak fits `limit_bytes` (0 if none), batch arithmetic aside."
+    act = plan['act_row_ckpt'] if ckpt else plan['act_row']
+    transient = plan['transient_row_ckpt'] if ckpt else plan['transient_row']
+    room = limit_bytes - plan['fixed']
+    return max(0, int(min((room - plan['loss_forward']) // act, room // (act + transient))))
 
-def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_checkpointing: bool) -> None:
-    "Raise `LmlitError` when the planned peak exceeds `limit_gb`, naming a batch that would fit."
-    if not limit_gb or plan['total'] <= limit_gb * 2**30: return
-    lim = limit_gb * 2**30
-    b, bc = largest_batch(plan, lim, activation_checkpointing), largest_batch(plan, lim, True)
-    msg = (f"planned peak memory {plan['total']/2**30:.2f} GiB (params {plan['params']/2**30:.2f}, grads {plan['grads']/2**30:.2f}, "
-           f"optimizer {plan['optim']/2**30:.2f}, activations {plan['activations']/2**30:.2f}, backward transient "
-           f"{plan['transient']/2**30:.2f}) exceeds memory_limit_gb {limit_gb:g} at device_batch {device_batch}. ")
-    if b >= 1: msg += f"The largest device_batch that fits is {b} (raise total_batch's grad accumulation to keep the batch)"
+# %% ../nbs/04c_memory.ipynb #a1d0c012
+def valid_device_batches(total_batch: int, seq_len: int, world: int = 1) -> list[int]:
+    "Every device batch the batch arithmetic accepts (04d's `grad_accum_steps`), largest first."
+    per_batch_row = seq_len * world
+    if total_batch % per_batch_row: return []
+    rows = total_batch // per_batch_row
+    return [b for b in range(rows, 0, -1) if rows % b == 0]
+
+# %% ../nbs/04c_memory.ipynb #a1d0c015
+DEFAULT_LOSS_CHUNK = 4096   # tokens per chunk when the planner turns chunking on: logits of 4096 × vocab at a time
+
+def memory_options(model, opt, seq_len: int, total_batch: int, world: int, limit_bytes: float, device='cpu',
+                   dtype=torch.float32, compiled: bool = False, loss_chunk: int = 0,
+                   max_batch: int | None = None) -> list[dict]:
+    "Settings that pass the batch arithmetic and fit: per device batch, the first of plain, chunked, checkpointed."
+    chunks = [loss_chunk] if loss_chunk else [0, DEFAULT_LOSS_CHUNK]
+    probes = {chunk: activations_for(model, seq_len, device, dtype, chunk, compiled) for chunk in chunks}
+    options = []
+    for batch in valid_device_batches(total_batch, seq_len, world):
+        if max_batch is not None and batch > max_batch: continue
+        for ckpt in (False, True):                       # recomputation costs ~1/3 more compute: only when needed
+            fits = [plan_memory(model, opt, batch, seq_len, device, dtype, ckpt, probes[chunk], world=world)
+                    for chunk in chunks]
+            fits = [p for p in fits if p['total'] <= limit_bytes]
+            if fits:
+                options.append(dict(fits[0], grad_accum=total_batch // (batch * seq_len * world)))
+                break
+    return options
+
+def _describe(option: dict) -> str:
+    "One alternative, as the parameters that ask for it and its planned GiB."
+    extra = (f", loss_chunk {option['loss_chunk']}" if option['loss_chunk'] else '') + \
+            (", activation_checkpointing=True" if option['activation_checkpointing'] else '')
+    batch = f"device_batch {option['device_batch']} (grad accum {option['grad_accum']})"
+    return f"{batch}{extra}: {option['total'] / 2**30:.3g} GiB"
+
+# %% ../nbs/04c_memory.ipynb #a1d0c017
+def _largest_valid(rows: int, batches: list[int] | None) -> int:
+    "The largest batch of `batches` (all, when None) that is at most `rows`; 0 if none."
+    if batches is None: return rows
+    return max((b for b in batches if b <= rows), default=0)
+
+def check_memory(plan: dict, limit_gb: float, device_batch: int, activation_checkpointing: bool,
+                 options: list[dict] | None = None, usable: float = 1.0, batches: list[int] | None = None) -> None:
+    "Raise `LmlitError` when the plan exceeds `usable` × `limit_gb`, naming the `batches` and `options` that fit."
+    limit = limit_gb * usable * 2**30
+    if not limit_gb or plan['total'] <= limit: return
+    share = f"{usable:.0%} of " if usable < 1 else ''
+    gib = {k: plan[k] / 2**30 for k in ('total', 'params', 'grads', 'optim', 'activations', 'transient')}
+    msg = (f"planned peak memory {gib['total']:.2f} GiB (params {gib['params']:.2f}, grads {gib['grads']:.2f}, "
+           f"optimizer {gib['optim']:.2f}, activations {gib['activations']:.2f}, backward transient "
+           f"{gib['transient']:.2f}) exceeds {share}memory_limit_gb {limit_gb:g} at device_batch {device_batch}. ")
+    same = _largest_valid(largest_batch(plan, limit, activation_checkpointing), batches)
+    ckpt = _largest_valid(largest_batch(plan, limit, True), batches)
+    if same >= 1:
+        msg += f"The largest device_batch that fits is {same} (raise total_batch's grad accumulation to keep the batch)"
     else: msg += "No device_batch fits without activation checkpointing"
     if not activation_checkpointing:
-        msg += (f"; with activation_checkpointing=True device_batch {bc} would fit" if bc >= 1 else
+        msg += (f"; with activation_checkpointing=True device_batch {ckpt} would fit" if ckpt >= 1 else
                 "; even activation checkpointing would not make one row fit: use a smaller model or seq_len")
     if not plan.get('loss_chunked'):
-        msg += "; loss_chunk=4096 (head and loss in chunks) removes the tokens × vocabulary logits from every row"
+        msg += (f"; loss_chunk={DEFAULT_LOSS_CHUNK} (head and loss in chunks) removes the tokens × vocabulary logits "
+                "from every row")
+    if options:
+        msg += ". Settings that fit the batch arithmetic and the memory, largest device batch first: " + \
+               "; ".join(_describe(o) for o in options[:6])
+    elif options is not None: msg += ". No device batch that divides total_batch fits, even chunked and checkpointed"
     raise LmlitError(msg + ".")
+
+# %% ../nbs/04c_memory.ipynb #a1d0c020
+GPU_USABLE = 0.92   # of a GPU's memory a plan may use: the rest is CUDA's context, NCCL's buffers, fragmentation
+
+def fit_memory(model, opt, device_batch: int, seq_len: int, total_batch: int, world: int, limit_gb: float, device='cpu',
+               dtype=torch.float32, activation_checkpointing: bool = False, loss_chunk: int = 0,
+               compiled: bool = False) -> dict:
+    "The asked settings' plan, the head chunked if only that makes it fit (sets `model.loss_chunk`); else refuse."
+    plan = plan_memory(model, opt, device_batch, seq_len, device, dtype, activation_checkpointing, compiled=compiled,
+                       loss_chunk=loss_chunk, world=world)
+    usable = 1.0 if torch.device(device).type == 'cpu' else GPU_USABLE
+    limit = limit_gb * usable * 2**30
+    if limit_gb and plan['total'] > limit and not loss_chunk and usable < 1:   # GPUs: on a CPU the fused loss is better
+        chunked = plan_memory(model, opt, device_batch, seq_len, device, dtype, activation_checkpointing,
+                              compiled=compiled, loss_chunk=DEFAULT_LOSS_CHUNK, world=world)
+        if chunked['total'] <= limit: plan = dict(chunked, auto_chunked=True)
+    if limit_gb and plan['total'] > limit:
+        options = memory_options(model, opt, seq_len, total_batch, world, limit, device, dtype, compiled, loss_chunk,
+                                 device_batch)
+        batches = valid_device_batches(total_batch, seq_len, world)
+        check_memory(plan, limit_gb, device_batch, activation_checkpointing, options, usable, batches)
+    model.loss_chunk = plan['loss_chunk']
+    return plan
 
 # %% ../nbs/04c_memory.ipynb #f8d8484b
 def _proc_status(field: str) -> int | None:

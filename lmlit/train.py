@@ -16,7 +16,7 @@ from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_tear
 from . import model as M, optim as O, data as D, sources as S, tokenizer as T
 from .bpb import evaluate_bpb, unigram_bpb
 from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint, check_compat, model_shape, load_model, barrier)
-from .memory import plan_memory, check_memory, PeakMemory
+from .memory import fit_memory, PeakMemory
 from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
                         read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job, step_record, make_plots,
                         throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype, run_job)
@@ -122,9 +122,9 @@ def setup_job(cfg: dict) -> Job | None:
                                   weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     dtype = resolve_dtype(cfg['dtype'], device)
     limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == 'cuda' else 0)
-    model.loss_chunk = cfg['loss_chunk']
-    plan = plan_memory(model, optimizer, cfg['device_batch'], cfg['seq_len'], device, dtype, cfg['activation_checkpointing'])
-    check_memory(plan, limit, cfg['device_batch'], cfg['activation_checkpointing'])
+    plan = fit_memory(model, optimizer, cfg['device_batch'], cfg['seq_len'], cfg['total_batch'], info.world_size, limit,
+                      device, dtype, cfg['activation_checkpointing'], cfg['loss_chunk'], cfg['compile'])  # sets loss_chunk
+    if plan.get('auto_chunked'): print0(f"memory: the plain head would not fit; head + loss in chunks of {plan['loss_chunk']} tokens")
     if cfg['activation_checkpointing']: model.set_activation_checkpointing(True)
     job = Job(cfg=cfg, run_dir=run_dir, model=model, optimizer=optimizer, batches=batches, accum=accum, total_steps=total_steps,
               rank=info.rank, world=info.world_size, device=device, dtype=dtype, tokenizer=tok, loaders=loaders, plan=plan, memory=memory,
