@@ -217,6 +217,7 @@ def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max
     job.write(json.dumps(dict(limits=limits, token=token, code=code)).encode())
     job.seek(0)
     result_read, result_write = os.pipe()
+    os.set_blocking(result_read, False)           # an escaped writer must not hang the read
     command += ['-I', '-S', '-c', _BOOT, str(job.fileno()), str(result_write), folder or JOB_DIR]
     uid = _sandbox_uid() if not missing else None
     t0, timed_out, over_memory = time.monotonic(), False, False
@@ -237,7 +238,8 @@ def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max
         _kill_tree(proc.pid)
         rc = proc.wait()
         seconds = time.monotonic() - t0
-        finished = os.read(result_read, 64) == token.encode()
+        try: finished = os.read(result_read, 64) == token.encode()
+        except BlockingIOError: finished = False
         out.seek(0)
         err.seek(0)
         stdout = out.read(max_output).decode('utf-8', 'replace')

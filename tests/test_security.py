@@ -132,12 +132,12 @@ print('spawned', flush=True)
         ('truncate via open', f"open({str(victim)!r}, 'w').close()", victim_kept),
         ('read a 0600 file of the user', f"print(open({str(secret_file)!r}).read())", secret_kept),
         ('SIGKILL the parent and other processes',
-         f"import os, signal\nfor pid in ({sleeper.pid}, {os.getpid()}):\n    try: os.kill(pid, signal.SIGKILL if pid == {sleeper.pid} "
-         f"else signal.SIGUSR1)\n    except OSError as e: print(e)\nos.kill(-1, signal.SIGKILL)", nobody_signalled),
+         f"import posix, signal\nfor pid in ({sleeper.pid}, {os.getpid()}):\n    try: posix.kill(pid, signal.SIGKILL if pid == {sleeper.pid} "
+         f"else signal.SIGUSR1)\n    except OSError as e: print(e)\nposix.kill(-1, signal.SIGKILL)", nobody_signalled),
         ('Unix sockets (path and abstract)',
-         f"import socket\nfor name in ({unix_path!r}, {abstract_name!r}):\n    s = socket.socket(socket.AF_UNIX)\n"
+         f"import _socket\nfor name in ({unix_path!r}, {abstract_name!r}):\n    s = _socket.socket(_socket.AF_UNIX)\n"
          f"    try: s.connect(name); print('connected')\n    except OSError as e: print(e)", nobody_knocked(unix_server, abstract_server)),
-        ('TCP connect', f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)", nobody_knocked(tcp_server)),
+        ('TCP connect', f"import _socket\n_socket.socket().connect(('127.0.0.1', {port}))", nobody_knocked(tcp_server)),
         ('read parent memory and env',
          f"import os\nprint(os.environ.get('LMLIT_ATTACK_SECRET'))\nfor pid in ({os.getpid()}, os.getppid(), 1):\n"
          f"    for part in ('environ', 'mem', 'cmdline'):\n        try: print(open(f'/proc/{{pid}}/{{part}}', 'rb').read(4096))\n"
@@ -155,7 +155,7 @@ print('spawned', flush=True)
     ], run_sandboxed, [sleeper, unix_server, abstract_server, tcp_server]
 
 
-def drive(unsafe: bool = False) -> dict:
+def drive(unsafe: bool = False, only: str | None = None) -> dict:
     "Run every case; {case: {'contained': bool, 'detail': str, 'status': str}} or {'refused': message}."
     from lmlit.core import LmlitError
     from lmlit.sandbox import sandbox_layers, run_sandboxed
@@ -171,6 +171,7 @@ def drive(unsafe: bool = False) -> dict:
         try:
             for name, program, check in cases:
                 if unsafe and name != 'unlink via posix': continue    # unsandboxed, kill(-1) would reach every process of the user
+                if only and name != only: continue
                 r = run(program, timeout_s=3, memory_mb=256, max_procs=16, disk_mb=32, unsafe=unsafe)
                 detail = check(r)
                 out[name] = dict(contained=not detail, detail=detail, status=r.status, isolated=r.isolated)
@@ -263,4 +264,5 @@ def test_unsafe_mode_runs_and_says_it_is_not_isolated():
 
 
 if __name__ == '__main__' and '--drive' in sys.argv:
-    print(json.dumps(drive(unsafe='--unsafe' in sys.argv)))
+    only = sys.argv[sys.argv.index('--case') + 1] if '--case' in sys.argv else None
+    print(json.dumps(drive(unsafe='--unsafe' in sys.argv, only=only)))
