@@ -71,7 +71,7 @@ def _system_dirs(prefix: str) -> list[str]:
     for top in ('/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'):
         if os.path.islink(top): args += ['--symlink', os.readlink(top), top]
         elif os.path.isdir(top): args += ['--ro-bind', top, top]
-    if not prefix.startswith('/usr/'): args += ['--ro-bind', prefix, prefix]
+    if prefix != '/usr' and not prefix.startswith('/usr/'): args += ['--ro-bind', prefix, prefix]
     return args
 
 # %% ../nbs/11a_sandbox.ipynb #cac2d144
