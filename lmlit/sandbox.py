@@ -1,7 +1,8 @@
 """HumanEval grades a completion by running it against the problem's tests. The completion is
-untrusted text: it may loop forever, fork without end, eat memory, read secrets, delete
-files, talk to the network or kill its parent. This chapter runs such a program in a child
-process that can do none of that for long, and kills everything it started when time is up.
+untrusted text: it may loop forever, fork without end, eat memory, read or delete the user's files,
+signal their processes, talk to the network or forge a pass. This chapter runs it in namespaces of its
+own, without needing root, refuses to run it when those cannot be had, and counts a pass only when the
+tests really returned.
 
 Docs: https://lmlit.github.io/lmlit/sandbox.html.md"""
 
@@ -9,38 +10,30 @@ Docs: https://lmlit.github.io/lmlit/sandbox.html.md"""
 
 # %% ../nbs/11a_sandbox.ipynb #cf69f2a6
 from __future__ import annotations
-import os, sys, json, time, stat, shutil, signal, tempfile, itertools, subprocess
-from dataclasses import dataclass
+import os, sys, json, stat, time, shutil, signal, secrets, tempfile, functools, subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from .core import LmlitError
 
 # %% auto #0
-__all__ = ['sandbox_python', 'SandboxResult', 'run_sandboxed']
+__all__ = ['JOB_DIR', 'LAYERS', 'REQUIRED', 'bwrap_command', 'sandbox_layers', 'missing_layers', 'require_sandbox',
+           'SandboxResult', 'run_sandboxed']
 
 # %% ../nbs/11a_sandbox.ipynb #8be4c0b9
 _BOOT = r'''
-import sys, os, json, resource
-cfg = json.loads(sys.argv[1])
-try:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
-    if libc.unshare(CLONE_NEWNET) != 0: libc.unshare(CLONE_NEWUSER | CLONE_NEWNET)
-except Exception: pass
-for name, value in cfg['limits'].items(): resource.setrlimit(getattr(resource, name), (value, value))
-if cfg['uid'] is not None:
-    os.setgroups([]); os.setgid(cfg['uid']); os.setuid(cfg['uid'])
-os.chdir(cfg['dir'])
-os.environ.clear(); os.environ.update(cfg['env'])
-if cfg['guard']:
-    import shutil, subprocess, socket
-    for mod, names in ((os, 'kill killpg remove unlink rmdir removedirs rename replace truncate system fork forkpty putenv chmod chown'),
-                       (shutil, 'rmtree move chown'), (subprocess, 'Popen run call check_call check_output'), (socket, 'socket create_connection')):
-        for n in names.split(): setattr(mod, n, None)
-del cfg, resource, json
-sys.argv = ['program.py']
-with open('program.py') as f: src = f.read()
-exec(compile(src, 'program.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+import os, sys, json, resource
+def _harness(job_fd, result_fd, job_dir):
+    with os.fdopen(job_fd, 'rb') as job_file: job = json.loads(job_file.read())
+    for name, value in job['limits'].items(): resource.setrlimit(getattr(resource, name), (value, value))
+    token = job['token'].encode()
+    code = job['code']
+    del job
+    os.chdir(job_dir)
+    sys.argv = ['program.py']
+    exec(compile(code, 'program.py', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})
+    sys.stdout.flush()
+    os.write(result_fd, token)
+_harness(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
 '''
 
 # %% ../nbs/11a_sandbox.ipynb #2ec9e633
@@ -50,97 +43,210 @@ def _open_to_others(path: Path) -> bool:
     if not path.exists() or not path.stat().st_mode & stat.S_IXOTH: return False
     return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
 
-def sandbox_python() -> str:
-    "A Python interpreter an unprivileged user can run: this one if reachable, else a system `python3`."
-    for cand in (sys.executable, '/usr/bin/python3', '/usr/local/bin/python3', shutil.which('python3') or ''):
-        if cand and _open_to_others(Path(cand)): return str(Path(cand).resolve())
-    raise LmlitError(f"no Python interpreter reachable by an unprivileged user ({sys.executable} sits in a private folder); "
-                     "install a system python3 (apt-get install python3) or run as a non-root user")
+def _python() -> tuple[str, str]:
+    "An interpreter the sandbox's uid can run (this one's base if reachable, else a system python3) and its install folder."
+    mine = Path(getattr(sys, '_base_executable', '') or sys.executable).resolve()
+    if os.geteuid() != 0 or _open_to_others(mine): return str(mine), str(Path(sys.base_prefix).resolve())
+    for candidate in ('/usr/bin/python3', '/usr/local/bin/python3'):
+        if _open_to_others(Path(candidate)): return str(Path(candidate).resolve()), str(Path(candidate).resolve().parents[1])
+    raise LmlitError(f"no Python interpreter an unprivileged uid can run ({mine} sits in a private folder); "
+                     "install a system python3 (apt-get install python3)")
 
-_UIDS = itertools.count()
-def _fresh_uid() -> int:
-    "An unused uid, different for each sandbox of this process and (almost always) of other processes."
-    return 200_000 + (os.getpid() % 20_000) * 64 + next(_UIDS) % 64
+def _sandbox_uid() -> int | None:
+    """Root runs bwrap as a fresh, unused uid: RLIMIT_NPROC never binds uid 0, and a root-owned file the sandbox could see
+    would be its own. Other users run it as themselves (the user namespace maps the sandbox to them)."""
+    return 2_000_000 + secrets.randbelow(1_000_000) if os.geteuid() == 0 else None
 
 # %% ../nbs/11a_sandbox.ipynb #b170326e
-def _pids_of_uid(uid: int) -> list[int]:
-    out = []
-    for d in os.listdir('/proc'):
-        if not d.isdigit(): continue
-        try:
-            with open(f'/proc/{d}/status') as f:
-                for line in f:
-                    if line.startswith('State:') and line.split()[1] in 'ZX': break       # a zombie is already dead
-                    if line.startswith('Uid:'):
-                        if int(line.split()[1]) == uid: out.append(int(d))
-                        break
-        except OSError: pass
-    return out
+def _devices() -> list[str]:
+    "bwrap arguments for a minimal /dev: the harmless character devices this machine has, and /dev/fd."
+    args = ['--tmpfs', '/dev']
+    for name in ('null', 'zero', 'random', 'urandom'):
+        if os.path.exists(f'/dev/{name}'): args += ['--dev-bind', f'/dev/{name}', f'/dev/{name}']
+    return args + ['--symlink', '/proc/self/fd', '/dev/fd']
 
-def _kill_all(pgid: int, uid: int | None, rounds: int = 100):
-    "SIGKILL the process group `pgid` and every process of `uid`, until none is left (or `rounds` sweeps)."
+def _system_dirs(prefix: str) -> list[str]:
+    "Read-only binds of what the interpreter needs (/usr, its prefix) and nothing else of the host."
+    args = []
+    for top in ('/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'):
+        if os.path.islink(top): args += ['--symlink', os.readlink(top), top]
+        elif os.path.isdir(top): args += ['--ro-bind', top, top]
+    if prefix != '/usr' and not prefix.startswith('/usr/'): args += ['--ro-bind', prefix, prefix]
+    return args
+
+# %% ../nbs/11a_sandbox.ipynb #cac2d144
+JOB_DIR = '/sandbox'
+
+def bwrap_command(disk_mb: int = 64, unshare_net: bool = True, unshare_pid: bool = True) -> list[str]:
+    "`bwrap` and its options, up to the interpreter: fresh user, mount, pid, net, ipc, uts namespaces; read-only system; one tmpfs."
+    exe, prefix = _python()
+    namespaces = ['--unshare-user', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--disable-userns']
+    if unshare_pid: namespaces.append('--unshare-pid')
+    if unshare_net: namespaces.append('--unshare-net')
+    return (['bwrap', *namespaces, '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session', '--clearenv',
+             *_system_dirs(prefix), '--proc', '/proc', *_devices(),
+             '--size', str(disk_mb << 20), '--perms', '0700', '--tmpfs', JOB_DIR, '--dir', f'{JOB_DIR}/tmp',
+             '--symlink', f'{JOB_DIR}/tmp', '/tmp', '--symlink', f'{JOB_DIR}/tmp', '/var/tmp',
+             '--symlink', f'{JOB_DIR}/tmp', '/dev/shm', '--remount-ro', '/', '--chdir', JOB_DIR,
+             '--setenv', 'PATH', '/usr/bin:/bin', '--setenv', 'HOME', JOB_DIR, '--setenv', 'TMPDIR', f'{JOB_DIR}/tmp',
+             '--setenv', 'LANG', 'C.UTF-8', '--setenv', 'PYTHONDONTWRITEBYTECODE', '1', exe])
+
+# %% ../nbs/11a_sandbox.ipynb #f016fd24
+LAYERS = {'user namespace': '--unshare-user', 'pid namespace': '--unshare-pid', 'network namespace': '--unshare-net',
+          'mount namespace (read-only system, private /tmp, tmpfs quota)': '--tmpfs'}
+
+def _bwrap_works(args: list[str]) -> tuple[bool, str]:
+    "Whether `args` (a bwrap command) runs, as the uid the sandbox would use; else bwrap's last line of complaint."
+    uid = _sandbox_uid()
+    try: proc = subprocess.run(args, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, cwd='/',
+                               **(dict(user=uid, group=uid, extra_groups=[]) if uid else {}))
+    except (OSError, subprocess.TimeoutExpired) as e: return False, str(e)
+    return proc.returncode == 0, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f'exit {proc.returncode}'
+
+@functools.lru_cache(maxsize=None)
+def sandbox_layers() -> dict[str, str]:
+    "Each isolation layer → 'yes' or why it is missing. Probed once per process by starting `bwrap` for real."
+    if not shutil.which('bwrap'):
+        why = 'bwrap not found (apt-get install bubblewrap)'
+        layers = {name: why for name in LAYERS}
+    else:
+        works, why = _bwrap_works(bwrap_command() + ['-I', '-S', '-c', 'pass'])
+        layers = {name: 'yes' if works else why for name in LAYERS}
+        for name, flag in LAYERS.items():       # when the whole fails, which part does
+            if works: break
+            alone = ['--unshare-user'] + ([] if flag == '--unshare-user' else [flag] + (['/tmp'] if flag == '--tmpfs' else []))
+            layers[name] = 'yes' if _bwrap_works(['bwrap', *alone, '--ro-bind', '/', '/', 'true'])[0] else why
+    layers['cgroup v2 (memory.max, pids.max)'] = 'not used: RLIMITs, a fresh uid and a memory watchdog stand in'
+    layers['rlimits (per-process memory, CPU, file size, processes)'] = 'yes'
+    return layers
+
+# %% ../nbs/11a_sandbox.ipynb #0eb68677
+REQUIRED = tuple(LAYERS)
+
+def missing_layers() -> dict[str, str]:
+    "The required layers this machine cannot give, with why; empty when the sandbox is whole."
+    return {name: why for name, why in sandbox_layers().items() if name in REQUIRED and why != 'yes'}
+
+def require_sandbox(unsafe: bool = False) -> dict[str, str]:
+    "Fail closed: raise unless every required layer is there (or `unsafe`); return what is missing."
+    missing = missing_layers()
+    if missing and not unsafe:
+        raise LmlitError("refusing to run model-written code: the sandbox lacks " + '; '.join(f"{k} ({v})" for k, v in missing.items())
+                         + ". Install bubblewrap and allow unprivileged user namespaces, or pass --unsafe-sandbox "
+                         "(RLIMITs only: the code could then read and delete your files)")
+    return missing
+
+# %% ../nbs/11a_sandbox.ipynb #f461b0c7
+def _tree(root_pid: int) -> list[int]:
+    "`root_pid` and every live descendant (reading each /proc/<pid>/stat once)."
+    parent_of = {}
+    for name in os.listdir('/proc'):
+        if not name.isdigit(): continue
+        try:
+            with open(f'/proc/{name}/stat') as f: stat_line = f.read()
+        except OSError: continue
+        after = stat_line.rsplit(')', 1)[1].split()
+        if after[0] not in 'ZX': parent_of[int(name)] = int(after[1])
+    found, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        found.append(pid)
+        frontier += [child for child, parent in parent_of.items() if parent == pid]
+    return [pid for pid in found if pid in parent_of]
+
+def _rss_mb(pids: list[int]) -> float:
+    "Resident memory of `pids` together, in MB."
+    total_kb = 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/status') as f: total_kb += sum(int(l.split()[1]) for l in f if l.startswith('VmRSS:'))
+        except (OSError, ValueError): pass
+    return total_kb / 1024
+
+def _kill_tree(root_pid: int, rounds: int = 200):
+    "SIGKILL `root_pid` and all it started, until none is left."
     for _ in range(rounds):
-        try: os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError): pass
-        left = _pids_of_uid(uid) if uid is not None else []
+        left = _tree(root_pid)
+        if not left: return
         for pid in left:
             try: os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError): pass
-        if not left: return
-        time.sleep(0.01)
+        time.sleep(0.005)
 
-# %% ../nbs/11a_sandbox.ipynb #242ed34e
+# %% ../nbs/11a_sandbox.ipynb #ed8c30ea
 @dataclass
 class SandboxResult:
-    "How a sandboxed program ended: `status` is 'ok', 'error', 'timeout', 'memory' or 'output_limit'."
+    "How a sandboxed program ended: `status` is 'ok', 'error', 'early_exit', 'timeout', 'memory' or 'output_limit'."
     status: str
     returncode: int | None
     stdout: str
     stderr: str
     seconds: float
     isolated: bool
+    missing: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool: return self.status == 'ok'
 
-def _status(rc, timed_out: bool, stderr: str) -> str:
-    if timed_out or rc in (-signal.SIGKILL, -signal.SIGXCPU): return 'timeout'
-    if rc == -signal.SIGXFSZ or 'File too large' in stderr[-2000:]: return 'output_limit'   # Python ignores SIGXFSZ: writes fail
-    if rc == 0: return 'ok'
-    if 'MemoryError' in stderr[-2000:]: return 'memory'
+def _status(rc, finished: bool, timed_out: bool, over_memory: bool, stderr: str) -> str:
+    "`finished`: the harness wrote this run's token after the program returned."
+    if over_memory or 'MemoryError' in stderr[-2000:]: return 'memory'
+    if timed_out or rc in (-signal.SIGKILL, -signal.SIGXCPU, 128 + signal.SIGKILL, 128 + signal.SIGXCPU): return 'timeout'
+    if 'File too large' in stderr[-2000:]: return 'output_limit'      # Python ignores SIGXFSZ: the write fails
+    if rc == 0 and finished: return 'ok'
+    if rc == 0: return 'early_exit'
     return 'error'
 
-def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20,
-                  max_procs: int = 16, isolate: bool | None = None) -> SandboxResult:
-    """Run Python `code` in a sandboxed child; return how it ended, its (capped) output and its time.
-    `isolate` (default: when root) runs it as a fresh uid; otherwise Python-level guards stand in."""
-    if timeout_s <= 0 or memory_mb < 64: raise LmlitError(f"sandbox limits too small: timeout_s={timeout_s} (> 0), memory_mb={memory_mb} (≥ 64)")
-    root = os.geteuid() == 0
-    isolate = root if isolate is None else isolate
-    if isolate and not root: raise LmlitError("isolate=True needs root (a fresh uid); run as root in a container or pass isolate=False")
-    uid = _fresh_uid() if isolate else None
-    python = sandbox_python() if isolate else sys.executable
-    folder = Path(tempfile.mkdtemp(prefix='lmlit-sandbox-'))
-    (folder/'program.py').write_text(code)
-    if uid is not None:
-        os.chown(folder, uid, uid); os.chown(folder/'program.py', uid, uid)
-    env = {'PATH': '/usr/bin:/bin', 'HOME': str(folder), 'TMPDIR': str(folder), 'LANG': 'C.UTF-8', 'PYTHONDONTWRITEBYTECODE': '1'}
+# %% ../nbs/11a_sandbox.ipynb #29594114
+def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20, max_procs: int = 16,
+                  disk_mb: int = 64, unsafe: bool = False, _bwrap: list[str] | None = None) -> SandboxResult:
+    """Run Python `code` in the sandbox; return how it ended, its (capped) output and its time. Refuses (LmlitError) when a
+    required layer is missing, unless `unsafe` (then: RLIMITs and a scrubbed environment only)."""
+    if timeout_s <= 0 or memory_mb < 64 or disk_mb < 1:
+        raise LmlitError(f"sandbox limits too small: timeout_s={timeout_s} (> 0), memory_mb={memory_mb} (≥ 64), disk_mb={disk_mb} (≥ 1)")
+    missing = require_sandbox(unsafe)
+    token = secrets.token_hex(16)
     limits = dict(RLIMIT_AS=memory_mb << 20, RLIMIT_CPU=int(timeout_s) + 1, RLIMIT_FSIZE=max_output, RLIMIT_NOFILE=64,
                   RLIMIT_NPROC=max_procs, RLIMIT_CORE=0)
-    cfg = dict(limits=limits, uid=uid, dir=str(folder), env=env, guard=not isolate)
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()     # outside the folder; the file-size limit caps them
-    t0, timed_out = time.monotonic(), False
+    folder = None
+    if missing:
+        folder = tempfile.mkdtemp(prefix='lmlit-unsafe-')
+        command = [_python()[0]]
+    else: command = _bwrap or bwrap_command(disk_mb)
+    job, out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    job.write(json.dumps(dict(limits=limits, token=token, code=code)).encode())
+    job.seek(0)
+    result_read, result_write = os.pipe()
+    os.set_blocking(result_read, False)           # an escaped writer must not hang the read
+    command += ['-I', '-S', '-c', _BOOT, str(job.fileno()), str(result_write), folder or JOB_DIR]
+    uid = _sandbox_uid() if not missing else None
+    t0, timed_out, over_memory = time.monotonic(), False, False
     try:
-        proc = subprocess.Popen([python, '-I', '-S', '-c', _BOOT, json.dumps(cfg)], cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True, close_fds=True)
-        try: rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired: timed_out = True
-        _kill_all(proc.pid, uid)
+        proc = subprocess.Popen(command, env={'PATH': '/usr/bin:/bin', 'LANG': 'C.UTF-8'}, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True, pass_fds=(job.fileno(), result_write),
+                                cwd='/', **(dict(user=uid, group=uid, extra_groups=[]) if uid else {}))
+        os.close(result_write)
+        result_write = None
+        while proc.poll() is None:
+            if time.monotonic() - t0 > timeout_s:
+                timed_out = True
+                break
+            if _rss_mb(_tree(proc.pid)) > memory_mb:
+                over_memory = True
+                break
+            time.sleep(0.02)
+        _kill_tree(proc.pid)
         rc = proc.wait()
         seconds = time.monotonic() - t0
-        out.seek(0); err.seek(0)
-        stdout = out.read(max_output).decode('utf-8', 'replace'); stderr = err.read(max_output).decode('utf-8', 'replace')
+        try: finished = os.read(result_read, 64) == token.encode()
+        except BlockingIOError: finished = False
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read(max_output).decode('utf-8', 'replace')
+        stderr = err.read(max_output).decode('utf-8', 'replace')
     finally:
-        out.close(); err.close()
-        shutil.rmtree(folder, ignore_errors=True)
-    return SandboxResult(_status(rc, timed_out, stderr), rc, stdout, stderr, seconds, bool(isolate))
+        for f in (job, out, err): f.close()
+        for fd in (result_read, result_write):
+            if fd is not None: os.close(fd)
+        if folder: shutil.rmtree(folder, ignore_errors=True)
+    return SandboxResult(_status(rc, finished, timed_out, over_memory, stderr), rc, stdout, stderr, seconds, not missing, missing)

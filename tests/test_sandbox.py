@@ -1,21 +1,20 @@
-"""The sandbox that runs model-written code (lmlit.sandbox): each attack stays inside its limits and
-leaves the machine as it was. Forks are bounded in the programs themselves (at most 50), so even a
-broken sandbox cannot take the machine down; the tests run as root, where RLIMIT_NPROC alone would not
-apply — the fresh uid is what makes it apply."""
-import os, sys, time, signal, socket, threading, tempfile, shutil
-from pathlib import Path
+"""The sandbox that runs model-written code (lmlit.sandbox): limits, output, stdin, the per-run token that makes a pass
+mean "check() returned", and failing closed when a layer is missing. The attacks (files, signals, sockets, /proc,
+escaping grandchildren, /tmp, disk, memory, forks), as root and as an unprivileged user, are in tests/test_security.py."""
+import os, sys
 import pytest
-from lmlit.sandbox import run_sandboxed
+import lmlit.sandbox as sandbox
+from lmlit.core import LmlitError
+from lmlit.sandbox import run_sandboxed, sandbox_layers, require_sandbox
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = os.geteuid() == 0
 
 
-def _alive(pid: int) -> bool:
-    "True while `pid` exists and is not a zombie."
-    try: state = [l for l in open(f'/proc/{pid}/status') if l.startswith('State:')][0].split()[1]
-    except (OSError, IndexError): return False
-    return state not in 'ZX'
+def test_a_program_runs_and_fails_as_it_should():
+    ok = run_sandboxed("print(sum(range(10)))")
+    bad = run_sandboxed("assert 1 + 1 == 3")
+    assert (ok.status, ok.stdout, ok.isolated, ok.missing) == ('ok', '45\n', True, {}), ok
+    assert bad.status == 'error' and 'AssertionError' in bad.stderr, bad
 
 
 def test_infinite_loop_stops_at_its_time_limit():
@@ -23,83 +22,9 @@ def test_infinite_loop_stops_at_its_time_limit():
     assert r.status == 'timeout' and r.seconds < 3, r
 
 
-FORKS = """
-import os, time
-pids = []
-for i in range(50):                      # bounded here, whatever the sandbox does
-    try: pid = os.fork()
-    except OSError: break
-    if pid == 0:
-        while True: time.sleep(0.05)
-    pids.append(pid)
-print(len(pids), *pids, flush=True)
-while True: time.sleep(0.05)
-"""
-
-@pytest.mark.skipif(not ROOT, reason="the process limit binds only a fresh uid, which needs root")
-def test_fork_loop_is_capped_and_every_child_killed():
-    r = run_sandboxed(FORKS, timeout_s=2, max_procs=8)
-    n, *pids = map(int, r.stdout.split())
-    assert r.status == 'timeout'
-    assert n < 8, f"{n} forks succeeded under a limit of 8 processes"
-    assert pids and not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
-
-
 def test_4gb_allocation_meets_the_memory_limit():
     r = run_sandboxed("x = bytearray(4 << 30)\nprint('allocated')", memory_mb=512)
     assert r.status == 'memory' and 'allocated' not in r.stdout, r
-
-
-@pytest.mark.skipif(not ROOT, reason="file ownership protects the file only under a fresh uid")
-def test_cannot_delete_a_file_outside_its_folder():
-    folder = Path(tempfile.mkdtemp(prefix='lmlit-victim-')); folder.chmod(0o755)
-    victim = folder/'precious.txt'; victim.write_text('keep me'); victim.chmod(0o644)
-    try:
-        r = run_sandboxed(f"import os, shutil\nprint(open({str(victim)!r}).read())\nos.remove({str(victim)!r})\n"
-                          f"shutil.rmtree({str(folder)!r})")
-        assert r.stdout.strip() == 'keep me'          # it could see the file: only the deletion was refused
-        assert r.status == 'error' and 'PermissionError' in r.stderr, r
-        assert victim.read_text() == 'keep me'
-    finally: shutil.rmtree(folder)
-
-
-def test_cannot_read_a_secret_from_the_parents_environment(monkeypatch):
-    monkeypatch.setenv('LMLIT_TEST_SECRET', 'hunter2-do-not-leak')
-    r = run_sandboxed("import os\nprint(os.environ.get('LMLIT_TEST_SECRET'))\nprint(sorted(os.environ))\n"
-                      "print(open(f'/proc/{os.getppid()}/environ', 'rb').read())")
-    assert 'hunter2' not in r.stdout + r.stderr
-    assert r.stdout.splitlines()[0] == 'None'
-    if ROOT: assert 'PermissionError' in r.stderr         # the parent's /proc environ belongs to another uid
-
-
-def test_cannot_connect_to_a_local_port():
-    listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen(1); listener.settimeout(0.2)
-    port = listener.getsockname()[1]
-    try:
-        r = run_sandboxed(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')")
-        assert 'connected' not in r.stdout and r.status == 'error', r
-        with pytest.raises(socket.timeout): listener.accept()     # nobody knocked
-    finally: listener.close()
-
-
-def test_reading_stdin_gets_end_of_file_at_once():
-    read_end, write_end = os.pipe()                 # the parent's stdin holds data: the program must not see it
-    os.write(write_end, b'parent input\n'); os.close(write_end)
-    saved = os.dup(0); os.dup2(read_end, 0); os.close(read_end)
-    try: r = run_sandboxed("import sys\ndata = sys.stdin.read()\nprint(repr(data))\ninput()", timeout_s=5)
-    finally: os.dup2(saved, 0); os.close(saved)
-    assert r.stdout.strip() == "''" and 'EOFError' in r.stderr and r.seconds < 4, r
-
-
-def test_cannot_signal_its_parent():
-    got = []
-    old = signal.signal(signal.SIGUSR1, lambda *a: got.append(1))   # the same permission check as SIGKILL, but survivable
-    try:
-        r = run_sandboxed("import os, signal\nos.kill(os.getppid(), signal.SIGUSR1)\nprint('sent')")
-        time.sleep(0.2)
-        assert not got, "the sandboxed program signalled its parent"
-        assert r.status == 'error' and 'sent' not in r.stdout, r
-    finally: signal.signal(signal.SIGUSR1, old)
 
 
 def test_huge_output_is_capped():
@@ -107,31 +32,77 @@ def test_huge_output_is_capped():
     assert r.status == 'output_limit' and len(r.stdout) <= 200_000 and r.seconds < 4, (r.status, len(r.stdout))
 
 
-ESCAPE = """
-import os, time
-pid = os.fork()
-if pid == 0:
-    os.setsid()                           # leave the process group
-    if os.fork() == 0:
-        time.sleep(1000); os._exit(0)
-    os._exit(0)
-os.waitpid(pid, 0)
-time.sleep(0.2)
-print(*[p for p in map(int, filter(str.isdigit, os.listdir('/proc'))) if p != os.getpid()
-        and open(f'/proc/{p}/status').read().count(f'Uid:\\t{os.getuid()}\\t')], flush=True)
-{tail}
-"""
-
-@pytest.mark.skipif(not ROOT, reason="a grandchild that left the session is found by its uid, which needs root")
-@pytest.mark.parametrize('tail', ['', 'time.sleep(1000)'], ids=['program-exits', 'program-times-out'])
-def test_no_process_outlives_the_time_limit(tail):
-    r = run_sandboxed(ESCAPE.replace('{tail}', tail), timeout_s=2)
-    pids = [int(p) for p in r.stdout.split()]
-    assert pids, f"the escaped grandchild was not started: {r}"
-    assert r.status == ('ok' if not tail else 'timeout'), r
-    assert not any(_alive(p) for p in pids), f"still running after the sandbox returned: {pids}"
+def test_reading_stdin_gets_end_of_file_at_once():
+    read_end, write_end = os.pipe()                 # the parent's stdin holds data: the program must not see it
+    os.write(write_end, b'parent input\n')
+    os.close(write_end)
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    try: r = run_sandboxed("import sys\ndata = sys.stdin.read()\nprint(repr(data))\ninput()", timeout_s=5)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    assert r.stdout.strip() == "''" and 'EOFError' in r.stderr and r.seconds < 4, r
 
 
-def test_without_a_fresh_uid_python_guards_stand_in():
-    r = run_sandboxed("import os\nos.kill(os.getpid(), 0)", isolate=False)
-    assert r.status == 'error' and 'NoneType' in r.stderr and not r.isolated, r
+SOLVED = "def add(a, b):\n    return a + b\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n\n{early}check(add)\n"
+
+@pytest.mark.parametrize('early', ["import os\nos._exit(0)\n", "raise SystemExit(0)\n", "import sys\nsys.exit(0)\n",
+                                   "import os, secrets\nfor fd in range(3, 64):\n    try: os.write(fd, secrets.token_hex(16).encode())\n"
+                                   "    except OSError: pass\nos._exit(0)\n",
+                                   "print('0' * 32)\nimport os\nos._exit(0)\n"],
+                         ids=['os._exit', 'SystemExit', 'sys.exit', 'guessed-token-on-every-fd', 'printed-token'])
+def test_exiting_before_check_returns_is_not_a_pass(early):
+    "HumanEval forgery: a program that leaves with status 0 before check() returns must not pass."
+    wrong = SOLVED.replace('return a + b', 'return 0').replace('{early}', early)
+    r = run_sandboxed(wrong)
+    assert r.returncode == 0 and r.status == 'early_exit' and not r.passed, r
+    right = run_sandboxed(SOLVED.replace('{early}', ''))
+    assert right.passed, right
+
+
+def test_the_always_equal_object_still_passes():
+    "The documented limit: check() runs in the candidate's own process, so an object equal to everything passes."
+    cheat = "class Yes:\n    def __eq__(self, other): return True\n\ndef add(a, b):\n    return Yes()\n\n" \
+            "def check(candidate):\n    assert candidate(2, 3) == 5\n\ncheck(add)\n"
+    assert run_sandboxed(cheat).passed
+
+
+def test_a_missing_layer_refuses_unless_unsafe(monkeypatch):
+    monkeypatch.setattr(sandbox, 'sandbox_layers', lambda: {**sandbox_layers(), 'network namespace': 'no (test)'})
+    with pytest.raises(LmlitError, match=r'network namespace.*--unsafe-sandbox'):
+        run_sandboxed("print('ran')")
+    r = run_sandboxed("print('ran')", unsafe=True)
+    assert r.passed and not r.isolated and r.missing == {'network namespace': 'no (test)'}, r
+
+
+def test_without_bwrap_every_namespace_layer_is_missing(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, 'which', lambda name: None)
+    sandbox.sandbox_layers.cache_clear()
+    try:
+        layers = sandbox.sandbox_layers()
+        assert all('bubblewrap' in layers[name] for name in sandbox.REQUIRED), layers
+        with pytest.raises(LmlitError, match='bwrap not found'): require_sandbox()
+    finally: sandbox.sandbox_layers.cache_clear()
+
+
+def test_limits_too_small_are_refused_before_running():
+    with pytest.raises(LmlitError, match='memory_mb=10'): run_sandboxed("print(1)", memory_mb=10)
+
+
+def test_chat_eval_fails_closed_and_its_table_names_the_missing_layers(monkeypatch):
+    from lmlit.chat_eval import run_chat_eval, load_items, user_text, scripted_generator, CHAT_TASKS
+    from lmlit.tokenizer import Tokenizer
+    tok = Tokenizer({bytes([i]): i for i in range(256)})
+    item = load_items('humaneval')[0][0]
+    answer = {user_text(CHAT_TASKS['humaneval'], item): item['canonical_solution']}
+    generate = scripted_generator(tok, lambda q: answer.get(q, '    return None\n'))
+    monkeypatch.setattr(sandbox, 'sandbox_layers', lambda: {**sandbox_layers(), 'pid namespace': 'no (test)'})
+    refused = run_chat_eval(None, tok, ['humaneval'], generate, progress=False, max_per_task=1, max_tokens=dict(humaneval=8192))
+    assert 'humaneval' not in refused.tasks and 'pid namespace' in refused.missing['humaneval'], refused.missing
+    assert '--unsafe-sandbox' in refused.table()
+    unsafe = run_chat_eval(None, tok, ['humaneval'], generate, progress=False, max_per_task=1, max_tokens=dict(humaneval=8192),
+                           sandbox_kw=dict(unsafe=True))
+    assert 'UNSAFE sandbox' in unsafe.table() and 'pid namespace' in unsafe.table(), unsafe.table()
+    assert any('UNSAFE' in line for line in unsafe.notes())
