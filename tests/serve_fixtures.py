@@ -4,7 +4,7 @@ import torch
 import uvicorn
 from conftest import free_port
 from lmlit.engine import Engine, ScriptedModel, scripted_step
-from lmlit.serve import make_app, Limits
+from lmlit.serve import make_app, Limits, server_config
 from lmlit.tokenizer import get_tokenizer
 
 HOSTILE = " said <script>window.pwned=1</script> and <img src=x onerror=\"window.pwned=2\"> and **bold** `code`."
@@ -29,11 +29,11 @@ def scripted_engine(delay_s: float = 0.0):
     return Engine(model, tok, step=scripted_step), model, tok
 
 class LiveServer:
-    "uvicorn serving `app` in a thread on a free loopback port."
-    def __init__(self, app):
+    "uvicorn serving `app` in a thread on a free loopback port, configured as `lmlit serve` configures it."
+    def __init__(self, app, limits: Limits | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=self.port, log_level='warning'))
+        self.server = uvicorn.Server(server_config(app, '127.0.0.1', self.port, limits))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
     def __enter__(self):
         self.thread.start()

@@ -72,7 +72,7 @@ def test_n_seed_stop_max_tokens(live):
     (dict(seed='x'), 'seed must be an integer'),
     (dict(stop=['a'] * 5), 'stop must be'),
     (dict(messages=[dict(role='robot', content='x')]), "message 0 must be"),
-    (dict(messages=[dict(role='user', content=5)]), "message 0 must be"),
+    (dict(messages=[dict(role='user', content=5)]), "messages[0].content must be"),
     (dict(messages=[]), 'messages must be a non-empty list'),
     (dict(messages=[dict(role='user', content='a'), dict(role='assistant', content='b')]), "last message must be the user's"),
 ])
