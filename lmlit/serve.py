@@ -26,7 +26,8 @@ from .engine import Engine, Request, complete, fit_conversation
 __all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'Limits', 'ApiError', 'BadRequest',
            'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
            'host_name', 'Guard', 'read_json', 'deltas', 'whole_reply', 'stream_reply', 'chat_page', 'make_app',
-           'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts', 'cli_serve']
+           'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts',
+           'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -573,6 +574,12 @@ def served_hosts(host: str, extra: list[str]) -> list[str]:
         except OSError: pass
     return sorted({name.lower() for name in names})
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    "The warning to print when `host` is reachable from other machines and no key is set."
+    if api_key or host in ('127.0.0.1', 'localhost', '::1'): return None
+    return (f"lmlit serve: warning: listening on {host} without --api-key: anyone who can reach this machine can use "
+            f"the model; set --api-key or LMLIT_API_KEY")
+
 # %% ../nbs/07b_serve.ipynb #39118efa
 def cli_serve(argv: list[str] | None = None) -> int:
     "`lmlit serve --run NAME [--stage S] [--host H] [--port P] [--api-key K] [--allow-host N] [--cors O] [--docs]`."
@@ -584,9 +591,8 @@ def cli_serve(argv: list[str] | None = None) -> int:
     model, tokenizer, meta = load_model(args.run, args.step, args.device, stage=args.stage)
     stage = meta.get('stage', 'base')
     engine = Engine(model, tokenizer)
-    if args.host not in ('127.0.0.1', 'localhost', '::1') and not args.api_key:
-        print(f"lmlit serve: warning: listening on {args.host} without --api-key: anyone who can reach this machine can use "
-              f"the model; set --api-key or LMLIT_API_KEY", file=sys.stderr)
+    warning = exposure_warning(args.host, args.api_key)
+    if warning: print(warning, file=sys.stderr)
     app = make_app(engine, f"{args.run}-{stage}", stage=stage, step=meta.get('step'), api_key=args.api_key,
                    allow_hosts=served_hosts(args.host, args.allow_host), cors=args.cors, docs=args.docs)
     port = sock.getsockname()[1]
