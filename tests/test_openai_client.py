@@ -24,6 +24,7 @@ def live():
     limits = Limits(max_tokens=100, max_body_bytes=20_000)
     with LiveServer(make_app(engine, 'scripted', limits, stage='sft', step=12, api_key=KEY), limits) as server:
         server.tok = tok
+        server.model = model
         yield server
 
 @pytest.fixture
@@ -32,6 +33,10 @@ def client(openai, live):
 
 def _prompt_tokens(live, messages) -> int:
     return len(live.tok.render_for_completion(messages))
+
+def _asked(live, messages) -> bool:
+    "Was the model's last prompt exactly `messages` as lmlit renders them?"
+    return live.model.prompts[-1] == live.tok.render_for_completion(messages)
 
 def _reply_tokens(live) -> int:
     "The scripted reply in tokens, as generated: its first token, HOSTILE, and <|assistant_end|>."
@@ -42,12 +47,16 @@ def test_content_parts_are_joined(client, live):
     done = client.chat.completions.create(model='scripted', messages=[dict(role='user', content=parts)], temperature=0)
     assert done.choices[0].message.content == 'A' + HOSTILE
     assert done.usage.prompt_tokens == _prompt_tokens(live, [dict(role='user', content='Hello\nthere')])
+    assert _asked(live, [dict(role='user', content='Hello\nthere')])
 
-def test_developer_role_is_system_and_same_role_turns_merge(client, live):
+def test_developer_role_is_system_and_same_role_turns_merge(client, live, openai):
     messages = [dict(role='developer', content='Be brief.'), dict(role='user', content='Hi'), dict(role='user', content='Who?')]
     done = client.chat.completions.create(model='scripted', messages=messages, temperature=0)
     expected = [dict(role='system', content='Be brief.'), dict(role='user', content='Hi\n\nWho?')]
-    assert done.usage.prompt_tokens == _prompt_tokens(live, expected)
+    assert done.usage.prompt_tokens == _prompt_tokens(live, expected) and _asked(live, expected)
+    with pytest.raises(openai.BadRequestError, match='only come first'):     # a system turn later on is not silently moved
+        client.chat.completions.create(model='scripted', messages=[dict(role='user', content='Hi'),
+                                                                   dict(role='developer', content='Now be rude.')])
 
 def test_max_completion_tokens_and_exact_usage(client, live):
     short = client.chat.completions.create(model='scripted', messages=HELLO, temperature=0, max_completion_tokens=3)
