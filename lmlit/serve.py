@@ -113,7 +113,8 @@ def check_fields(body: dict):
     "Refuse fields lmlit does not serve, naming them."
     for name, value in body.items():
         if name in UNSUPPORTED and not _asks_nothing(value):
-            raise BadRequest(f"{name} is not supported by lmlit serve; leave it out", param=name, code='unsupported_parameter')
+            raise BadRequest(f"{name} is not supported by lmlit serve; leave it out", param=name,
+                             code='unsupported_parameter')
         if name not in SUPPORTED and name not in UNSUPPORTED:
             raise BadRequest(f"unrecognized request argument: {name}", param=name, code='unknown_parameter')
 
@@ -121,7 +122,8 @@ def check_fields(body: dict):
 def _number(body, name, default, lo, hi, kind=float):
     value = body.get(name, default)
     if value is None: return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    wrong_kind = kind is int and isinstance(value, (int, float)) and not float(value).is_integer()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_kind:
         kind_name = 'n integer' if kind is int else ' number'
         raise BadRequest(f"{name} must be a{kind_name} between {lo} and {hi}, got {value!r}", param=name)
     if not lo <= value <= hi: raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}", param=name)
@@ -144,13 +146,14 @@ def parse_messages(messages, limits: Limits) -> list[dict]:
     total = 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get('role') not in ROLES or 'content' not in message:
-            raise BadRequest(f"message {i} must be {{'role': 'system'|'developer'|'user'|'assistant', 'content': string or "
-                             f"text parts}}", param=f"messages[{i}]")
+            raise BadRequest(f"message {i} must be {{'role': 'system'|'developer'|'user'|'assistant', "
+                             f"'content': string or text parts}}", param=f"messages[{i}]")
         role = ROLES[message['role']]
         content = message_content(message['content'], role, i)
         chars = len(content) if isinstance(content, str) else sum(len(part['text']) for part in content)
         if chars > limits.max_message_chars:
-            raise BadRequest(f"message {i} has {chars} characters; at most {limits.max_message_chars}", param=f"messages[{i}]")
+            raise BadRequest(f"message {i} has {chars} characters; at most {limits.max_message_chars}",
+                             param=f"messages[{i}]")
         total += chars
         clean.append(dict(role=role, content=content))
     if total > limits.max_total_chars:
@@ -165,14 +168,17 @@ def parse_messages(messages, limits: Limits) -> list[dict]:
 def _stop_strings(body, limits: Limits) -> list[str]:
     stop = body.get('stop') or []
     if isinstance(stop, str): stop = [stop]
-    if not isinstance(stop, list) or len(stop) > limits.max_stop or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop):
-        raise BadRequest(f"stop must be a string or a list of at most {limits.max_stop} strings of 1-64 characters", param='stop')
+    well_formed = isinstance(stop, list) and all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)
+    if not well_formed or len(stop) > limits.max_stop:
+        raise BadRequest(f"stop must be a string or a list of at most {limits.max_stop} strings of 1-64 characters",
+                         param='stop')
     return stop
 
 def _max_tokens(body, limits: Limits) -> int:
     asked = {name: body[name] for name in ('max_completion_tokens', 'max_tokens') if body.get(name) is not None}
     if len(asked) == 2 and asked['max_tokens'] != asked['max_completion_tokens']:
-        raise BadRequest("give max_completion_tokens or max_tokens, not two different values", param='max_completion_tokens')
+        raise BadRequest("give max_completion_tokens or max_tokens, not two different values",
+                         param='max_completion_tokens')
     name = next(iter(asked), 'max_tokens')
     return _number(body, name, min(256, limits.max_tokens), 1, limits.max_tokens, int)
 
@@ -246,8 +252,10 @@ class Worker:
         with self.lock:
             if self.queued_rows + job.request.n > self.max_queued_rows:
                 wait = max(1, math.ceil(self.batch_seconds))
-                raise ApiError(429, f"the server is busy: {self.queued_rows} rows are waiting (at most {self.max_queued_rows}); "
-                               f"retry in {wait} s", type='requests', code='rate_limit_exceeded', headers={'Retry-After': str(wait)})
+                message = (f"the server is busy: {self.queued_rows} rows are waiting (at most {self.max_queued_rows}); "
+                           f"retry in {wait} s")
+                raise ApiError(429, message, type='requests', code='rate_limit_exceeded',
+                               headers={'Retry-After': str(wait)})
             self.queued_rows += job.request.n
             job.queued = True
         self.jobs.put(job)
@@ -279,7 +287,9 @@ def _run(self: Worker):
         started = time.monotonic()
         try:
             if live:
-                for i, sample, text, finish in complete(_Counting(self.engine, counts), [j.request for j in live], [j.stop for j in live]):
+                counting = _Counting(self.engine, counts)
+                pieces = complete(counting, [job.request for job in live], [job.stop for job in live])
+                for i, sample, text, finish in pieces:
                     live[i].send((sample, text, finish, counts.get((i, sample), 0)))
         except Exception as error:          # a bug must not kill the server: every waiting client hears of it
             for job in live: job.send(('error', str(error), None, 0))
@@ -293,7 +303,7 @@ Worker._run = _run
 LOCAL_NAMES = ('localhost', '127.0.0.1', '::1')
 
 def host_name(value: str) -> str:
-    "The name in a Host header, lower-cased, without its port: '[::1]:8000' → '::1', 'Example.com:80' → 'example.com'."
+    "A Host header's name, lower-cased, without its port: '[::1]:8000' → '::1', 'Example.com:80' → 'example.com'"
     value = value.strip().lower()
     if value.startswith('['): return value[1:value.find(']')] if ']' in value else value
     return value.rsplit(':', 1)[0] if value.count(':') == 1 else value
@@ -311,21 +321,23 @@ class Guard:
         headers = {name.decode('latin-1').lower(): value.decode('latin-1') for name, value in scope['headers']}
         host = host_name(headers.get('host', ''))
         if '*' not in self.allow_hosts and host not in self.allow_hosts:
-            return ApiError(400, f"Host {host!r} is not served here (served: {', '.join(sorted(self.allow_hosts))}); "
-                            f"start lmlit serve with --allow-host {host or 'NAME'} to serve it", code='host_not_allowed')
+            message = (f"Host {host!r} is not served here (served: {', '.join(sorted(self.allow_hosts))}); "
+                       f"start lmlit serve with --allow-host {host or 'NAME'} to serve it")
+            return ApiError(400, message, code='host_not_allowed')
         if self.api_key and scope['path'].startswith('/v1'):
             scheme, _, token = headers.get('authorization', '').partition(' ')
             if scheme.lower() != 'bearer' or not hmac.compare_digest(token.strip().encode('latin-1'), self.api_key):
-                return ApiError(401, "Incorrect or missing API key: send `Authorization: Bearer <key>` with the key lmlit serve "
-                                "was started with", code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
+                message = "Incorrect or missing API key: send `Authorization: Bearer <key>` with the server's key"
+                return ApiError(401, message, code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
         if scope['method'] == 'POST':
             media = headers.get('content-type', '').split(';')[0].strip().lower()
             if media != 'application/json':
-                return ApiError(415, f"a POST body must be sent as Content-Type: application/json, not {media or 'none'!r}",
-                                code='unsupported_media_type')
+                message = f"a POST body must be sent as Content-Type: application/json, not {media or 'none'!r}"
+                return ApiError(415, message, code='unsupported_media_type')
             length = headers.get('content-length', '0')
             if not length.isdigit() or int(length) > self.max_body_bytes:
-                return ApiError(413, f"the body is {length} bytes; at most {self.max_body_bytes}", code='request_too_large')
+                message = f"the body is {length} bytes; at most {self.max_body_bytes}"
+                return ApiError(413, message, code='request_too_large')
         return None
 
     async def __call__(self, scope, receive, send):
@@ -346,10 +358,12 @@ async def read_json(http: HttpRequest, limits: Limits):
             chunks.append(chunk)
         return b''.join(chunks)
     try: raw = await asyncio.wait_for(collect(), limits.body_timeout_s)
-    except TimeoutError: raise ApiError(408, f"the body did not arrive within {limits.body_timeout_s:g} s", code='timeout')
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {limits.body_timeout_s:g} s", code='timeout')
     except ClientDisconnect: raise ApiError(400, "the client left before sending the whole body")
     try: return await asyncio.to_thread(json.loads, raw)
-    except (ValueError, RecursionError): raise BadRequest("the body is not valid JSON (or nests deeper than the parser allows)")
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON (or nests deeper than the parser allows)")
 
 # %% ../nbs/07b_serve.ipynb #f1d2a031
 def _finish_reason(finish) -> str: return 'length' if finish == 'length' else 'stop'
@@ -386,7 +400,8 @@ async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, p
         return Response(status_code=499)              # nobody reads it
     leaving.cancel()
     collecting.result()
-    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j])), finish_reason=finishes[j]) for j in range(n)]
+    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j])), finish_reason=finishes[j])
+               for j in range(n)]
     usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
     return dict(**head, object='chat.completion', choices=choices, usage=usage)
 
@@ -396,19 +411,21 @@ def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
 async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool):
     "Server-sent `chat.completion.chunk`s for `job`, a usage chunk last when asked, then `[DONE]`."
     for j in range(job.request.n):
-        yield _event(dict(**head, object='chat.completion.chunk', choices=[dict(index=j, delta=dict(role='assistant', content=''),
-                                                                                   finish_reason=None)]))
+        opening = dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)
+        yield _event(dict(**head, object='chat.completion.chunk', choices=[opening]))
     tokens = [0] * job.request.n
     try:
         async for sample, text, finish, generated in deltas(job, worker):
             tokens[sample] = generated
-            choice = dict(index=sample, delta=dict(content=text) if text else {}, finish_reason=finish and _finish_reason(finish))
+            delta = dict(content=text) if text else {}
+            choice = dict(index=sample, delta=delta, finish_reason=finish and _finish_reason(finish))
             yield _event(dict(**head, object='chat.completion.chunk', choices=[choice]))
     except ApiError as error:
         yield _event(json.loads(error.response().body))
         return
     if include_usage:
-        usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
+        usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens),
+                     total_tokens=prompt_tokens + sum(tokens))
         yield _event(dict(**head, object='chat.completion.chunk', choices=[], usage=usage))
     yield "data: [DONE]\n\n"
 
@@ -427,7 +444,8 @@ def _openai_errors(app: FastAPI):
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, error):
         message = f"{request.method} {request.url.path}: {error.detail}"
-        return ApiError(error.status_code, message, code=HTTP_CODES.get(error.status_code), headers=error.headers).response()
+        code = HTTP_CODES.get(error.status_code)
+        return ApiError(error.status_code, message, code=code, headers=error.headers).response()
     @app.exception_handler(RequestValidationError)
     async def invalid(request, error):
         first = error.errors()[0] if error.errors() else {}
@@ -435,7 +453,8 @@ def _openai_errors(app: FastAPI):
         return ApiError(422, f"{param}: {first.get('msg', 'invalid request')}", param=param or None).response()
     @app.exception_handler(Exception)
     async def crashed(request, error):
-        return ApiError(500, f"internal error ({type(error).__name__}); the server log has more", type='server_error').response()
+        message = f"internal error ({type(error).__name__}); the server log has more"
+        return ApiError(500, message, type='server_error').response()
 
 # %% ../nbs/07b_serve.ipynb #f1d2a035
 def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = None, *, stage: str | None = None,
@@ -447,7 +466,8 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
                   openapi_url='/openapi.json' if docs else None)
     worker = Worker(engine, limits.max_batch, limits.max_queued_rows)
     page = chat_page()
-    card = dict(id=model_name, object='model', created=0, owned_by='lmlit', stage=stage, step=step, context_length=engine.context)
+    card = dict(id=model_name, object='model', created=0, owned_by='lmlit', stage=stage, step=step,
+                context_length=engine.context)
     _openai_errors(app)
     app.add_middleware(Guard, allow_hosts=allow_hosts, api_key=api_key, max_body_bytes=limits.max_body_bytes)
     if cors: app.add_middleware(CORSMiddleware, allow_origins=[cors], allow_methods=['GET', 'POST'],
@@ -465,8 +485,8 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     @app.get('/v1/models/{model_id:path}')
     def model(model_id: str):
         if model_id != model_name:
-            raise ApiError(404, f"The model {model_id!r} does not exist; this server serves {model_name!r}", param='model',
-                           code='model_not_found')
+            message = f"The model {model_id!r} does not exist; this server serves {model_name!r}"
+            raise ApiError(404, message, param='model', code='model_not_found')
         return card
 
     @app.post('/v1/chat/completions')
@@ -519,7 +539,8 @@ class GuardedH11(H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing(): self.transport.close()
 
 # %% ../nbs/07b_serve.ipynb #f1d2a041
-def server_config(app, host: str = '127.0.0.1', port: int = 8000, limits: Limits | None = None, **uvicorn_options) -> uvicorn.Config:
+def server_config(app, host: str = '127.0.0.1', port: int = 8000, limits: Limits | None = None,
+                  **uvicorn_options) -> uvicorn.Config:
     "uvicorn's config for `app`: the guarded h11 protocol, short keep-alive, a bounded incomplete request head."
     limits = limits or Limits()
     protocol = type('GuardedH11', (GuardedH11,), {'header_timeout_s': limits.header_timeout_s})
@@ -545,7 +566,8 @@ def bind(host: str, port: int) -> socket.socket:
     try: sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise LmlitError(f"cannot listen on {host}:{port}: {error.strerror}; pick another --port (or --port 0 for any free one)")
+        raise LmlitError(f"cannot listen on {host}:{port}: {error.strerror}; "
+                         f"pick another --port (or --port 0 for any free one)")
     return sock
 
 # %% ../nbs/07b_serve.ipynb #f1d2a044
@@ -597,6 +619,7 @@ def cli_serve(argv: list[str] | None = None) -> int:
                    allow_hosts=served_hosts(args.host, args.allow_host), cors=args.cors, docs=args.docs)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ':' in args.host else args.host
-    banner = f"lmlit serve: http://{shown}:{port}/  (API: /v1/chat/completions{', key required' if args.api_key else ''})"
+    keyed = ', key required' if args.api_key else ''
+    banner = f"lmlit serve: http://{shown}:{port}/  (API: /v1/chat/completions{keyed})"
     AnnouncingServer(server_config(app, args.host, port), banner).run(sockets=[sock])
     return 0
