@@ -609,7 +609,8 @@ def cli_serve(argv: list[str] | None = None) -> int:
     args = serve_parser().parse_args(argv)
     sock = bind(args.host, args.port)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))      # many idle sockets must not starve new ones
+    try: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # many idle sockets must not starve new ones
+    except (ValueError, OSError): pass                              # a system that refuses keeps its soft limit
     model, tokenizer, meta = load_model(args.run, args.step, args.device, stage=args.stage)
     stage = meta.get('stage', 'base')
     engine = Engine(model, tokenizer)
