@@ -7,20 +7,33 @@ Docs: https://lmlit.github.io/lmlit/serve.html.md"""
 
 # %% ../nbs/07b_serve.ipynb #6b63c167
 from __future__ import annotations
-import argparse, asyncio, json, queue, threading, time, uuid
-from dataclasses import dataclass, field
-from importlib import resources
+import argparse, asyncio, hmac, importlib.util, json, math, os, queue, resource, socket, sys, threading, time, uuid
+from dataclasses import dataclass
+from pathlib import Path
+import h11
+import uvicorn
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from .core import LmlitError
 from .engine import Engine, Request, complete, fit_conversation
 
 # %% auto #0
-__all__ = ['Limits', 'BadRequest', 'parse_chat_request', 'Job', 'Worker', 'chat_page', 'make_app', 'cli_serve']
+__all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'Limits', 'ApiError', 'BadRequest',
+           'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
+           'host_name', 'Guard', 'read_json', 'deltas', 'whole_reply', 'stream_reply', 'static_dir', 'chat_page',
+           'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts',
+           'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
 class Limits:
+    "What one request may ask for, and how much the server takes in at once."
     max_messages: int = 500
     max_message_chars: int = 8000
     max_total_chars: int = 32000
@@ -28,43 +41,173 @@ class Limits:
     max_n: int = 8
     max_stop: int = 4
     max_batch: int = 16
+    max_body_bytes: int = 1_000_000      # a request body over this is refused (413) before it is read
+    max_queued_rows: int = 64            # rows waiting for the engine; more gets 429 + Retry-After
+    body_timeout_s: float = 30.0         # a body must arrive within this (408)
+    header_timeout_s: float = 10.0       # a connection must send its request head within this (closed)
 
-class BadRequest(Exception):
-    "A request outside the limits; the message says what to send instead."
+class ApiError(Exception):
+    "An error answered as OpenAI answers: `{'error': {message, type, param, code}}` with `status`."
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = 'invalid_request_error', headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+        self.headers = headers
 
+    def response(self) -> JSONResponse:
+        body = {'error': {'message': self.message, 'type': self.type, 'param': self.param, 'code': self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+class BadRequest(ApiError):
+    "A 400: the request is outside what lmlit serves; the message says what to send instead."
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(400, message, param, code)
+
+# %% ../nbs/07b_serve.ipynb #f1d2a004
+def message_content(content, role: str, index: int):
+    "A message's content as lmlit renders it: a string, or (assistant only) a list of text/python/python_output parts."
+    if isinstance(content, str): return content
+    where = f"messages[{index}].content"
+    if not isinstance(content, list) or not content:
+        raise BadRequest(f"{where} must be a string or a non-empty list of text parts", param=where)
+    kinds = ('text', 'python', 'python_output') if role == 'assistant' else ('text',)
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get('type') not in kinds or not isinstance(part.get('text'), str):
+            raise BadRequest(f"{where}[{j}] must be {{'type': {'|'.join(repr(k) for k in kinds)}, 'text': string}}; "
+                             f"lmlit serve reads text only", param=where)
+    if all(part['type'] == 'text' for part in content): return '\n'.join(part['text'] for part in content)
+    return [dict(type=part['type'], text=part['text']) for part in content]
+
+# %% ../nbs/07b_serve.ipynb #f1d2a007
+ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}
+
+def _as_parts(content) -> list[dict]:
+    return [dict(type='text', text=content)] if isinstance(content, str) else content
+
+def merge_turns(messages: list[dict]) -> list[dict]:
+    "Consecutive messages of one role as one message, texts joined by a blank line (parts kept in order)."
+    merged = []
+    for message in messages:
+        if not merged or merged[-1]['role'] != message['role']:
+            merged.append(dict(message))
+            continue
+        before, after = merged[-1]['content'], message['content']
+        if isinstance(before, str) and isinstance(after, str): merged[-1]['content'] = before + '\n\n' + after
+        else: merged[-1]['content'] = _as_parts(before) + [dict(type='text', text='\n\n')] + _as_parts(after)
+    return merged
+
+# %% ../nbs/07b_serve.ipynb #f1d2a010
+SUPPORTED = ('model', 'messages', 'stream', 'stream_options', 'temperature', 'top_p', 'top_k', 'n', 'stop', 'seed',
+             'max_tokens', 'max_completion_tokens', 'user', 'store', 'metadata')    # the last three: accepted, unused
+UNSUPPORTED = ('tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls', 'logprobs', 'top_logprobs',
+               'response_format', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'audio', 'modalities',
+               'prediction', 'reasoning_effort', 'web_search_options')
+
+def _asks_nothing(value) -> bool:
+    return value is None or value is False or value == 0 or value == [] or value == {} or value == 'none'
+
+def check_fields(body: dict):
+    "Refuse fields lmlit does not serve, naming them."
+    for name, value in body.items():
+        if name in UNSUPPORTED and not _asks_nothing(value):
+            raise BadRequest(f"{name} is not supported by lmlit serve; leave it out", param=name,
+                             code='unsupported_parameter')
+        if name not in SUPPORTED and name not in UNSUPPORTED:
+            raise BadRequest(f"unrecognized request argument: {name}", param=name, code='unknown_parameter')
+
+# %% ../nbs/07b_serve.ipynb #f1d2a012
 def _number(body, name, default, lo, hi, kind=float):
     value = body.get(name, default)
     if value is None: return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise BadRequest(f"{name} must be a{'n integer' if kind is int else ' number'} between {lo} and {hi}, got {value!r}")
-    if not lo <= value <= hi: raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
+    wrong_kind = kind is int and isinstance(value, (int, float)) and not float(value).is_integer()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or wrong_kind:
+        kind_name = 'n integer' if kind is int else ' number'
+        raise BadRequest(f"{name} must be a{kind_name} between {lo} and {hi}, got {value!r}", param=name)
+    if not lo <= value <= hi: raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}", param=name)
     return kind(value)
 
-def parse_chat_request(body, limits: Limits) -> dict:
-    "The checked fields of an OpenAI chat-completions body; `BadRequest` names the first problem."
-    if not isinstance(body, dict): raise BadRequest("the body must be a JSON object")
-    messages = body.get('messages')
-    if not isinstance(messages, list) or not messages: raise BadRequest("messages must be a non-empty list of {role, content}")
-    if len(messages) > limits.max_messages: raise BadRequest(f"at most {limits.max_messages} messages per request, got {len(messages)}")
-    clean, total = [], 0
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get('role') not in ('system', 'user', 'assistant') or not isinstance(m.get('content'), str):
-            raise BadRequest(f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': string}}")
-        if len(m['content']) > limits.max_message_chars:
-            raise BadRequest(f"message {i} has {len(m['content'])} characters; at most {limits.max_message_chars}")
-        total += len(m['content'])
-        clean.append(dict(role=m['role'], content=m['content']))
-    if total > limits.max_total_chars: raise BadRequest(f"messages hold {total} characters in all; at most {limits.max_total_chars}")
-    if clean[-1]['role'] != 'user': raise BadRequest("the last message must be the user's")
+def _flag(body, name, default: bool = False) -> bool:
+    value = body.get(name, default)
+    if value is None: return default
+    if not isinstance(value, bool): raise BadRequest(f"{name} must be true or false, got {value!r}", param=name)
+    return value
+
+# %% ../nbs/07b_serve.ipynb #f1d2a015
+def parse_messages(messages, limits: Limits) -> list[dict]:
+    "The request's messages as lmlit's conversation, or a `BadRequest` naming the first problem."
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {role, content}", param='messages')
+    if len(messages) > limits.max_messages:
+        raise BadRequest(f"at most {limits.max_messages} messages per request, got {len(messages)}", param='messages')
+    clean = []
+    total = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get('role') not in ROLES or 'content' not in message:
+            raise BadRequest(f"message {i} must be {{'role': 'system'|'developer'|'user'|'assistant', "
+                             f"'content': string or text parts}}", param=f"messages[{i}]")
+        role = ROLES[message['role']]
+        content = message_content(message['content'], role, i)
+        chars = len(content) if isinstance(content, str) else sum(len(part['text']) for part in content)
+        if chars > limits.max_message_chars:
+            raise BadRequest(f"message {i} has {chars} characters; at most {limits.max_message_chars}",
+                             param=f"messages[{i}]")
+        total += chars
+        clean.append(dict(role=role, content=content))
+    if total > limits.max_total_chars:
+        raise BadRequest(f"messages hold {total} characters in all; at most {limits.max_total_chars}", param='messages')
+    merged = merge_turns(clean)
+    if any(message['role'] == 'system' for message in merged[1:]):
+        raise BadRequest("a system (or developer) message may only come first", param='messages')
+    if merged[-1]['role'] != 'user': raise BadRequest("the last message must be the user's", param='messages')
+    return merged
+
+# %% ../nbs/07b_serve.ipynb #f1d2a019
+def _stop_strings(body, limits: Limits) -> list[str]:
     stop = body.get('stop') or []
     if isinstance(stop, str): stop = [stop]
-    if not isinstance(stop, list) or len(stop) > limits.max_stop or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop):
-        raise BadRequest(f"stop must be a string or a list of at most {limits.max_stop} strings of 1-64 characters")
+    well_formed = isinstance(stop, list) and all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)
+    if not well_formed or len(stop) > limits.max_stop:
+        raise BadRequest(f"stop must be a string or a list of at most {limits.max_stop} strings of 1-64 characters",
+                         param='stop')
+    return stop
+
+def _max_tokens(body, limits: Limits) -> int:
+    asked = {name: body[name] for name in ('max_completion_tokens', 'max_tokens') if body.get(name) is not None}
+    if len(asked) == 2 and asked['max_tokens'] != asked['max_completion_tokens']:
+        raise BadRequest("give max_completion_tokens or max_tokens, not two different values",
+                         param='max_completion_tokens')
+    name = next(iter(asked), 'max_tokens')
+    return _number(body, name, min(256, limits.max_tokens), 1, limits.max_tokens, int)
+
+def _include_usage(body, stream: bool) -> bool:
+    options = body.get('stream_options')
+    if options is None: return False
+    if not stream: raise BadRequest("stream_options is only allowed with stream: true", param='stream_options')
+    if not isinstance(options, dict) or set(options) - {'include_usage'}:
+        raise BadRequest("stream_options must be {'include_usage': true|false}", param='stream_options')
+    return _flag(options, 'include_usage')
+
+# %% ../nbs/07b_serve.ipynb #f1d2a020
+def parse_chat_request(body, limits: Limits, model_name: str | None = None) -> dict:
+    "The checked fields of an OpenAI chat-completions body; an `ApiError` names the first problem."
+    if not isinstance(body, dict): raise BadRequest("the body must be a JSON object")
+    check_fields(body)
+    model = body.get('model')
+    if model is not None and not isinstance(model, str): raise BadRequest("model must be a string", param='model')
+    if model is not None and model_name is not None and model != model_name:
+        raise ApiError(404, f"The model {model!r} does not exist; this server serves {model_name!r}", param='model',
+                       code='model_not_found')
+    stream = _flag(body, 'stream')
     top_k = body.get('top_k')
-    return dict(messages=clean, stop=stop, stream=bool(body.get('stream', False)),
+    return dict(messages=parse_messages(body.get('messages'), limits), stop=_stop_strings(body, limits), stream=stream,
+                include_usage=_include_usage(body, stream),
                 temperature=_number(body, 'temperature', 1.0, 0, 2), top_p=_number(body, 'top_p', 1.0, 0.01, 1),
                 top_k=_number(body, 'top_k', 0, 0, 200, int) if top_k is not None else None,
-                max_tokens=_number(body, 'max_tokens', min(256, limits.max_tokens), 1, limits.max_tokens, int),
+                max_tokens=_max_tokens(body, limits),
                 n=_number(body, 'n', 1, 1, limits.max_n, int), seed=_number(body, 'seed', None, 0, 2**62, int))
 
 # %% ../nbs/07b_serve.ipynb #0e5d5473
@@ -73,119 +216,417 @@ class Job:
     request: Request
     stop: list
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue = None
+    out: asyncio.Queue
+    queued: bool = False          # counted in the worker's queued rows
     def send(self, item): self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
+class _Counting:
+    "`engine` as `complete` sees it, counting the tokens each (request, sample) receives."
+    def __init__(self, engine: Engine, counts: dict):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.counts = counts
+
+    def generate(self, requests):
+        for delta in self.engine.generate(requests):
+            if delta.token is not None:
+                key = (delta.request, delta.sample)
+                self.counts[key] = self.counts.get(key, 0) + 1
+            yield delta
+
+# %% ../nbs/07b_serve.ipynb #f1d2a021
 class Worker:
-    "A thread that runs queued jobs through `engine`, every waiting job in one batch."
-    def __init__(self, engine: Engine, max_batch: int = 16):
-        self.engine, self.max_batch = engine, max_batch
+    "A thread that runs queued jobs through `engine`, every waiting job in one batch; at most `max_queued_rows` wait."
+    def __init__(self, engine: Engine, max_batch: int = 16, max_queued_rows: int = 64):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queued_rows = max_queued_rows
         self.jobs = queue.Queue()
+        self.lock = threading.Lock()
+        self.queued_rows = 0
+        self.batch_seconds = 1.0          # how long the last batch took: the Retry-After hint
         self.thread = threading.Thread(target=self._run, daemon=True, name='lmlit-engine')
         self.thread.start()
 
-    def _run(self):
-        while True:
-            batch = [self.jobs.get()]
-            rows = batch[0].request.n
-            while rows < self.max_batch:
-                try: job = self.jobs.get_nowait()
-                except queue.Empty: break
-                batch.append(job)
-                rows += job.request.n
-            live = [j for j in batch if not j.request.cancelled]
-            try:
-                if live:
-                    for i, sample, text, finish in complete(self.engine, [j.request for j in live], [j.stop for j in live]):
-                        live[i].send((sample, text, finish))
-            except Exception as e:          # a bug must not kill the server: every waiting client hears of it
-                for j in live: j.send(('error', str(e), None))
-            for j in batch: j.send(None)
+    def submit(self, job: Job):
+        "Queue `job`, or refuse it with a 429 when the queue is full."
+        with self.lock:
+            if self.queued_rows + job.request.n > self.max_queued_rows:
+                wait = max(1, math.ceil(self.batch_seconds))
+                message = (f"the server is busy: {self.queued_rows} rows are waiting (at most {self.max_queued_rows}); "
+                           f"retry in {wait} s")
+                raise ApiError(429, message, type='requests', code='rate_limit_exceeded',
+                               headers={'Retry-After': str(wait)})
+            self.queued_rows += job.request.n
+            job.queued = True
+        self.jobs.put(job)
+
+    def forget(self, job: Job):
+        "Take `job`'s rows out of the queued count (it started, or its client left)."
+        with self.lock:
+            if job.queued: self.queued_rows -= job.request.n
+            job.queued = False
+
+# %% ../nbs/07b_serve.ipynb #f1d2a022
+def _take_batch(self: Worker) -> list[Job]:
+    "The next job (waiting for one), then every job already waiting, up to `max_batch` live rows."
+    batch = [self.jobs.get()]
+    rows = batch[0].request.n
+    while rows < self.max_batch:
+        try: job = self.jobs.get_nowait()
+        except queue.Empty: break
+        batch.append(job)
+        if not job.request.cancelled: rows += job.request.n
+    for job in batch: self.forget(job)
+    return batch
+
+def _run(self: Worker):
+    while True:
+        batch = self._take_batch()
+        live = [job for job in batch if not job.request.cancelled]
+        counts = {}
+        started = time.monotonic()
+        try:
+            if live:
+                counting = _Counting(self.engine, counts)
+                pieces = complete(counting, [job.request for job in live], [job.stop for job in live])
+                for i, sample, text, finish in pieces:
+                    live[i].send((sample, text, finish, counts.get((i, sample), 0)))
+        except Exception as error:          # a bug must not kill the server: every waiting client hears of it
+            for job in live: job.send(('error', str(error), None, 0))
+        if live: self.batch_seconds = time.monotonic() - started
+        for job in batch: job.send(None)
+
+Worker._take_batch = _take_batch
+Worker._run = _run
+
+# %% ../nbs/07b_serve.ipynb #f1d2a024
+LOCAL_NAMES = ('localhost', '127.0.0.1', '::1')
+
+def host_name(value: str) -> str:
+    "A Host header's name, lower-cased, without its port: '[::1]:8000' → '::1', 'Example.com:80' → 'example.com'"
+    value = value.strip().lower()
+    if value.startswith('['): return value[1:value.find(']')] if ']' in value else value
+    return value.rsplit(':', 1)[0] if value.count(':') == 1 else value
+
+# %% ../nbs/07b_serve.ipynb #f1d2a026
+class Guard:
+    "ASGI middleware answering a foreign Host, a /v1 call without the key, a non-JSON POST or an oversized body."
+    def __init__(self, app, allow_hosts=LOCAL_NAMES, api_key: str | None = None, max_body_bytes: int = 1_000_000):
+        self.app = app
+        self.allow_hosts = {name.lower() for name in allow_hosts}
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+
+    def refusal(self, scope) -> ApiError | None:
+        headers = {name.decode('latin-1').lower(): value.decode('latin-1') for name, value in scope['headers']}
+        host = host_name(headers.get('host', ''))
+        if '*' not in self.allow_hosts and host not in self.allow_hosts:
+            message = (f"Host {host!r} is not served here (served: {', '.join(sorted(self.allow_hosts))}); "
+                       f"start lmlit serve with --allow-host {host or 'NAME'} to serve it")
+            return ApiError(400, message, code='host_not_allowed')
+        if self.api_key and scope['path'].startswith('/v1'):
+            scheme, _, token = headers.get('authorization', '').partition(' ')
+            if scheme.lower() != 'bearer' or not hmac.compare_digest(token.strip().encode('latin-1'), self.api_key):
+                message = "Incorrect or missing API key: send `Authorization: Bearer <key>` with the server's key"
+                return ApiError(401, message, code='invalid_api_key', headers={'WWW-Authenticate': 'Bearer'})
+        if scope['method'] == 'POST':
+            media = headers.get('content-type', '').split(';')[0].strip().lower()
+            if media != 'application/json':
+                message = f"a POST body must be sent as Content-Type: application/json, not {media or 'none'!r}"
+                return ApiError(415, message, code='unsupported_media_type')
+            length = headers.get('content-length', '0')
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                message = f"the body is {length} bytes; at most {self.max_body_bytes}"
+                return ApiError(413, message, code='request_too_large')
+        return None
+
+    async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope) if scope['type'] == 'http' else None
+        if refusal is None: await self.app(scope, receive, send)
+        else: await refusal.response()(scope, receive, send)
+
+# %% ../nbs/07b_serve.ipynb #f1d2a030
+async def read_json(http: HttpRequest, limits: Limits):
+    "The request's JSON body, or an `ApiError` (413 too big, 408 too slow, 400 not JSON)."
+    async def collect() -> bytes:
+        chunks = []
+        size = 0
+        async for chunk in http.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise ApiError(413, f"the body is over {limits.max_body_bytes} bytes", code='request_too_large')
+            chunks.append(chunk)
+        return b''.join(chunks)
+    try: raw = await asyncio.wait_for(collect(), limits.body_timeout_s)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {limits.body_timeout_s:g} s", code='timeout')
+    except ClientDisconnect: raise ApiError(400, "the client left before sending the whole body")
+    try: return await asyncio.to_thread(json.loads, raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON (or nests deeper than the parser allows)")
+
+# %% ../nbs/07b_serve.ipynb #f1d2a031
+def _finish_reason(finish) -> str: return 'length' if finish == 'length' else 'stop'
+
+async def deltas(job: Job, worker: Worker):
+    "(sample, text, finish, tokens generated so far) for `job` until it ends; its rows are cancelled when this stops."
+    try:
+        while (item := await job.out.get()) is not None:
+            if item[0] == 'error': raise ApiError(500, f"generation failed: {item[1]}", type='server_error')
+            yield item
+    finally:
+        job.request.cancelled = True
+        worker.forget(job)
+
+# %% ../nbs/07b_serve.ipynb #f1d2a032
+async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int):
+    "The chat.completion for `job`, or nothing if the client leaves first (its rows are then cancelled)."
+    n = job.request.n
+    texts = [[] for _ in range(n)]
+    finishes = ['stop'] * n
+    tokens = [0] * n
+    async def collect():
+        async for sample, text, finish, generated in deltas(job, worker):
+            texts[sample].append(text)
+            tokens[sample] = generated
+            if finish: finishes[sample] = _finish_reason(finish)
+    async def client_left():
+        while (await http.receive())['type'] != 'http.disconnect': pass
+    collecting = asyncio.ensure_future(collect())
+    leaving = asyncio.ensure_future(client_left())
+    await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    if not collecting.done():
+        collecting.cancel()                           # runs deltas' clean-up: the request is cancelled
+        return Response(status_code=499)              # nobody reads it
+    leaving.cancel()
+    collecting.result()
+    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j])), finish_reason=finishes[j])
+               for j in range(n)]
+    usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
+    return dict(**head, object='chat.completion', choices=choices, usage=usage)
+
+# %% ../nbs/07b_serve.ipynb #f1d2a033
+def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
+
+async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool):
+    "Server-sent `chat.completion.chunk`s for `job`, a usage chunk last when asked, then `[DONE]`."
+    for j in range(job.request.n):
+        opening = dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)
+        yield _event(dict(**head, object='chat.completion.chunk', choices=[opening]))
+    tokens = [0] * job.request.n
+    try:
+        async for sample, text, finish, generated in deltas(job, worker):
+            tokens[sample] = generated
+            delta = dict(content=text) if text else {}
+            choice = dict(index=sample, delta=delta, finish_reason=finish and _finish_reason(finish))
+            yield _event(dict(**head, object='chat.completion.chunk', choices=[choice]))
+    except ApiError as error:
+        yield _event(json.loads(error.response().body))
+        return
+    if include_usage:
+        usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens),
+                     total_tokens=prompt_tokens + sum(tokens))
+        yield _event(dict(**head, object='chat.completion.chunk', choices=[], usage=usage))
+    yield "data: [DONE]\n\n"
 
 # %% ../nbs/07b_serve.ipynb #b4b555f9
+def static_dir() -> Path:
+    "The page and its vendored libraries, shipped inside the package (lmlit/static/, beside this module's file)."
+    return Path(importlib.util.find_spec('lmlit.serve').origin).parent/'static'
+
 def chat_page() -> str:
-    "The chat page shipped inside the package (lmlit/static/chat.html)."
-    return resources.files('lmlit').joinpath('static/chat.html').read_text(encoding='utf-8')
+    "The chat page (lmlit/static/chat.html)."
+    return (static_dir()/'chat.html').read_text(encoding='utf-8')
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({'error': {'message': message, 'type': 'invalid_request_error'}}, status_code=status)
+HTTP_CODES = {404: 'not_found', 405: 'method_not_allowed', 413: 'request_too_large', 415: 'unsupported_media_type'}
 
-def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = None) -> FastAPI:
-    "The FastAPI app serving `engine`."
+def _openai_errors(app: FastAPI):
+    "Answer FastAPI's and Starlette's own errors in OpenAI's shape."
+    @app.exception_handler(ApiError)
+    async def api_error(request, error): return error.response()
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        code = HTTP_CODES.get(error.status_code)
+        return ApiError(error.status_code, message, code=code, headers=error.headers).response()
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, error):
+        first = error.errors()[0] if error.errors() else {}
+        param = '.'.join(str(part) for part in first.get('loc', ()))
+        return ApiError(422, f"{param}: {first.get('msg', 'invalid request')}", param=param or None).response()
+    @app.exception_handler(Exception)
+    async def crashed(request, error):
+        message = f"internal error ({type(error).__name__}); the server log has more"
+        return ApiError(500, message, type='server_error').response()
+
+# %% ../nbs/07b_serve.ipynb #f1d2a035
+def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = None, *, stage: str | None = None,
+             step: int | None = None, api_key: str | None = None, allow_hosts=LOCAL_NAMES, cors: str | None = None,
+             docs: bool = False) -> FastAPI:
+    "The FastAPI app serving `engine` as `model_name`."
     limits = limits or Limits()
-    app = FastAPI(title='lmlit serve')
-    worker = Worker(engine, limits.max_batch)
+    app = FastAPI(title='lmlit serve', docs_url='/docs' if docs else None, redoc_url=None,
+                  openapi_url='/openapi.json' if docs else None)
+    worker = Worker(engine, limits.max_batch, limits.max_queued_rows)
     page = chat_page()
+    card = dict(id=model_name, object='model', created=0, owned_by='lmlit', stage=stage, step=step,
+                context_length=engine.context)
+    _openai_errors(app)
+    app.add_middleware(Guard, allow_hosts=allow_hosts, api_key=api_key, max_body_bytes=limits.max_body_bytes)
+    if cors: app.add_middleware(CORSMiddleware, allow_origins=[cors], allow_methods=['GET', 'POST'],
+                                allow_headers=['Authorization', 'Content-Type'])
 
+    # the page's markdown, sanitiser and highlighter: vendored files (07b's tools/vendor_js.sh), never a CDN
+    app.mount('/static', StaticFiles(directory=str(static_dir())), name='static')
     @app.get('/', response_class=HTMLResponse)
     def index(): return page
 
     @app.get('/health')
-    def health(): return {'status': 'ok', 'model': model_name, 'queued': worker.jobs.qsize()}
+    def health(): return {'status': 'ok', 'model': model_name, 'queued': worker.queued_rows}
 
     @app.get('/v1/models')
-    def models(): return {'object': 'list', 'data': [{'id': model_name, 'object': 'model', 'created': 0, 'owned_by': 'lmlit'}]}
+    def models(): return {'object': 'list', 'data': [card]}
+
+    @app.get('/v1/models/{model_id:path}')
+    def model(model_id: str):
+        if model_id != model_name:
+            message = f"The model {model_id!r} does not exist; this server serves {model_name!r}"
+            raise ApiError(404, message, param='model', code='model_not_found')
+        return card
 
     @app.post('/v1/chat/completions')
     async def chat_completions(http: HttpRequest):
-        try: body = json.loads(await http.body())
-        except ValueError: return _error(400, "the body is not valid JSON")
-        try:
-            args = parse_chat_request(body, limits)
-            prompt, max_tokens, _ = fit_conversation(engine.tokenizer, args['messages'], args['max_tokens'], engine.context)
-        except (BadRequest, LmlitError) as e: return _error(400, str(e))
+        args = parse_chat_request(await read_json(http, limits), limits, model_name)
+        try:      # tokenising 500 messages takes a while: off the event loop, so /health and others still answer
+            prompt, max_tokens, _ = await asyncio.to_thread(fit_conversation, engine.tokenizer, args['messages'],
+                                                            args['max_tokens'], engine.context)
+        except LmlitError as error: raise BadRequest(str(error), param='messages')
         request = Request(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
                           top_p=args['top_p'], seed=args['seed'], n=args['n'])
         job = Job(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
-        worker.jobs.put(job)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        head = dict(id=cid, created=created, model=model_name)
-
-        async def events():
-            try:
-                while (item := await job.out.get()) is not None:
-                    sample, text, finish = item
-                    if sample == 'error': raise RuntimeError(text)
-                    yield sample, text, finish
-            finally: request.cancelled = True          # the client left (or we are done): stop its rows
-
+        worker.submit(job)
+        head = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model_name)
         if args['stream']:
-            async def sse():
-                for j in range(request.n):
-                    first = dict(**head, object='chat.completion.chunk', choices=[dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)])
-                    yield f"data: {json.dumps(first)}\n\n"
-                async for sample, text, finish in events():
-                    chunk = dict(**head, object='chat.completion.chunk',
-                                 choices=[dict(index=sample, delta=dict(content=text) if text else {}, finish_reason=finish and ('length' if finish == 'length' else 'stop'))])
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield "data: [DONE]\n\n"
-            return StreamingResponse(sse(), media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
-
-        texts, finishes = [[] for _ in range(request.n)], ['stop'] * request.n
-        async for sample, text, finish in events():
-            texts[sample].append(text)
-            if finish: finishes[sample] = 'length' if finish == 'length' else 'stop'
-        choices = [dict(index=j, message=dict(role='assistant', content=''.join(t)), finish_reason=f) for j, (t, f) in enumerate(zip(texts, finishes))]
-        completion_tokens = sum(len(engine.tokenizer.encode(''.join(t))) for t in texts)
-        return dict(**head, object='chat.completion', choices=choices,
-                    usage=dict(prompt_tokens=len(prompt), completion_tokens=completion_tokens, total_tokens=len(prompt) + completion_tokens))
+            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage']),
+                                     media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
+        return await whole_reply(http, job, worker, head, len(prompt))
+    app.state.worker = worker
     return app
 
-# %% ../nbs/07b_serve.ipynb #39118efa
-def cli_serve(argv: list[str] | None = None) -> int:
-    "`lmlit serve --run NAME [--stage S] [--host H] [--port P]`."
-    import uvicorn   # the server itself: only this command needs it
-    from lmlit.checkpoint import load_model
+# %% ../nbs/07b_serve.ipynb #f1d2a040
+class GuardedH11(H11Protocol):
+    "uvicorn's h11 protocol, closing a connection whose request head is not complete within `header_timeout_s`."
+    header_timeout_s = 10.0
+    _head_timer = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self):
+        if self._head_timer is None: self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def _disarm(self):
+        if self._head_timer is not None: self._head_timer.cancel()
+        self._head_timer = None
+
+    def data_received(self, data: bytes):
+        if self.conn.their_state is h11.IDLE: self._arm()         # a (next) request head starts
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE: self._disarm()  # its head is complete
+
+    def connection_lost(self, exc):
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _head_too_slow(self):
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing(): self.transport.close()
+
+# %% ../nbs/07b_serve.ipynb #f1d2a041
+def server_config(app, host: str = '127.0.0.1', port: int = 8000, limits: Limits | None = None,
+                  **uvicorn_options) -> uvicorn.Config:
+    "uvicorn's config for `app`: the guarded h11 protocol, short keep-alive, a bounded incomplete request head."
+    limits = limits or Limits()
+    protocol = type('GuardedH11', (GuardedH11,), {'header_timeout_s': limits.header_timeout_s})
+    options = dict(log_level='warning', timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024) | uvicorn_options
+    return uvicorn.Config(app, host=host, port=port, http=protocol, **options)
+
+# %% ../nbs/07b_serve.ipynb #f1d2a042
+class AnnouncingServer(uvicorn.Server):
+    "uvicorn's server, printing `banner` once it listens."
+    def __init__(self, config: uvicorn.Config, banner: str):
+        super().__init__(config)
+        self.banner = banner
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started: print(self.banner, flush=True)
+
+def bind(host: str, port: int) -> socket.socket:
+    "A socket bound to (host, port), or one clear `LmlitError` when that cannot be."
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise LmlitError(f"cannot listen on {host}:{port}: {error.strerror}; "
+                         f"pick another --port (or --port 0 for any free one)")
+    return sock
+
+# %% ../nbs/07b_serve.ipynb #f1d2a044
+def serve_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='lmlit serve', description='Web chat and OpenAI-compatible API for a checkpoint.')
     ap.add_argument('--run', required=True)
     ap.add_argument('--stage', choices=('base', 'mid', 'sft', 'rl'))
     ap.add_argument('--step', '--checkpoint', type=int, dest='step')
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--host', default='127.0.0.1', help='127.0.0.1 (default) serves this machine only')
-    ap.add_argument('--port', type=int, default=8000)
-    args = ap.parse_args(argv)
+    ap.add_argument('--port', type=int, default=8000, help='0 takes any free port')
+    ap.add_argument('--api-key', default=os.environ.get('LMLIT_API_KEY') or None,
+                    help='every /v1 route needs `Authorization: Bearer KEY` (default: $LMLIT_API_KEY)')
+    ap.add_argument('--allow-host', action='append', default=[], metavar='NAME',
+                    help='also serve requests whose Host is NAME (repeatable; * for any)')
+    ap.add_argument('--cors', metavar='ORIGIN', help='let pages from ORIGIN (e.g. http://localhost:3000) call the API')
+    ap.add_argument('--docs', action='store_true', help='serve /docs and /openapi.json')
+    return ap
+
+def served_hosts(host: str, extra: list[str]) -> list[str]:
+    "The Host names served: loopback, the bound host (on 0.0.0.0 / ::, this machine's name and addresses), and `extra`."
+    names = list(LOCAL_NAMES) + [host] + list(extra)
+    if host in ('0.0.0.0', '::', ''):
+        names.append(socket.gethostname())
+        try: names += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+        except OSError: pass
+    return sorted({name.lower() for name in names})
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    "The warning to print when `host` is reachable from other machines and no key is set."
+    if api_key or host in ('127.0.0.1', 'localhost', '::1'): return None
+    return (f"lmlit serve: warning: listening on {host} without --api-key: anyone who can reach this machine can use "
+            f"the model; set --api-key or LMLIT_API_KEY")
+
+# %% ../nbs/07b_serve.ipynb #39118efa
+def cli_serve(argv: list[str] | None = None) -> int:
+    "`lmlit serve --run NAME [--stage S] [--host H] [--port P] [--api-key K] [--allow-host N] [--cors O] [--docs]`."
+    from lmlit.checkpoint import load_model     # torch and the checkpoint code: only this command needs them
+    args = serve_parser().parse_args(argv)
+    sock = bind(args.host, args.port)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # many idle sockets must not starve new ones
+    except (ValueError, OSError): pass                              # a system that refuses keeps its soft limit
     model, tokenizer, meta = load_model(args.run, args.step, args.device, stage=args.stage)
-    app = make_app(Engine(model, tokenizer), model_name=f"{args.run}-{meta.get('stage', 'base')}")
-    print(f"lmlit serve: http://{args.host}:{args.port}/  (API: /v1/chat/completions)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level='warning')
+    stage = meta.get('stage', 'base')
+    engine = Engine(model, tokenizer)
+    warning = exposure_warning(args.host, args.api_key)
+    if warning: print(warning, file=sys.stderr)
+    app = make_app(engine, f"{args.run}-{stage}", stage=stage, step=meta.get('step'), api_key=args.api_key,
+                   allow_hosts=served_hosts(args.host, args.allow_host), cors=args.cors, docs=args.docs)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ':' in args.host else args.host
+    keyed = ', key required' if args.api_key else ''
+    banner = f"lmlit serve: http://{shown}:{port}/  (API: /v1/chat/completions{keyed})"
+    AnnouncingServer(server_config(app, args.host, port), banner).run(sockets=[sock])
     return 0

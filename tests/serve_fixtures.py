@@ -4,36 +4,39 @@ import torch
 import uvicorn
 from conftest import free_port
 from lmlit.engine import Engine, ScriptedModel, scripted_step
-from lmlit.serve import make_app, Limits
+from lmlit.serve import make_app, Limits, server_config
 from lmlit.tokenizer import get_tokenizer
 
 HOSTILE = " said <script>window.pwned=1</script> and <img src=x onerror=\"window.pwned=2\"> and **bold** `code`."
 
 def scripted_engine(delay_s: float = 0.0):
-    "Replies 'Alpha'/'Beta'/'Gamma' (sampled: regenerating changes it) then HOSTILE, then <|assistant_end|>."
+    "Replies 'Alpha'/'Beta'/'Gamma' (sampled: regenerating changes it) then HOSTILE, then <|assistant_end|>; `model.prompts` keeps each prompt."
     tok = get_tokenizer('shakespeare', vocab_size=512, max_chars=200_000)
     S = tok.encode_special
     firsts = [tok.encode(w)[0] for w in ("Alpha", "Beta", "Gamma")]
     rest = tok.encode(HOSTILE) + [S('<|assistant_end|>')]
+    prompts = []
     def script(tokens):
         if delay_s: time.sleep(delay_s)
         k = len(tokens) - tokens[::-1].index(S('<|assistant_start|>'))
         said = tokens[k:]
         logits = torch.full((tok.vocab_size,), -30.0)
         if not said:
+            prompts.append(list(tokens))     # what the model was asked: the exact rendered conversation
             logits[firsts] = 5.0
             logits[firsts[0]] = 5.1          # greedy picks the first
         else: logits[rest[min(len(said) - 1, len(rest) - 1)]] = 30.0
         return logits
     model = ScriptedModel(script, tok.vocab_size, sequence_len=512)
+    model.prompts = prompts
     return Engine(model, tok, step=scripted_step), model, tok
 
 class LiveServer:
-    "uvicorn serving `app` in a thread on a free loopback port."
-    def __init__(self, app):
+    "uvicorn serving `app` in a thread on a free loopback port, configured as `lmlit serve` configures it."
+    def __init__(self, app, limits: Limits | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=self.port, log_level='warning'))
+        self.server = uvicorn.Server(server_config(app, '127.0.0.1', self.port, limits))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
     def __enter__(self):
         self.thread.start()

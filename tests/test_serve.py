@@ -72,7 +72,7 @@ def test_n_seed_stop_max_tokens(live):
     (dict(seed='x'), 'seed must be an integer'),
     (dict(stop=['a'] * 5), 'stop must be'),
     (dict(messages=[dict(role='robot', content='x')]), "message 0 must be"),
-    (dict(messages=[dict(role='user', content=5)]), "message 0 must be"),
+    (dict(messages=[dict(role='user', content=5)]), "messages[0].content must be"),
     (dict(messages=[]), 'messages must be a non-empty list'),
     (dict(messages=[dict(role='user', content='a'), dict(role='assistant', content='b')]), "last message must be the user's"),
 ])
@@ -106,6 +106,139 @@ def test_disconnecting_client_stops_its_generation():
         assert len(model.calls) == steps_after_close            # nothing more computed for the gone client
         assert steps_after_close < 60                            # far fewer than the 400 tokens it asked for
         assert httpx.get(f"{server.url}/health").json()['status'] == 'ok'
+
+# ---- refusing strangers (raw HTTP: what a hostile page or client would send)
+def test_host_allow_list_against_dns_rebinding(live):
+    url = f"{live.url}/v1/chat/completions"
+    body = dict(messages=[dict(role='user', content='Hi')], max_tokens=2)
+    foreign = httpx.post(url, json=body, headers={'Host': f'evil.example:{live.port}'})
+    assert foreign.status_code == 400 and foreign.json()['error']['code'] == 'host_not_allowed', foreign.text
+    assert 'evil.example' in foreign.json()['error']['message'] and '--allow-host' in foreign.json()['error']['message']
+    assert httpx.get(f"{live.url}/", headers={'Host': 'evil.example'}).status_code == 400      # the page too
+    assert httpx.post(url, json=body, headers={'Host': f'localhost:{live.port}'}).status_code == 200
+
+@pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', None])
+def test_post_bodies_must_be_json(live, content_type):
+    headers = {'Content-Type': content_type} if content_type else {}
+    r = httpx.post(f"{live.url}/v1/chat/completions", content=json.dumps(dict(messages=[dict(role='user', content='Hi')])),
+                   headers=headers)
+    assert r.status_code == 415 and 'application/json' in r.json()['error']['message'], r.text
+
+def test_oversized_body_refused_before_it_is_read(live):
+    import socket
+    with socket.create_connection(('127.0.0.1', live.port), timeout=10) as sock:     # claims 200 MB, sends none of it
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: 200000000\r\n\r\n".encode())
+        started = time.time()
+        answer = sock.recv(4096).decode()
+    assert answer.startswith('HTTP/1.1 413') and time.time() - started < 5 and 'at most' in answer
+    def chunks():                                                                      # chunked: no Content-Length to check
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(200): yield b'x' * 10_000
+        yield b'"}]}'
+    r = httpx.post(f"{live.url}/v1/chat/completions", content=chunks(), headers={'Content-Type': 'application/json'}, timeout=30)
+    assert r.status_code == 413 and r.json()['error']['code'] == 'request_too_large'
+
+def test_deep_nesting_and_wrong_types_are_400_not_500(live):
+    url = f"{live.url}/v1/chat/completions"
+    deep = httpx.post(url, content=b'[' * 100_000, headers={'Content-Type': 'application/json'})
+    assert deep.status_code == 400 and 'not valid JSON' in deep.json()['error']['message']
+    nested = httpx.post(url, json=dict(messages=[dict(role='user', content=[[[['x']]]])]))
+    assert nested.status_code == 400
+    as_text = _chat(live, stream='false')                         # a string is not a boolean: no stream, a 400
+    assert as_text.status_code == 400 and as_text.json()['error']['param'] == 'stream'
+    assert not as_text.headers['content-type'].startswith('text/event-stream')
+
+@pytest.mark.parametrize('field, value', [('tools', [dict(type='function', function=dict(name='f'))]), ('logprobs', True),
+                                          ('response_format', dict(type='json_object')), ('frequency_penalty', 0.5),
+                                          ('presence_penalty', 1), ('logit_bias', {'1': 5}), ('bogus_field', 1)])
+def test_unsupported_features_name_the_field(live, field, value):
+    r = _chat(live, **{field: value})
+    assert r.status_code == 400 and r.json()['error']['param'] == field and field in r.json()['error']['message'], r.text
+
+def test_neutral_values_of_unsupported_features_are_accepted(live):
+    assert _chat(live, logprobs=False, presence_penalty=0, frequency_penalty=0, tools=None, max_tokens=2).status_code == 200
+
+def test_docs_off_unless_asked_and_cors_off_unless_named():
+    engine, model, tok = scripted_engine()
+    origin = 'http://localhost:3000'
+    with LiveServer(make_app(engine, 'scripted')) as plain, LiveServer(make_app(engine, 'scripted', docs=True, cors=origin)) as opened:
+        assert httpx.get(f"{plain.url}/docs").status_code == 404 and httpx.get(f"{plain.url}/openapi.json").status_code == 404
+        assert httpx.get(f"{opened.url}/openapi.json").status_code == 200 and httpx.get(f"{opened.url}/docs").status_code == 200
+        preflight = dict(Origin=origin, **{'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'content-type'})
+        assert 'access-control-allow-origin' not in httpx.options(f"{plain.url}/v1/chat/completions", headers=preflight).headers
+        assert 'access-control-allow-origin' not in httpx.get(f"{plain.url}/v1/models", headers=dict(Origin=origin)).headers
+        allowed = httpx.options(f"{opened.url}/v1/chat/completions", headers=preflight)
+        assert allowed.status_code == 200 and allowed.headers['access-control-allow-origin'] == origin
+        other = httpx.options(f"{opened.url}/v1/chat/completions", headers=dict(preflight, Origin='http://evil.example'))
+        assert other.headers.get('access-control-allow-origin') != 'http://evil.example'
+
+def test_bounded_queue_429_with_retry_after():
+    engine, model, tok = scripted_engine(delay_s=0.1)
+    limits = Limits(max_tokens=400, max_queued_rows=2)
+    with LiveServer(make_app(engine, 'slow', limits), limits) as server:
+        url = f"{server.url}/v1/chat/completions"
+        body = dict(messages=[dict(role='user', content='Hi')], stream=True, max_tokens=400)
+        with httpx.stream('POST', url, json=body, timeout=30) as running:
+            running_lines = running.iter_lines()
+            next(running_lines)
+            while not model.calls: time.sleep(0.02)
+            with httpx.stream('POST', url, json=dict(body, n=2), timeout=30) as queued:
+                queued_lines = queued.iter_lines()
+                next(queued_lines)
+                assert httpx.get(f"{server.url}/health").json()['queued'] == 2
+                refused = httpx.post(url, json=dict(messages=[dict(role='user', content='Hi')]), timeout=30)
+                assert refused.status_code == 429 and int(refused.headers['Retry-After']) >= 1
+                assert refused.json()['error']['code'] == 'rate_limit_exceeded'
+            deadline = time.time() + 5
+            while httpx.get(f"{server.url}/health").json()['queued'] and time.time() < deadline: time.sleep(0.05)
+            assert httpx.get(f"{server.url}/health").json()['queued'] == 0     # the client that left no longer counts
+
+def test_non_streamed_request_cancelled_when_its_client_leaves():
+    engine, model, tok = scripted_engine(delay_s=0.05)
+    with LiveServer(make_app(engine, 'slow', Limits(max_tokens=400))) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", timeout=httpx.Timeout(30, read=1.0),
+                       json=dict(messages=[dict(role='user', content='Hi')], max_tokens=400, temperature=0))
+        time.sleep(0.5)
+        steps_after_close = len(model.calls)
+        time.sleep(1.0)
+        assert len(model.calls) == steps_after_close and steps_after_close < 40     # stopped, far short of its 75 tokens
+
+def test_slow_request_heads_are_cut_and_health_still_answers():
+    import socket
+    engine, model, tok = scripted_engine()
+    limits = Limits(header_timeout_s=1.5)
+    with LiveServer(make_app(engine, 'scripted', limits), limits) as server:
+        idle = []
+        for _ in range(300):                                        # slowloris: heads that never end
+            sock = socket.create_connection(('127.0.0.1', server.port), timeout=10)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            idle.append(sock)
+        started = time.time()
+        assert httpx.get(f"{server.url}/health", timeout=5).json()['status'] == 'ok'
+        assert time.time() - started < 2
+        time.sleep(2.0)
+        closed = sum(sock.recv(1) == b'' for sock in idle)         # the server hung up on every one
+        for sock in idle: sock.close()
+        assert closed == len(idle)
+
+def test_tokenising_a_long_conversation_does_not_stall_health():
+    engine, model, tok = scripted_engine()
+    turns = [dict(role='user' if i % 2 == 0 else 'assistant', content=f'line {i} of a long talk ' * 2) for i in range(299)]
+    with LiveServer(make_app(engine, 'scripted')) as server:
+        done = []
+        asker = threading.Thread(target=lambda: done.append(httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                                                                       json=dict(messages=turns, max_tokens=2))))
+        asker.start()
+        waits = []
+        while asker.is_alive():
+            started = time.time()
+            httpx.get(f"{server.url}/health", timeout=10)
+            waits.append(time.time() - started)
+        asker.join()
+        assert done[0].status_code == 200, done[0].text
+        assert max(waits) < 0.5, waits
 
 # ---- the official openai client
 def _openai():
@@ -144,19 +277,29 @@ def test_chat_one_shot_and_serve_on_a_trained_run(trained):
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     bad = subprocess.run([sys.executable, '-m', 'lmlit.cli', 'chat', '--run', 'nosuchrun', '-p', 'x'], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and 'error' in bad.stderr and 'Traceback' not in bad.stderr
-    port = free_port()
-    server = subprocess.Popen([sys.executable, '-m', 'lmlit.cli', 'serve', '--run', 'tiny', '--port', str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # from a folder holding a checkout named `lmlit` (the page is found through the package, not the cwd), with a key,
+    # on any free port: the URL is printed once the port listens
+    here = trained.parent/'holder'
+    here.mkdir(exist_ok=True)
+    if not (here/'lmlit').exists(): (here/'lmlit').symlink_to(ROOT)
+    server = subprocess.Popen([sys.executable, '-m', 'lmlit.cli', 'serve', '--run', 'tiny', '--port', '0', '--api-key', 'k1'],
+                              env=env, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200: break
-            except httpx.TransportError: pass
-            assert time.time() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else 'timeout'
-            time.sleep(0.3)
-        out = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                         json=dict(messages=[dict(role='user', content='Speak')], max_tokens=10)).json()
+        banner = server.stdout.readline()
+        assert banner.startswith('lmlit serve: http://127.0.0.1:'), banner + server.stderr.read() if server.poll() is not None else banner
+        url = banner.split()[2].rstrip('/')
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200           # listening when it said so
+        assert 'lmlit chat' in httpx.get(f"{url}/", timeout=5).text
+        ask = dict(messages=[dict(role='user', content='Speak')], max_tokens=10)
+        assert httpx.post(f"{url}/v1/chat/completions", timeout=60, json=ask).status_code == 401
+        out = httpx.post(f"{url}/v1/chat/completions", timeout=60, json=ask, headers={'Authorization': 'Bearer k1'}).json()
         assert out['choices'][0]['finish_reason'] in ('stop', 'length') and out['model'] == 'tiny-base'
+        assert out['usage']['completion_tokens'] <= 10
+        card = httpx.get(f"{url}/v1/models/tiny-base", timeout=5, headers={'Authorization': 'Bearer k1'}).json()
+        assert card['stage'] == 'base' and card['step'] == 4 and card['context_length'] > 0
+        busy = subprocess.run([sys.executable, '-m', 'lmlit.cli', 'serve', '--run', 'tiny', '--port', url.rsplit(':', 1)[1]],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and 'pick another --port' in busy.stderr and len(busy.stderr.strip().splitlines()) == 1, busy.stderr
     finally:
-        server.terminate(); server.wait(20)
+        server.terminate()
+        server.wait(20)
