@@ -156,7 +156,7 @@ def test_sighup_checkpoints_and_a_resume_keeps_both_segments_notebooks(tmp_path)
     rd = tmp_path/'runs'/'hup'
     last = complete_checkpoints(rd)[-1][0]
     assert 2 <= last < 300 and not (rd/'lmlit.lock').exists()
-    r = subprocess.run([*LMLIT, 'train', '--run', 'hup', '-p', 'steps', str(last + 1), '-p', 'resume', 'true', *QUICK],
+    r = subprocess.run([*LMLIT, 'train', '--run', 'hup', '-p', 'steps', str(last + 4), '-p', 'resume', 'true', *QUICK],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     notebooks = sorted(p.name for p in (rd/'notebooks').glob('*.ipynb'))
