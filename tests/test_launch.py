@@ -164,7 +164,7 @@ def test_sighup_checkpoints_and_a_resume_keeps_both_segments_notebooks(tmp_path)
     first = json.loads((rd/'notebooks'/'05_train.rank0.ipynb').read_text())
     assert first['metadata']['papermill']['parameters']['steps'] == 300     # the first segment's log was not overwritten
 
-def _two_nodes(tmp_path, runs: list[Path], *params, steps=2):
+def _two_nodes(tmp_path, runs: list[Path], *params, steps=3):   # 3 or more: 05_train's job cells show 3 windows of steps
     port = free_port()
     procs = []
     for node, root in enumerate(runs):
@@ -189,13 +189,13 @@ def test_two_nodes_with_a_shared_run_folder_train_then_resume(tmp_path):
     shared = tmp_path/'shared'
     results = _two_nodes(tmp_path, [shared, shared])
     assert all(rc == 0 for rc, _, _ in results), ''.join(o + e for _, o, e in results)[-4000:]
-    results = _two_nodes(tmp_path, [shared, shared], '-p', 'resume', 'true', steps=4)
+    results = _two_nodes(tmp_path, [shared, shared], '-p', 'resume', 'true', steps=6)
     assert all(rc == 0 for rc, _, _ in results), ''.join(o + e for _, o, e in results)[-4000:]
     from lmlit.loop import read_metrics
     rd = shared/'n'
-    assert [r['step'] for r in read_metrics(rd/'metrics.jsonl')] == [1, 2, 3, 4]
+    assert [r['step'] for r in read_metrics(rd/'metrics.jsonl')] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (rd/'notebooks').glob('*.ipynb')) == \
-        ['05_train.rank0.ipynb', '05_train.rank0.step2.ipynb', '05_train.rank1.ipynb', '05_train.rank1.step2.ipynb']
+        ['05_train.rank0.ipynb', '05_train.rank0.step3.ipynb', '05_train.rank1.ipynb', '05_train.rank1.step3.ipynb']
     assert not (rd/'lmlit.lock').exists()
 
 @pytest.mark.timeout(60)
