@@ -94,6 +94,14 @@ def _ours(tmp_path) -> list[str]:
             left.append(f"{d}: {cmd[:120]}")
     return left
 
+def _kill_ours(tmp_path) -> list[str]:
+    "Kill what `_ours` finds (so a red test leaves nothing running) and return what it found."
+    left = _ours(tmp_path)
+    for entry in left:
+        try: os.kill(int(entry.split(':')[0]), signal.SIGKILL)
+        except ProcessLookupError: pass
+    return left
+
 def _wait_for(path: Path, timeout: float, proc=None):
     t0 = time.time()
     while not path.exists():
@@ -134,7 +142,8 @@ def test_sigkill_of_the_launcher_leaves_no_rank_or_kernel(tmp_path):
     t0 = time.time()
     while _ours(tmp_path) and time.time() - t0 < 20: time.sleep(0.25)
     print(f"\nafter SIGKILL of the launcher, its ranks and kernels were gone in {time.time() - t0:.1f} s")
-    assert not _ours(tmp_path), _ours(tmp_path)
+    left = _kill_ours(tmp_path)
+    assert not left, left
     assert not any(_alive(k) for k in kernels)
 
 @pytest.mark.timeout(300)
@@ -151,7 +160,8 @@ def test_sighup_checkpoints_and_a_resume_keeps_both_segments_notebooks(tmp_path)
     out = ''.join(log)
     assert 'stopped by signal at step' in out, out[-3000:]
     time.sleep(0.5)
-    assert not _ours(tmp_path), _ours(tmp_path)
+    left = _kill_ours(tmp_path)
+    assert not left, left
     from lmlit.checkpoint import complete_checkpoints
     rd = tmp_path/'runs'/'hup'
     last = complete_checkpoints(rd)[-1][0]
@@ -182,7 +192,7 @@ def test_two_nodes_without_a_shared_run_folder_are_refused_in_one_line(tmp_path)
     assert "ranks on node 1 (rank 1 and 0 more) do not see node 0's run folder" in text, text[-3000:]
     assert 'put LMLIT_RUNS on a shared filesystem' in text
     assert not list((tmp_path/'node0'/'n'/'checkpoints').glob('*')), "nothing was trained"
-    assert not _ours(tmp_path)
+    assert not _kill_ours(tmp_path)
 
 @pytest.mark.timeout(420)
 def test_two_nodes_with_a_shared_run_folder_train_then_resume(tmp_path):
