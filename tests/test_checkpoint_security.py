@@ -128,3 +128,20 @@ def test_changed_cut_short_and_damaged_files_give_one_line(trained, tmp_path, mo
     (folder/'meta.json').write_text(json.dumps(meta))
     with pytest.raises(LmlitError) as e: load_model(run)
     assert 'do not fit the model its meta.json describes' in _one_line(e.value)
+
+@pytest.mark.timeout(120)
+def test_an_old_format_checkpoint_says_it_cannot_be_resumed_but_its_weights_load(trained, tmp_path, monkeypatch):
+    import numpy as np
+    run = _copy(trained, tmp_path)
+    monkeypatch.setenv('LMLIT_RUNS', str(tmp_path/'runs'))
+    folder = complete_checkpoints(run)[-1][1]
+    state = torch.load(folder/'rank0.pt', weights_only=True)
+    state['rng']['numpy'] = np.random.get_state()          # what lmlit wrote before format 2: a NumPy array inside a pickle
+    torch.save(state, folder/'rank0.pt')
+    meta = json.loads((folder/'meta.json').read_text())
+    for key in ('format', 'files'): meta.pop(key)
+    (folder/'meta.json').write_text(json.dumps(meta))
+    from lmlit.train import train
+    with pytest.raises(LmlitError) as e: train(run='r', steps=4, resume=True, **QUICK)
+    assert 'written by an older lmlit' in _one_line(e.value) and 'cannot be resumed' in str(e.value)
+    assert load_model(run)[2]['step'] == 2
