@@ -7,100 +7,235 @@ Docs: https://lmlit.github.io/lmlit/checkpoint.html.md"""
 
 # %% ../nbs/04b_checkpoint.ipynb #d89bf47c
 from __future__ import annotations
-import os, json, errno, shutil, random
+import os, json, errno, shutil, random, hashlib, pickle, zipfile
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from .core import LmlitError, get_device, write_json, runs_dir, rank_world
+from safetensors import SafetensorError
+from safetensors.torch import save as safetensors_bytes, load_file as safetensors_load_file
+from .core import LmlitError, get_device, runs_dir, rank_world
 from . import model as M, tokenizer as T
 
 # %% auto #0
-__all__ = ['STAGES', 'complete_checkpoints', 'barrier', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state',
-           'model_shape', 'check_compat', 'run_path', 'stage_dir', 'latest_stage', 'load_model']
+__all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'SHARED_CHECK', 'read_meta', 'complete_checkpoints', 'barrier',
+           'any_rank', 'sha256_file', 'write_synced', 'fsync_dir', 'is_disk_full', 'save_checkpoint',
+           'load_weights_file', 'load_checkpoint', 'rng_state', 'set_rng_state', 'model_shape', 'check_compat',
+           'run_path', 'stage_dir', 'latest_stage', 'check_shared_folder', 'model_config_of', 'load_weights',
+           'load_model']
 
 # %% ../nbs/04b_checkpoint.ipynb #e322efa2
+FORMAT = 'lmlit-checkpoint-2'      # meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
+MODEL_FILE = 'model.safetensors'
+OLD_MODEL_FILE = 'model.pt'        # written by lmlit before FORMAT 2; its weights still load (weights_only=True)
+
+def read_meta(folder) -> dict:
+    "A checkpoint folder's meta.json, or an LmlitError saying that it is damaged and what to do."
+    path = Path(folder)/'meta.json'
+    try: meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlitError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): the checkpoint was damaged "
+                         f"after it was written; restore it, or delete {path.parent} to fall back to the checkpoint before it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get('step'), int):
+        raise LmlitError(f"{path} is not an lmlit checkpoint record (no integer 'step'); restore it or delete {path.parent}")
+    return meta
+
 def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
-    "(step, folder) of every complete checkpoint in `run_dir/checkpoints`, oldest first."
-    d = Path(run_dir)/'checkpoints'; out = []
-    if not d.exists(): return out
-    for p in d.iterdir():
-        if p.is_dir() and p.name.startswith('step_') and p.name[5:].isdigit() and (p/'meta.json').exists():
-            try: json.loads((p/'meta.json').read_text())
-            except (OSError, json.JSONDecodeError): continue
-            out.append((int(p.name[5:]), p))
-    return sorted(out)
+    """(step, folder) of every complete checkpoint in `run_dir/checkpoints`, oldest first. The newest one's meta.json
+    must parse: a damaged newest checkpoint is an error, never a silent fall-back to an older one."""
+    folder = Path(run_dir)/'checkpoints'
+    if not folder.exists(): return []
+    found = sorted((int(p.name[5:]), p) for p in folder.iterdir()
+                   if p.is_dir() and p.name.startswith('step_') and p.name[5:].isdigit() and (p/'meta.json').exists())
+    if found: read_meta(found[-1][1])
+    return found
 
 def barrier():
     "Wait for every rank (a no-op in a single process)."
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
+def any_rank(flag: bool) -> bool:
+    "Whether `flag` is true on any rank (every rank must call it; a single process just returns it)."
+    if not (dist.is_available() and dist.is_initialized()): return bool(flag)
+    device = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    flags = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(flags)
+    return flags.item() > 0
+
+# %% ../nbs/04b_checkpoint.ipynb #a1c0de02
+def sha256_file(path) -> str:
+    "The sha256 of a file, read in 4 MiB pieces."
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 22): digest.update(chunk)
+    return digest.hexdigest()
+
+def write_synced(path, write) -> None:
+    "Create `path`, call `write(file)`, and flush it to the disk before returning."
+    with open(path, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+def fsync_dir(path) -> None:
+    "Flush a folder's entries (new files, a rename) to the disk."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def is_disk_full(error: BaseException | None) -> bool:
+    "Whether `error`, or one it was raised from (torch wraps the OSError in a RuntimeError), is a full disk or quota."
+    for _ in range(8):
+        if error is None: return False
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        error = error.__cause__ or error.__context__
+    return False
+
+# %% ../nbs/04b_checkpoint.ipynb #a1c0de06
+def _plain(value):
+    "Refuse rank state that would need unpickling to read back (weights_only=True reads tensors, numbers, strings, lists, dicts)."
+    if isinstance(value, dict): return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return type(value)(_plain(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)): return value
+    if isinstance(value, np.generic): return value.item()
+    raise LmlitError(f"checkpoint rank state holds a {type(value).__name__}, which cannot be read back without unpickling; "
+                     "store plain values, lists, dicts or tensors (np.ndarray: .tolist())")
+
+def _save_failed(error, step: int, folder: Path, rank: int, phase: str) -> LmlitError:
+    prev = [s for s, _ in complete_checkpoints(folder.parent)]
+    kept = f" and the previous one (step {prev[-1]}) is kept" if prev else ''
+    if error is None:
+        return LmlitError(f"another rank failed while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; "
+                          "that rank's log says why")
+    if is_disk_full(error):
+        return LmlitError(f"disk full while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; free space, "
+                          "lower keep_last, or point LMLIT_RUNS at a bigger disk, then resume=True")
+    if phase == 'write' and rank > 0 and isinstance(error, FileNotFoundError):
+        return LmlitError(f"rank {rank} does not see the checkpoint folder rank 0 just made in {folder}: the nodes do not share the run "
+                          "folder; put LMLIT_RUNS on a shared filesystem mounted at the same path on every node")
+    first = (str(error).strip().splitlines() or [''])[0][:200]
+    return LmlitError(f"writing checkpoint step {step} to {folder} failed on rank {rank} ({type(error).__name__}: {first}): "
+                      f"the partial checkpoint was removed{kept}")
+
 def save_checkpoint(run_dir, step: int, model_state: dict, optim_state: dict | None, rank_state: dict, meta: dict,
                     keep_last: int = 2) -> Path:
-    """Write checkpoint `step` atomically (all ranks call this; each writes its own `rank<R>.pt`, rank 0 the rest);
-    then delete all but the newest `keep_last` complete checkpoints. Returns the final folder."""
+    """Write checkpoint `step` atomically (all ranks call this; each writes its own `rank<R>.pt`, rank 0 the weights,
+    optimizer and meta.json with every file's sha256); then delete all but the newest `keep_last`. Returns the final folder."""
     rank = rank_world(joined=True)[0]
-    ck = Path(run_dir)/'checkpoints'; ck.mkdir(parents=True, exist_ok=True)
-    final, tmp = ck/f'step_{step}', ck/f'.tmp-step_{step}'
-    try:
+    folder = Path(run_dir)/'checkpoints'
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder/f'step_{step}', folder/f'.tmp-step_{step}'
+    def start():
+        if tmp.exists(): shutil.rmtree(tmp)
+        tmp.mkdir()
+    def write():
+        plain_state = _plain(rank_state)
+        write_synced(tmp/f'rank{rank}.pt', lambda f: torch.save(plain_state, f))
         if rank == 0:
-            if tmp.exists(): shutil.rmtree(tmp)
-            tmp.mkdir()
-        barrier()
-        torch.save(rank_state, tmp/f'rank{rank}.pt')
-        if rank == 0:
-            torch.save(model_state, tmp/'model.pt')
-            if optim_state is not None: torch.save(optim_state, tmp/'optim.pt')
-        barrier()
-        if rank == 0:
-            write_json(tmp/'meta.json', {**meta, 'step': step, 'complete': True})
-            if final.exists(): shutil.rmtree(final)
-            os.replace(tmp, final)
-    except OSError as e:
-        if rank == 0: shutil.rmtree(tmp, ignore_errors=True)
-        prev = [s for s, _ in complete_checkpoints(run_dir)]
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise LmlitError(f"disk full while writing checkpoint step {step} to {ck}: the partial checkpoint was removed"
-                             + (f" and the previous one (step {prev[-1]}) is kept" if prev else "")
-                             + "; free space, lower keep_last, or point LMLIT_RUNS at a bigger disk, then resume=True") from e
-        raise
+            tensors = {name: t.detach().contiguous() for name, t in model_state.items()}
+            write_synced(tmp/MODEL_FILE, lambda f: f.write(safetensors_bytes(tensors)))
+            if optim_state is not None: write_synced(tmp/'optim.pt', lambda f: torch.save(optim_state, f))
+    def finish():
+        files = {p.name: dict(sha256=sha256_file(p), bytes=p.stat().st_size) for p in sorted(tmp.iterdir())}
+        record = {**meta, 'step': step, 'complete': True, 'format': FORMAT, 'files': files}
+        write_synced(tmp/'meta.json', lambda f: f.write(json.dumps(record, indent=2, default=str).encode()))
+        fsync_dir(tmp)
+        if final.exists(): shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(folder)
+    for phase, action, everyone in (('start', start, False), ('write', write, True), ('finish', finish, False)):
+        error = None
+        if everyone or rank == 0:
+            try: action()
+            except (OSError, RuntimeError, SafetensorError) as e: error = e
+        if any_rank(error is not None):
+            if rank == 0: shutil.rmtree(tmp, ignore_errors=True)
+            raise _save_failed(error, step, folder, rank, phase) from error
     barrier()
     if rank == 0:
-        for s, p in complete_checkpoints(run_dir)[:-keep_last]: shutil.rmtree(p, ignore_errors=True)
+        for _, old in complete_checkpoints(run_dir)[:-keep_last]: shutil.rmtree(old, ignore_errors=True)
     return final
 
-def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, map_location='cpu') -> dict:
-    "The newest complete checkpoint of `run_dir` (or `step`): dict(meta, model, optim, rank_state, path)."
-    cks = complete_checkpoints(run_dir)
-    if not cks: raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to start fresh")
+# %% ../nbs/04b_checkpoint.ipynb #a1c0de08
+def _checked(folder: Path, name: str, meta: dict) -> Path:
+    "`folder/name` after checking it against the sha256 meta.json recorded for it."
+    path = folder/name
+    want = (meta.get('files') or {}).get(name)
+    if not path.exists():
+        raise LmlitError(f"checkpoint {folder} lacks {name}" + (" (meta.json lists it)" if want else '') +
+                         "; restore it, or delete the folder to fall back to the checkpoint before it")
+    if want is not None:
+        got, size = sha256_file(path), path.stat().st_size
+        if got != want.get('sha256'):
+            raise LmlitError(f"{path} does not match the sha256 its meta.json recorded ({size} bytes, {want.get('bytes')} recorded): "
+                             f"it was changed or cut short after it was written; restore it, or delete {folder} to fall back")
+    elif meta.get('format') == FORMAT:
+        raise LmlitError(f"{path} is not listed in {folder/'meta.json'}: a file added after the checkpoint was written; remove it")
+    return path
+
+def _load_plain(path: Path, meta: dict, map_location='cpu'):
+    "A torch file read with weights_only=True (tensors and plain values, never code), or one line saying why not."
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, TypeError, KeyError) as e:
+        if meta.get('format') != FORMAT and path.name.startswith('rank'):
+            raise LmlitError(f"{path} was written by an older lmlit and holds objects that only unpickling could read; lmlit never "
+                             "unpickles a run folder, so this checkpoint cannot be resumed. Its weights still load (lmlit chat, "
+                             "eval, a new stage from it); to continue training, start a new run or stage from it") from None
+        first = (str(e).strip().splitlines() or [''])[0][:160]
+        raise LmlitError(f"{path} is not a file lmlit can read safely ({type(e).__name__}: {first}); lmlit reads only tensors and plain "
+                         "values from a run folder (nothing is unpickled): restore the file, or delete its checkpoint folder") from None
+
+def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
+    "The weights of checkpoint `folder`: model.safetensors (or an older checkpoint's model.pt, read with weights_only=True)."
+    if (folder/MODEL_FILE).exists() or meta.get('format') == FORMAT:
+        path = _checked(folder, MODEL_FILE, meta)
+        try: return safetensors_load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise LmlitError(f"{path} is not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                             "restore it, or delete its checkpoint folder") from None
+    return _load_plain(_checked(folder, OLD_MODEL_FILE, meta), meta, map_location)
+
+def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, map_location='cpu',
+                    parts=('model', 'optim', 'rank')) -> dict:
+    """The newest complete checkpoint of `run_dir` (or `step`): dict(meta, path, model, optim, rank_state, loader_states).
+    Only the `parts` asked for are read (inference asks for 'model' alone); each file is checked against its sha256."""
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to start fresh")
     if step is not None:
-        found = dict(cks)
-        if step not in found: raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: {[s for s, _ in cks]}")
+        found = dict(checkpoints)
+        if step not in found:
+            raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: {[s for s, _ in checkpoints]}")
         path = found[step]
-    else: path = cks[-1][1]
-    meta = json.loads((path/'meta.json').read_text())
+    else: path = checkpoints[-1][1]
+    meta = read_meta(path)
     rank = rank_world(joined=True)[0] if rank is None else rank
-    rp = path/f'rank{rank}.pt'
-    loader_states = {}   # every rank's data streams, so any world size finds the streams it now owns
-    for f in sorted(path.glob('rank*.pt')):
-        st = torch.load(f, map_location='cpu', weights_only=False)
-        if isinstance(st, dict): loader_states.update(st.get('loaders') or {})
-    return dict(meta=meta, path=path, model=torch.load(path/'model.pt', map_location=map_location, weights_only=False),
-                optim=torch.load(path/'optim.pt', map_location=map_location, weights_only=False) if (path/'optim.pt').exists() else None,
-                rank_state=torch.load(rp, map_location='cpu', weights_only=False) if rp.exists() else None,
-                loader_states=loader_states)
+    out = dict(meta=meta, path=path, model=None, optim=None, rank_state=None, loader_states={})
+    if 'model' in parts: out['model'] = load_weights_file(path, meta, map_location)
+    if 'optim' in parts and ((path/'optim.pt').exists() or 'optim.pt' in (meta.get('files') or {})):
+        out['optim'] = _load_plain(_checked(path, 'optim.pt', meta), meta, map_location)
+    if 'rank' in parts:
+        for name in sorted(p.name for p in path.glob('rank*.pt')):   # every rank's data streams: any world size finds its own
+            state = _load_plain(_checked(path, name, meta), meta)
+            if isinstance(state, dict): out['loader_states'].update(state.get('loaders') or {})
+            if name == f'rank{rank}.pt': out['rank_state'] = state
+    return out
 
 # %% ../nbs/04b_checkpoint.ipynb #197344da
 def rng_state() -> dict:
-    "Every generator's state: Python's, NumPy's, torch's CPU one and each GPU's."
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    "Every generator's state as plain values and tensors: Python's, NumPy's (its key array as a list), torch's CPU one and each GPU's."
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=[kind, keys.tolist(), int(pos), int(has_gauss), float(cached_gauss)],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
-def set_rng_state(s: dict):
+def set_rng_state(state: dict):
     "Put every generator back where `rng_state` found it."
-    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
-    if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    random.setstate(state['python'])
+    kind, keys, pos, has_gauss, cached_gauss = state['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gauss))
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
 # %% ../nbs/04b_checkpoint.ipynb #3ae134e6
 def model_shape(model_config) -> dict:
@@ -143,16 +278,57 @@ def latest_stage(run) -> str:
         if d.is_dir() and complete_checkpoints(d): return stage
     raise LmlitError(f"run {str(run)!r} has no complete checkpoint in any stage ({', '.join(STAGES)}); train it first")
 
+# %% ../nbs/04b_checkpoint.ipynb #a1c0de13
+SHARED_CHECK = '.lmlit-shared-check'
+
+def check_shared_folder(folder) -> None:
+    "Every rank must see rank 0's `folder` (every rank calls this; a no-op in a single process); one line naming the node that does not."
+    rank, world = rank_world(joined=True)
+    if world == 1: return
+    folder = Path(folder)
+    device = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    token = torch.tensor([random.SystemRandom().getrandbits(62)], device=device)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_synced(folder/SHARED_CHECK, lambda f: f.write(str(token.item()).encode()))
+    dist.broadcast(token, 0)
+    try: seen = (folder/SHARED_CHECK).read_text().strip() == str(token.item())
+    except OSError: seen = False
+    flags = torch.zeros(world, device=device)
+    flags[rank] = float(not seen)
+    dist.all_reduce(flags)
+    barrier()
+    if rank == 0: (folder/SHARED_CHECK).unlink(missing_ok=True)
+    blind = [r for r in range(world) if flags[r].item() > 0]
+    if blind:
+        per_node = int(os.environ.get('LOCAL_WORLD_SIZE') or world)
+        raise LmlitError(f"ranks on node {blind[0] // per_node} (rank {blind[0]} and {len(blind) - 1} more) do not see node 0's run "
+                         f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every node")
+
 # %% ../nbs/04b_checkpoint.ipynb #4787f234
+def model_config_of(meta: dict, where) -> M.GPTConfig:
+    "The GPTConfig checkpoint `meta` records, or one line saying it does not record a usable one."
+    try: return M.GPTConfig(**meta['model_shape'])
+    except (KeyError, TypeError) as e:
+        raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not written by this lmlit") from None
+
+def load_weights(model, state: dict, where) -> None:
+    "Put `state` into `model`; a missing, extra or wrongly shaped tensor is one line naming the checkpoint."
+    try: model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        detail = ' '.join(str(e).split())[:300]
+        raise LmlitError(f"the weights in {where} do not fit the model its meta.json describes: {detail}") from None
+
 def load_model(run, step: int | None = None, device='cpu', stage: str | None = None):
-    "(model in eval mode, tokenizer, meta) from the newest (or `step`) complete checkpoint of `stage` (default: the latest) of `run`."
+    """(model in eval mode, tokenizer, meta) from the newest (or `step`) complete checkpoint of `stage` (default: the latest) of
+    `run`. Reads the weights only (never optimizer or rank state), checked against their sha256."""
     stage = stage or latest_stage(run)
     folder = stage_dir(run, stage)
-    ck = load_checkpoint(folder, step, rank=0, map_location='cpu')
+    ck = load_checkpoint(folder, step, rank=0, map_location='cpu', parts=('model',))
     tok = T.Tokenizer.load(run_path(run)/'tokenizer')
     if ck['meta'].get('tokenizer_hash') and tok.hash() != ck['meta']['tokenizer_hash']:
         raise LmlitError(f"{run_path(run)/'tokenizer'} is not the tokenizer checkpoint {ck['path']} was trained with")
-    model = M.build_model(M.GPTConfig(**ck['meta']['model_shape']), get_device(device))
-    model.load_state_dict(ck['model'])
+    model = M.build_model(model_config_of(ck['meta'], ck['path']), get_device(device))
+    load_weights(model, ck['model'], ck['path'])
     model.eval()
     return model, tok, {**ck['meta'], 'stage': stage, 'path': str(ck['path'])}

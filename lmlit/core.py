@@ -14,11 +14,11 @@ from pathlib import Path
 import importlib.metadata as _md
 
 # %% auto #0
-__all__ = ['RUN_SUBDIRS', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'minor_faults', 'DistInfo',
-           'dist_env', 'dist_setup', 'dist_teardown', 'rank_world', 'is_main_process', 'print0', 'interactive',
-           'progress', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline', 'run_name', 'make_run_dir',
-           'git_state', 'package_versions', 'device_info', 'provenance', 'write_json', 'write_provenance',
-           'update_provenance']
+__all__ = ['RUN_SUBDIRS', 'RUN_NAME_RULE', 'LmlitError', 'get_device', 'autocast_dtype', 'keep_freed_memory', 'minor_faults',
+           'DistInfo', 'dist_env', 'dist_setup', 'dist_teardown', 'rank_world', 'is_main_process', 'print0',
+           'interactive', 'progress', 'seed_all', 'cache_dir', 'runs_dir', 'hf_endpoint', 'offline', 'run_name',
+           'check_run_name', 'make_run_dir', 'git_state', 'package_versions', 'device_info', 'provenance', 'write_json',
+           'write_provenance', 'update_provenance']
 
 # %% ../nbs/00_core.ipynb #7a7603bf
 import torch
@@ -173,10 +173,19 @@ def run_name(prefix: str = 'run') -> str:
     "A fresh, sortable run name: `<prefix>-YYYYmmdd-HHMMSS`."
     return f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
+RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control characters "
+                 "(newline, tab, …); e.g. 'd12-shakespeare'")
+
+def check_run_name(name: str) -> str:
+    "`name` if it is a plain folder name a run may have (the rule above), else an LmlitError that states the rule."
+    bad = (not isinstance(name, str) or not 0 < len(name) <= 100 or name.startswith('.') or any(ch in name for ch in '/\\')
+           or any(ord(ch) < 32 or ord(ch) == 127 for ch in name))
+    if bad: raise LmlitError(f"run name {name!r} is refused: {RUN_NAME_RULE}")
+    return name
+
 def make_run_dir(name: str | None = None, root: str | Path | None = None) -> Path:
     "Create (or reuse) `root/name` with the standard sub-folders; returns its path."
-    if name is not None and (not name or '/' in name or name in ('.', '..')):
-        raise LmlitError(f"run name {name!r} must be a plain folder name (no '/')")
+    if name is not None: check_run_name(name)
     d = Path(root or runs_dir())/(name or run_name())
     for s in RUN_SUBDIRS: (d/s).mkdir(parents=True, exist_ok=True)
     return d

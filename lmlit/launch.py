@@ -8,20 +8,28 @@ Docs: https://lmlit.github.io/lmlit/launch.html.md"""
 
 # %% ../nbs/04e_launch.ipynb #0ba959c0
 from __future__ import annotations
-import os, sys, json, ast, time, signal, argparse, subprocess, threading
+import os, sys, json, ast, time, ctypes, signal, socket, argparse, subprocess, threading
 from pathlib import Path
 import lmlit
 from .core import LmlitError, dist_env
 from .loop import params_from_pairs
+from .checkpoint import complete_checkpoints
 
 # %% auto #0
-__all__ = ['TORCHRUN_FLAGS', 'stage_notebook', 'parameters_cell', 'parameters_of', 'run_rank', 'launch_parser', 'nodes', 'launch',
+__all__ = ['PR_SET_PDEATHSIG', 'PR_GET_PDEATHSIG', 'KERNEL_DIES_WITH_RANK', 'LOCK_FILE', 'TORCHRUN_FLAGS', 'package_dir',
+           'stage_notebook', 'parameters_cell', 'parameters_of', 'die_with_parent', 'parent_death_signal',
+           'segment_notebook', 'run_rank', 'RunLock', 'launch_parser', 'nodes', 'job_key', 'start_step', 'launch',
            'run_here']
 
 # %% ../nbs/04e_launch.ipynb #4d60dbea
+def package_dir() -> Path:
+    "The folder lmlit's modules are installed in (from this module's file; `lmlit.__file__` can be None, text above)."
+    here = globals().get('__file__') or lmlit.__file__ or next(iter(lmlit.__path__), None)
+    return Path(here).resolve().parent if here else Path.cwd()
+
 def stage_notebook(name: str) -> Path:
     "The stage notebook `name` (e.g. '05_train') shipped inside the package."
-    path = Path(lmlit.__file__).resolve().parent/'stages'/f'{name}.ipynb'
+    path = package_dir()/'stages'/f'{name}.ipynb'
     if not path.exists():
         raise LmlitError(f"stage notebook {name}.ipynb is missing from {path.parent}: reinstall lmlit, or pass --notebook PATH")
     return path
@@ -45,6 +53,28 @@ def parameters_of(notebook: str | Path) -> dict:
             raise LmlitError(f"{notebook}, parameters cell line {node.lineno}: {node.targets[0].id} = {ast.unparse(node.value)} "
                              "is not a literal; write the value itself (papermill can only override literals)") from None
     return out
+
+# %% ../nbs/04e_launch.ipynb #b2c0de01
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
+
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> bool:
+    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG; kept across exec).
+    If `parent` is given and is already gone, exit now. False where prctl is not available (not Linux)."""
+    if not sys.platform.startswith('linux'): return False
+    try: libc = ctypes.CDLL(None, use_errno=True)
+    except OSError: return False
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0: return False
+    if parent is not None and os.getppid() != parent: os._exit(1)   # the parent died before the request was made
+    return True
+
+def parent_death_signal() -> int:
+    "The signal this process gets when its parent dies (0: none)."
+    value = ctypes.c_int(0)
+    try: ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    except (OSError, AttributeError): return 0
+    return value.value
+
+KERNEL_DIES_WITH_RANK = "__import__('ctypes').CDLL(None).prctl(1, 9, 0, 0, 0)"   # run in each kernel at start: SIGKILL with its rank
 
 # %% ../nbs/04e_launch.ipynb #a203304e
 def _children(pid: int) -> list[int]:
@@ -73,9 +103,19 @@ def _kill_tree(pid: int, sig=signal.SIGKILL):
             except (ProcessLookupError, PermissionError, OSError): pass
 
 # %% ../nbs/04e_launch.ipynb #2db7525a
-def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.0) -> int:
-    "One rank: run `notebook` with papermill into out_dir/<notebook>.rank<R>.ipynb; kill the kernel when stopped."
+def segment_notebook(out_dir, stage: str, rank: int, start_step: int = 0) -> Path:
+    "Where rank `rank` keeps its executed notebook for a run segment starting at `start_step` (table above): never an existing file."
+    base = f"{stage}.rank{rank}" + (f".step{start_step}" if start_step else '')
+    path, attempt = Path(out_dir)/f'{base}.ipynb', 2
+    while path.exists():
+        path = Path(out_dir)/f'{base}.{attempt}.ipynb'
+        attempt += 1
+    return path
+
+def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.0, start_step: int = 0) -> int:
+    "One rank: run `notebook` with papermill into its segment's notebook in `out_dir`; kill the kernel when stopped."
     import papermill as pm, logging   # papermill pulls in nbclient and jupyter: only the rank processes need it
+    die_with_parent(signal.SIGTERM)   # torchrun (or the launcher) gone: checkpoint and stop, as on any SIGTERM
     rank = dist_env()[0]
     stage = Path(notebook).stem
     if rank == 0:  # stream the kernel's output into this process's log (papermill logs it at INFO)
@@ -87,7 +127,7 @@ def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.
                 ('Executing Cell', 'Ending Cell', 'Executing notebook', 'Input Notebook', 'Output Notebook', 'Working directory'))
         handler.addFilter(keep)
         log = logging.getLogger('papermill'); log.addHandler(handler); log.setLevel(logging.INFO); log.propagate = False
-    out = Path(out_dir)/f'{stage}.rank{rank}.ipynb'
+    out = segment_notebook(out_dir, stage, rank, start_step)
     os.environ['LMLIT_HEADLESS'] = '1'
     me = os.getpid()
     def on_term(signum, frame):
@@ -97,7 +137,8 @@ def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.
     signal.signal(signal.SIGTERM, on_term); signal.signal(signal.SIGINT, on_term)
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=json.loads(params_json), kernel_name='python3',
-                            log_output=(rank == 0), progress_bar=False, cwd=os.getcwd())
+                            log_output=(rank == 0), progress_bar=False, cwd=os.getcwd(),
+                            extra_arguments=[f'--IPKernelApp.exec_lines={KERNEL_DIES_WITH_RANK}'])
         return 0
     except BaseException as e:
         lines = [l for l in str(e).strip().splitlines() if l.strip()][-6:] or [repr(e)]
@@ -105,6 +146,69 @@ def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.
         return 1
     finally:
         _kill_tree(me, signal.SIGKILL)
+
+# %% ../nbs/04e_launch.ipynb #b2c0de06
+LOCK_FILE = 'lmlit.lock'
+
+def _process_start(pid: int) -> str | None:
+    "When process `pid` started (clock ticks since boot, /proc), to tell it from a later process given the same pid."
+    try: return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError): return None
+
+def _alive(pid, start) -> bool:
+    "Whether the process `pid` that started at `start` still runs (on this host)."
+    if not isinstance(pid, int) or pid <= 0: return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+class RunLock:
+    "Hold stage folder `folder` for one job (`with RunLock(folder, job):`); text above."
+    def __init__(self, folder, job: str | None = None):
+        self.path, self.job, self.held = Path(folder)/LOCK_FILE, job, False
+    def _holder(self) -> dict | None:
+        try: holder = json.loads(self.path.read_text())
+        except FileNotFoundError: return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None   # being written this instant, or damaged
+        return holder if isinstance(holder, dict) else None
+    def acquire(self) -> 'RunLock':
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = dict(pid=os.getpid(), host=socket.gethostname(), start=_process_start(os.getpid()), job=self.job,
+                  since=time.strftime('%Y-%m-%d %H:%M:%S'), command=' '.join(sys.argv)[:300])
+        for _ in range(50):
+            try: fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder == {}: continue                     # released meanwhile: try again
+                if holder is None:                            # unreadable: give its writer a moment, then call it stale
+                    if time.time() - self.path.stat().st_mtime < 5:
+                        time.sleep(0.1)
+                        continue
+                    holder = dict(pid=None, host=me['host'])
+                if self.job is not None and holder.get('job') == self.job: return self   # another node of this job
+                if holder.get('host') == me['host'] and not _alive(holder.get('pid'), holder.get('start')):
+                    print(f"lmlit: note: {self.path.parent} was locked by pid {holder.get('pid')} on {holder.get('host')}, which is no "
+                          "longer running; taking the lock over", file=sys.stderr, flush=True)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                elsewhere = holder.get('host') != me['host']
+                raise LmlitError(f"{self.path.parent} is in use by pid {holder.get('pid')} on host {holder.get('host')} (since "
+                                 f"{holder.get('since')}): one job at a time per run folder; wait for it, stop it, or use another run name"
+                                 + (f" (if that job is gone, delete {self.path})" if elsewhere else ''))
+            with os.fdopen(fd, 'w') as f:
+                json.dump(me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return self
+        raise LmlitError(f"could not take the lock {self.path} (it keeps changing hands); try again")
+    def release(self):
+        if self.held and (self._holder() or {}).get('pid') == os.getpid(): self.path.unlink(missing_ok=True)
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/04e_launch.ipynb #455d084a
 TORCHRUN_FLAGS = ('nnodes', 'node_rank', 'master_addr', 'master_port', 'rdzv_backend', 'rdzv_endpoint', 'rdzv_id', 'rdzv_conf', 'max_restarts')
@@ -124,31 +228,49 @@ def nodes(args) -> int:
     "Number of nodes asked for by --nnodes (torchrun's 'MIN:MAX' form counts its MAX)."
     return int(str(args.nnodes or 1).split(':')[-1])
 
+def job_key(flags: dict) -> str | None:
+    "What names one multi-node job for its launchers' shared lock: its rendezvous address (None on one node)."
+    if int(str(flags.get('nnodes') or 1).split(':')[-1]) <= 1: return None
+    if flags.get('rdzv_endpoint'): return f"{flags['rdzv_endpoint']}/{flags.get('rdzv_id') or 'none'}"
+    return f"{flags.get('master_addr') or '127.0.0.1'}:{flags.get('master_port') or 29500}"
+
+def start_step(stage_folder, notebook, params: dict) -> int:
+    "The step a launch starts from: the newest checkpoint's when it resumes, else 0 (names the segment's notebooks)."
+    resume = params['resume'] if 'resume' in params else parameters_of(notebook).get('resume', False)
+    checkpoints = complete_checkpoints(stage_folder) if resume else []
+    return checkpoints[-1][0] if checkpoints else 0
+
 def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | None = None, grace: float = 30.0) -> int:
-    "Run stage `notebook` with `params` on `nproc` processes per node (torchrun when more than one); 0 when every rank succeeded."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    """Run stage `notebook` with `params` on `nproc` processes per node (torchrun when more than one), holding the stage
+    folder (`out_dir`'s parent) for the job; 0 when every rank succeeded."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(notebook).stem
-    worker = ['-m', 'lmlit.launch', '--rank-worker', str(notebook), str(out_dir), json.dumps(params), str(grace)]
     flags = {k: v for k, v in (torchrun or {}).items() if v is not None}
-    if nproc == 1 and int(str(flags.get('nnodes', 1)).split(':')[-1]) == 1:
-        cmd = [sys.executable, *worker]
-    else:
-        cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}', '--monitor-interval=0.5']
-        flags.setdefault('max_restarts', '0')
-        if str(flags.get('nnodes', 1)) == '1' and not any(k.startswith(('rdzv', 'master')) for k in flags): cmd.append('--standalone')
-        cmd += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()] + worker
-    print(f"lmlit {stage}: {' '.join(cmd[:8])}{' …' if len(cmd) > 8 else ''} → {out_dir}", flush=True)
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    def forward(signum, frame):
-        try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if threading.current_thread() is threading.main_thread() else {}
-    try: rc = proc.wait()
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
-        _kill_tree(proc.pid, signal.SIGKILL)
-        try: os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError): pass
+    with RunLock(out_dir.parent, job_key(flags)):
+        first = start_step(out_dir.parent, notebook, params)
+        worker = ['-m', 'lmlit.launch', '--rank-worker', str(notebook), str(out_dir), json.dumps(params), str(grace), str(first)]
+        if nproc == 1 and int(str(flags.get('nnodes', 1)).split(':')[-1]) == 1:
+            cmd = [sys.executable, *worker]
+        else:
+            cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}', '--monitor-interval=0.5']
+            flags.setdefault('max_restarts', '0')
+            if str(flags.get('nnodes', 1)) == '1' and not any(k.startswith(('rdzv', 'master')) for k in flags): cmd.append('--standalone')
+            cmd += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()] + worker
+        print(f"lmlit {stage}: {' '.join(cmd[:8])}{' …' if len(cmd) > 8 else ''} → {out_dir}", flush=True)
+        me = os.getpid()
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM, me))
+        def forward(signum, frame):
+            try: os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError: pass
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        old = {s: signal.signal(s, forward) for s in handled} if threading.current_thread() is threading.main_thread() else {}
+        try: rc = proc.wait()
+        finally:
+            for s, h in old.items(): signal.signal(s, h)
+            _kill_tree(proc.pid, signal.SIGKILL)
+            try: os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError): pass
     if rc: print(f"lmlit {stage}: failed (exit {rc}); the failing rank's notebook in {out_dir} shows the error", file=sys.stderr)
     return 1 if rc else 0
 
@@ -163,4 +285,5 @@ def run_here(stage: str, job, argv=None) -> int:
 
 # %% ../nbs/04e_launch.ipynb #5fd36733
 if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:   # a rank process, not this notebook's kernel
-    sys.exit(run_rank(*sys.argv[2:5], grace_s=float(sys.argv[5]) if len(sys.argv) > 5 else 30.0))
+    sys.exit(run_rank(*sys.argv[2:5], grace_s=float(sys.argv[5]) if len(sys.argv) > 5 else 30.0,
+                      start_step=int(sys.argv[6]) if len(sys.argv) > 6 else 0))

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
 from . import optim as O
-from .checkpoint import save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat
+from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta, load_weights,
+                              check_shared_folder)
 from .report import write_record
 
 # %% auto #0
@@ -291,6 +292,7 @@ def check_loss(job: Job, loss: float, step: int) -> None:
 # %% ../nbs/04d_loop.ipynb #d6179aee
 def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_hash: str) -> dict | None:
     "The meta of the checkpoint to resume from (None: a fresh start), after every check resuming needs (text above)."
+    check_shared_folder(run_dir)   # every rank: the ranks of every node must see the same folder (04b)
     checkpoints = complete_checkpoints(run_dir)
     if not cfg['resume']:
         if checkpoints:
@@ -301,7 +303,7 @@ def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_ha
         raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in {run_dir/'checkpoints'}; "
                          "start it with resume=False (or check the run name)")
     step, path = checkpoints[-1]
-    meta = json.loads((path/'meta.json').read_text())
+    meta = read_meta(path)
     check_compat(meta, shape, tok_hash, path)
     if total_steps < step:
         raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is below it: a run cannot "
@@ -325,7 +327,7 @@ def save_job(job: Job, step: int) -> None:
 
 def restore_job(job: Job, ck: dict) -> None:
     "Put model, optimizer, loop counters and (same world size) RNG back from checkpoint `ck` (04b's load_checkpoint)."
-    job.raw_model.load_state_dict(ck['model'])
+    load_weights(job.raw_model, ck['model'], ck['path'])
     if ck['optim'] is not None: O.load_optimizer_state(job.optimizer, ck['optim'])
     job.start_step = job.last_ckpt = ck['meta']['step']
     job.loop.update(ck['meta'].get('loop', {}))
