@@ -410,14 +410,20 @@ def read_weights(path, config: M.GPTConfig, rows: int) -> dict:
     except Exception as e: raise HFImportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return from_hf_state(theirs, config)
 
-# %% ../nbs/13_export.ipynb #cc1777e5
+# %% ../nbs/13_export.ipynb #0de20afa
 def push_folder(folder, repo: str, private: bool = False) -> str:
     "Upload export `folder` to hub repository `repo` (created when missing); returns the commit URL."
     try: from huggingface_hub import HfApi   # optional (the lmlit[hf] extra)
     except ImportError: raise LmlitError("--push needs huggingface_hub: pip install 'lmlit[hf]'") from None
-    api = HfApi(endpoint=os.environ.get('HF_ENDPOINT'))
-    api.create_repo(repo, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message='lmlit export')
+    endpoint = os.environ.get('HF_ENDPOINT')
+    api = HfApi(endpoint=endpoint)
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message='lmlit export')
+    except Exception as e:   # network, auth and server errors, whatever the library raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LmlitError(f"push of {folder} to {repo} at {endpoint or 'huggingface.co'} failed: {first}; "
+                         "check HF_TOKEN / `hf auth login` and the repository name (the export itself is kept)") from None
     return str(getattr(info, 'commit_url', info))
 
 def cli_export(argv: list[str] | None = None) -> int:
