@@ -226,7 +226,7 @@ def tokenizer_from_hf(path) -> T.Tokenizer:
     if missing: raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
     return T.Tokenizer(ranks, pattern, specials)
 
-# %% ../nbs/13_export.ipynb #0f60956f
+# %% ../nbs/13_export.ipynb #67904267
 def _read(path) -> dict | None:
     try: return json.loads(Path(path).read_text())
     except (OSError, ValueError): return None
@@ -274,6 +274,8 @@ transformers' native `nanochat` model type (no custom code).
 (— : not measured in this run.)
 
 ## Use
+
+`PATH` is this folder or its Hub repository id.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -338,7 +340,7 @@ def check_files(names: set, where) -> None:
         raise HFImportError(f"{where}: no {WEIGHTS}")
     if 'tokenizer.json' not in names: raise HFImportError(f"{where}: no tokenizer.json; lmlit needs the model's tokenizer")
 
-# %% ../nbs/13_export.ipynb #d7ac621a
+# %% ../nbs/13_export.ipynb #bdae8890
 def open_source(src, revision: str | None = None):
     "(file names, a function name → local path, a label) for a local folder or a hub repo id `src`."
     if Path(src).is_dir():
@@ -349,9 +351,15 @@ def open_source(src, revision: str | None = None):
     try: from huggingface_hub import HfApi, hf_hub_download   # optional (the lmlit[hf] extra)
     except ImportError: raise LmlitError("importing from the Hub needs huggingface_hub: pip install 'lmlit[hf]'") from None
     endpoint = os.environ.get('HF_ENDPOINT')
-    names = set(HfApi(endpoint=endpoint).list_repo_files(str(src), revision=revision))
-    def get(name): return Path(hf_hub_download(str(src), name, revision=revision, endpoint=endpoint))
-    return names, get, f"hub repository {src}"
+    label = f"hub repository {src} at {endpoint or 'huggingface.co'}"
+    def hub(call, *args, **kw):
+        try: return call(*args, **kw)
+        except Exception as e:   # offline mode, network, auth, a missing repo: whatever the library raises, one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HFImportError(f"{label}: {first}") from None
+    names = set(hub(HfApi(endpoint=endpoint).list_repo_files, str(src), revision=revision))
+    def get(name): return Path(hub(hf_hub_download, str(src), name, revision=revision, endpoint=endpoint))
+    return names, get, label
 
 def _json(path, where) -> dict:
     try: obj = json.loads(Path(path).read_text(encoding='utf-8'))
