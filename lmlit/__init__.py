@@ -10,6 +10,7 @@ Modules:
 - `lmlit.data`: Stream parquet shards, tokenize documents in threaded batches, pack them into rows that each start at a document, keep batches ready in a background thread, and remember exactly where we are so a resumed run sees the very batches it would have seen.
 - `lmlit.engine`: Prefill several prompts at once, decode them together from a KV cache, sample each row with its own seed, run the calculator when the model asks for it, and stream text that never splits a character.
 - `lmlit.eval`: How good is a base model? Bits per byte on held-out text (`04a_bpb`) says how well it predicts text; the CORE suite of 22 tasks says what it can do with it.
+- `lmlit.export`: Write a run's checkpoint as a Hugging Face `transformers` folder (the native `nanochat` model type: no custom code), and read such a folder — or a Hub repository — back into a run folder.
 - `lmlit.launch`: One launcher for every training stage: the stage is a notebook shipped inside the package, its `parameters` cell is its config, and each rank runs it with papermill, its executed copy kept as that rank's log.
 - `lmlit.loop`: What every training stage — pretraining, mid-training, SFT, RL — does the same way: read its parameters, split a batch into micro-batches, take an optimizer step, time each part of it, write a metrics record, checkpoint, stop cleanly on a signal, and draw what happened.
 - `lmlit.memory`: Plan a training step's peak memory before the first step, refuse a config that will not fit (naming settings that would), and measure the real peak to compare.
