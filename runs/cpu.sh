@@ -80,4 +80,10 @@ lmlit chat --run "$NAME" -p "What is 12 + 30?" --max-tokens 32 --temperature 0
 echo "== samples (runs/$NAME/samples.md)"; tail -n 8 "$RUNS/$NAME/samples.md"
 echo "== report";    lmlit report --run "$NAME"
 echo "== plots";     ls "$RUNS/$NAME/plots/"
+if python3 -c "import lmlit.export, transformers" 2>/dev/null; then
+  echo "== export: the RL model as a transformers folder (AutoModelForCausalLM.from_pretrained('$RUNS/$NAME/hf/rl'))"
+  lmlit export --run "$NAME" --dtype float32
+else
+  echo "== export: skipped (pip install 'lmlit[hf]' for lmlit export)"
+fi
 echo "done in $(( $(date +%s) - START )) s: $RUNS/$NAME (metrics.jsonl, plots/, samples.md, notebooks/05_train.rank0.ipynb, checkpoints/, sft/, rl/, eval/chat.md, report.md)"

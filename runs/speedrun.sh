@@ -23,7 +23,7 @@
 #   RL           lmlit rl -p task gsm8k (1 epoch of train)  ~1-1.5 h (sampling)  rl/
 #   chat eval    lmlit chat-eval --stage rl                 ~15 min              rl/eval/chat.*
 #   report       lmlit report                               seconds              report.md, report.json, plots/
-#   export       lmlit export (when the hf extra is there)  ~1 min               hf/ (transformers' nanochat format)
+#   export       lmlit export (when the hf extra is there)  ~1 min               hf/rl/ (transformers' nanochat format)
 set -euo pipefail
 DRY=''
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
@@ -106,8 +106,8 @@ lmlit chat-eval --run "$NAME" --stage rl --tasks "$CHAT_TASKS" --max-per-task "$
 
 echo "== report"; lmlit report --run "$NAME"
 if python3 -c "import lmlit.export, transformers" 2>/dev/null; then
-  echo "== export (transformers' nanochat format: AutoModelForCausalLM.from_pretrained('$RUNS/$NAME/hf'))"
-  lmlit export --run "$NAME" --out "$RUNS/$NAME/hf"
+  echo "== export (transformers' nanochat format: AutoModelForCausalLM.from_pretrained('$RUNS/$NAME/hf/rl'))"
+  lmlit export --run "$NAME"
 else
   echo "== export: skipped (pip install 'lmlit[hf]' for lmlit export)"
 fi
