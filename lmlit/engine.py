@@ -24,7 +24,7 @@ __all__ = ['MAX_EXPR_CHARS', 'MAX_DEPTH', 'MAX_DIGITS', 'CALC_SECONDS', 'MAX_EXP
 MAX_EXPR_CHARS = 300   # longer expressions are refused unparsed
 MAX_DEPTH = 40         # nodes nested deeper than this are refused
 MAX_DIGITS = 60        # no integer (operand or result) may have more digits
-CALC_SECONDS = 0.05    # wall-clock budget of one evaluation
+CALC_SECONDS = 0.05    # CPU-time budget of one evaluation (this thread's)
 
 class CalcError(Exception):
     "An expression outside the calculator's whitelist or bounds."
@@ -50,7 +50,7 @@ def _fail(why): raise CalcError(why)
 
 def _eval(node, depth: int, deadline: float):
     if depth > MAX_DEPTH: raise CalcError("expression nested too deeply")
-    if time.perf_counter() > deadline: raise CalcError("out of time")
+    if time.thread_time() > deadline: raise CalcError("out of time")
     if isinstance(node, ast.Expression): return _eval(node.body, depth + 1, deadline)
     if isinstance(node, ast.Constant):
         if isinstance(node.value, str): return node.value
@@ -86,7 +86,7 @@ def format_number(x) -> str:
 def calculate(expr: str) -> str | None:
     "The value of a whitelisted arithmetic / `str.count` expression as text, or None if it is not allowed or fails."
     if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS: return None
-    deadline = time.perf_counter() + CALC_SECONDS
+    deadline = time.thread_time() + CALC_SECONDS   # CPU time of this thread: a busy machine does not make a sum fail
     try:
         with warnings.catch_warnings():   # a model-written '1_000x' makes ast print a SyntaxWarning into the job's log
             warnings.simplefilter('ignore', SyntaxWarning)
