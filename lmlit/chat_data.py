@@ -334,7 +334,8 @@ def chitchat_task(max_turns: int = 12) -> Task:
 # %% ../nbs/08_chat_data.ipynb #d988ba7b
 def tool_output(expr: str) -> str:
     "What the calculator tool answers to `expr`: `07_engine`'s `calculate`, the one calculator (training data = serving)."
-    out = calculate(expr)
+    # our own expressions, not a model's: no 50 ms budget, which a garbage collection of a large heap can exhaust
+    out = calculate(expr, seconds=60)
     if out is None: raise LmlitError(f"the calculator refuses {expr!r}: a generated problem may use only what it accepts")
     return out
 
