@@ -74,10 +74,11 @@ def check_kv_cache(model, dev, dtype, T):
     with _autocast(dev, dtype):
         full = model(idx).float()
         cache = KVCache.for_model(model, 1, T)
-        pre = model(idx[:, :T // 2], kv_cache=cache).float()
-        steps = [model(idx[:, t:t + 1], kv_cache=cache).float() for t in range(T // 2, T)]
+        pre = model(idx[:, :T // 2], kv_cache=cache).float()                    # the logits after the last prefilled token
+        steps = [model(idx[:, t:t + 1], kv_cache=cache).float() for t in range(T // 2, T - 1)]
     model.train()
-    dec = torch.cat([pre] + steps, dim=1)
+    dec = torch.stack([pre] + steps, dim=1)                                       # positions T/2-1 .. T-2
+    full = full[:, T // 2 - 1:T - 1]
     diff = (dec - full).abs().max().item()
     agree = (dec.argmax(-1) == full.argmax(-1)).float().mean().item()
     tol = 1e-4 if dtype == torch.float32 else 0.25      # bf16 logits within a 15-softcap: rounding ~1e-2 per layer

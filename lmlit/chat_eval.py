@@ -27,10 +27,10 @@ from .engine import Engine, Request
 # %% auto #0
 __all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'NANOCHAT_CHATCORE', 'ChatTask', 'spelling_split',
            'load_words', 'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer',
-           'normalize_number', 'lenient_answer', 'humaneval_program', 'pass_at_k', 'model_generator',
-           'engine_generator', 'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt',
-           'sandbox_refusal', 'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result',
-           'ChatCoreResult', 'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
+           'normalize_number', 'lenient_answer', 'humaneval_program', 'pass_at_k', 'engine_generator',
+           'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt', 'sandbox_refusal',
+           'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult',
+           'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -206,42 +206,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # %% ../nbs/11_chat_eval.ipynb #29f52e53
 def _end_ids(tokenizer) -> set[int]:
     return {tokenizer.encode_special('<|assistant_end|>'), tokenizer.bos_id}
-
-@torch.inference_mode()
-def _decode_group(model, prompt: list[int], n: int, max_tokens: int, temperature: float, seed: int, ends: set[int], top_k: int | None):
-    "`n` completions of one prompt in one KV cache (rows stop at an end token)."
-    from lmlit.model import KVCache
-    dev = model.lm_head.weight.device
-    cache = KVCache.for_model(model, n, len(prompt) + max_tokens)
-    g = torch.Generator(device=dev); g.manual_seed(seed)
-    logits = model(torch.tensor([prompt] * n, device=dev), kv_cache=cache)[:, -1]
-    out, done = [[] for _ in range(n)], [False] * n
-    for _ in range(max_tokens):
-        if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
-        else:
-            scaled = logits / temperature
-            if top_k: scaled = scaled.masked_fill(scaled < torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:], float('-inf'))
-            nxt = torch.multinomial(F.softmax(scaled, dim=-1), 1, generator=g)
-        for r, t in enumerate(nxt[:, 0].tolist()):
-            if done[r]: continue
-            out[r].append(t); done[r] = t in ends
-        if all(done): break
-        logits = model(nxt, kv_cache=cache)[:, -1]
-    return out
-
-def model_generator(model, tokenizer, top_k: int | None = 50, batch: bool = True):
-    "A `generate(prompts, max_tokens, temperature, seed)` from `model`: identical prompts share a KV cache when `batch`."
-    ends = _end_ids(tokenizer)
-    model.eval()
-    def generate(prompts, max_tokens, temperature=0.0, seed=0):
-        out = [None] * len(prompts)
-        groups = {}
-        for j, p in enumerate(prompts): groups.setdefault(tuple(p) if batch else j, []).append(j)
-        for rows in groups.values():
-            replies = _decode_group(model, prompts[rows[0]], len(rows), max_tokens, temperature, seed + rows[0], ends, top_k)
-            for j, reply in zip(rows, replies): out[j] = reply
-        return out
-    return generate
 
 # %% ../nbs/11_chat_eval.ipynb #bb1bf476
 def engine_generator(model, tokenizer, top_k: int | None = 50):
@@ -540,14 +504,14 @@ def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max
                   batch_size: int = 8, seed: int = 1234, stage: str = 'base', out_dir=None, progress: bool = True,
                   workers: int = 4, sandbox_kw: dict | None = None, max_tokens: dict | None = None) -> ChatCoreResult:
     """Evaluate `model` on chat tasks (default: all of `CHAT_TASKS`); generative ones through `generate`
-    (default `model_generator(model, tokenizer)`), with reply budgets from `CHAT_TASKS` unless `max_tokens` {task: n} says otherwise.
+    (default `engine_generator(model, tokenizer)`), with reply budgets from `CHAT_TASKS` unless `max_tokens` {task: n} says otherwise.
     Writes `out_dir/eval/chat.*` on rank 0 when `out_dir` is given."""
     names = list(CHAT_TASKS) if tasks is None else list(tasks)
     bad = [n for n in names if n not in CHAT_TASKS]
     if bad: raise LmlitError(f"unknown chat-eval task(s) {', '.join(bad)}; known: {', '.join(CHAT_TASKS)}")
     if max_per_task is not None and max_per_task < 1: raise LmlitError(f"max_per_task must be ≥ 1 (or None for all), got {max_per_task}")
     if samples < 1 or batch_size < 1: raise LmlitError(f"samples and batch_size must be ≥ 1, got {samples} and {batch_size}")
-    if generate is None: generate = model_generator(model, tokenizer)
+    if generate is None: generate = engine_generator(model, tokenizer)
     have, missing = {}, {}
     for n in names:
         try: have[n] = load_items(CHAT_TASKS[n].data)

@@ -9,16 +9,18 @@ Docs: https://lmlit.github.io/lmlit/engine.html.md"""
 # %% ../nbs/07_engine.ipynb #850da0f2
 from __future__ import annotations
 import ast, codecs, math, random, time, warnings
+from collections import deque
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from .core import LmlitError
-from .model import norm, apply_rope
+from .model import KVCache
 
 # %% auto #0
 __all__ = ['MAX_EXPR_CHARS', 'MAX_DEPTH', 'MAX_DIGITS', 'CALC_SECONDS', 'MAX_EXPRESSION_TOKENS', 'TOOL_MARKS', 'CalcError',
-           'format_number', 'calculate', 'RowCache', 'forward_rows', 'sample_rows', 'Request', 'Delta', 'row_seed',
-           'Engine', 'ScriptedModel', 'scripted_step', 'TextStream', 'fit_conversation', 'complete']
+           'format_number', 'calculate', 'model_step', 'sample_reference', 'sample', 'Request', 'Delta', 'row_seed',
+           'Engine', 'Batcher', 'ScriptedModel', 'scripted_step', 'TextStream', 'fit_conversation', 'ReplyText',
+           'complete']
 
 # %% ../nbs/07_engine.ipynb #bafc33fd
 MAX_EXPR_CHARS = 300   # longer expressions are refused unparsed
@@ -98,115 +100,70 @@ def calculate(expr: str, seconds: float = CALC_SECONDS) -> str | None:
         return None
 
 # %% ../nbs/07_engine.ipynb #de5a79eb
-class RowCache:
-    "Keys/values (n_layer, B, max_len, n_kv_head, head_dim), each row with its own length, and the tokens fed so far."
-    def __init__(self, batch_size: int, max_len: int, n_layer: int = 0, n_kv_head: int = 0, head_dim: int = 0,
-                 device='cpu', dtype=torch.float32):
-        self.max_len = max_len
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.tokens = [[] for _ in range(batch_size)]
-        shape = (n_layer, batch_size, max_len, n_kv_head, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device) if n_layer else None
-        self.v = torch.zeros(shape, dtype=dtype, device=device) if n_layer else None
-
-    @classmethod
-    def for_model(cls, model, batch_size: int, max_len: int) -> 'RowCache':
-        c = model.config
-        w = model.lm_head.weight
-        return cls(batch_size, max_len, c.n_layer, c.n_kv_head, c.head_dim, w.device, w.dtype)
-
-    @property
-    def batch_size(self) -> int: return len(self.tokens)
-
-    def keep(self, rows: list[int]):
-        "Keep (and possibly repeat) the rows listed, in that order."
-        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
-        self.lengths = self.lengths[index]
-        self.tokens = [list(self.tokens[r]) for r in rows]
-        if self.k is not None: self.k, self.v = self.k[:, index], self.v[:, index]
-
-    def plan(self, feeds: list[list[int]]):
-        "Padded ids (B, T), counts (B,), positions (B, T) and the attention mask (B, 1, T, S) for feeding `feeds`."
-        dev = self.lengths.device
-        counts = torch.tensor([len(f) for f in feeds], dtype=torch.long, device=dev)
-        if int(counts.min()) < 1: raise LmlitError("every row must be fed at least one token")
-        T = int(counts.max())
-        end = self.lengths + counts
-        if int(end.max()) > self.max_len: raise LmlitError(f"RowCache holds {self.max_len} positions; {int(end.max())} asked for")
-        ids = torch.zeros(len(feeds), T, dtype=torch.long, device=dev)
-        for b, f in enumerate(feeds): ids[b, :len(f)] = torch.tensor(f, dtype=torch.long)
-        positions = self.lengths[:, None] + torch.arange(T, device=dev)
-        S = int(end.max())
-        slots = torch.arange(S, device=dev)
-        mask = (slots[None, None, :] <= positions[:, :, None]) & (slots[None, None, :] < end[:, None, None])
-        return ids, counts, positions, mask[:, None]
-
-    def advance(self, feeds: list[list[int]], counts):
-        self.lengths = self.lengths + counts
-        for b, f in enumerate(feeds): self.tokens[b].extend(f)
-
-# %% ../nbs/07_engine.ipynb #feb12de3
-def _attention(attn, x, cos, sin, cache: RowCache, layer: int, write, mask):
-    B, T, _ = x.shape
-    q = attn.c_q(x).view(B, T, attn.n_head, attn.head_dim)
-    k = attn.c_k(x).view(B, T, attn.n_kv_head, attn.head_dim)
-    v = attn.c_v(x).view(B, T, attn.n_kv_head, attn.head_dim)
-    q, k = norm(apply_rope(q, cos, sin)).to(v.dtype), norm(apply_rope(k, cos, sin)).to(v.dtype)
-    rows, slots, valid = write
-    cache.k[layer][rows, slots] = k[valid]
-    cache.v[layer][rows, slots] = v[valid]
-    S = mask.size(-1)
-    keys = cache.k[layer][:, :S].transpose(1, 2)
-    values = cache.v[layer][:, :S].transpose(1, 2)
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=attn.n_head != attn.n_kv_head)
-    return attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
-
-@torch.inference_mode()
-def forward_rows(model, cache: RowCache, feeds: list[list[int]]) -> torch.Tensor:
-    "Feed row b the tokens `feeds[b]` after what `cache` holds; return the logits (B, vocab) after each row's last token."
-    ids, counts, positions, mask = cache.plan(feeds)
-    T = ids.size(1)
-    valid = torch.arange(T, device=ids.device)[None, :] < counts[:, None]
-    rows = torch.arange(len(feeds), device=ids.device)[:, None].expand(-1, T)[valid]
-    write = (rows, positions[valid], valid)
-    pos = positions.clamp(max=model.cos.size(1) - 1)
-    cos, sin = model.cos[0, pos], model.sin[0, pos]            # (B, T, 1, D/2): each row's own angles
-    x = norm(model.wte(ids))
-    for layer, block in enumerate(model.blocks):
-        x = x + _attention(block.attn, norm(x), cos, sin, cache, layer, write, mask)
-        x = x + block.mlp(norm(x))
-    last = x[torch.arange(len(feeds), device=ids.device), counts - 1]
-    logits = model.lm_head(norm(last))[:, :model.config.vocab_size]
-    softcap = model.config.softcap
-    cache.advance(feeds, counts)
-    return softcap * torch.tanh(logits.float() / softcap)
+def model_step(model, cache: KVCache, feeds: list[list[int]]) -> torch.Tensor:
+    "Feed row b of `cache` the tokens `feeds[b]` through the model's own forward; the logits (B, V) after each row's last."
+    T = max(len(f) for f in feeds)
+    dev = model.lm_head.weight.device
+    if all(len(f) == T for f in feeds): ids, counts = torch.tensor(feeds, device=dev), None
+    else: ids, counts = torch.tensor([f + [0] * (T - len(f)) for f in feeds], device=dev), [len(f) for f in feeds]
+    for b, f in enumerate(feeds): cache.tokens[b].extend(f)
+    with torch.inference_mode(): return model(ids, kv_cache=cache, counts=counts)
 
 # %% ../nbs/07_engine.ipynb #c83896d7
-def sample_rows(logits: torch.Tensor, temperature, top_k, top_p, generators) -> torch.Tensor:
-    "One token per row of `logits` (B, V); the per-row lists give each row's temperature, top_k (0/None = all), top_p and generator."
-    B, V = logits.shape
-    out = torch.empty(B, dtype=torch.long)
-    logits = logits.float().cpu()
-    for b in range(B):
-        if temperature[b] == 0:
-            out[b] = int(logits[b].argmax())
-            continue
-        scaled = logits[b] / temperature[b]
-        values, order = scaled.sort(descending=True)
-        probs = F.softmax(values, dim=-1)
-        keep = torch.ones(V, dtype=torch.bool)
-        if top_k[b]: keep[int(top_k[b]):] = False
-        if top_p[b] is not None and top_p[b] < 1:
-            before = probs.cumsum(0) - probs               # probability of the tokens ranked above
-            keep &= before < top_p[b]
+def sample_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u: float) -> int:
+    "One row (V,) by the definition above: greedy at temperature 0, else the token where `u` of the kept mass is crossed."
+    logits = logits.float()
+    if temperature == 0: return int(logits.argmax())
+    V = logits.numel()
+    k = top_k if 0 < top_k < V else V
+    if k == V and top_p >= 1:                                   # nothing cut: the vocabulary in its own order
+        cdf = (logits / temperature).softmax(-1).cumsum(-1)
+        return min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), V - 1)
+    values, order = logits.sort(descending=True)
+    values = values[:k] / temperature
+    if top_p < 1:                                  # the nucleus: shares of the whole distribution, the likeliest first
+        probs = (values - (logits / temperature).logsumexp(-1)).exp()
+        keep = probs.cumsum(-1) - probs < top_p
         keep[0] = True
-        probs = probs * keep
-        cdf = probs.cumsum(0)
-        u = torch.rand(1, generator=generators[b]).item() * float(cdf[-1])
-        pick = min(int(torch.searchsorted(cdf, torch.tensor([u]), right=True)), V - 1)
-        while not keep[pick]: pick -= 1
-        out[b] = int(order[pick])
-    return out.to(logits.device)
+        probs, last = probs * keep, int(keep.sum()) - 1
+    else: probs, last = values.softmax(-1), k - 1                  # top-k alone: shares of the k
+    cdf = probs.cumsum(-1)
+    return int(order[min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), last)])
+
+def sample(logits: torch.Tensor, temperature, top_k, top_p, u) -> torch.Tensor:
+    "A token per row of `logits` (B, V) in one set of ops; `temperature`, `top_k` (0 = all), `top_p`, `u` are (B,) tensors."
+    logits = logits.float()
+    B, V = logits.shape
+    hot = temperature > 0
+    n_hot = int(hot.sum())
+    if n_hot == 0: return logits.argmax(-1)
+    t = temperature.clamp(min=1e-6)[:, None]                   # greedy rows divide by anything: argmax decides them
+    k = torch.where((top_k > 0) & (top_k < V), top_k, V)
+    cuts = hot & ((k < V) | (top_p < 1))
+    n_cuts = int(cuts.sum())
+    token = None
+    if n_cuts < n_hot:                                          # the vocabulary in its own order: no sort
+        cdf = (logits / t).softmax(-1).cumsum(-1)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=V - 1)
+    if n_cuts:                                                  # the likeliest first, only as many as the widest cut
+        width = int(k.max() if n_cuts == B else k[cuts].max())
+        values, order = logits.topk(width, dim=-1)
+        values = values / t
+        rank = torch.arange(width, device=logits.device)
+        if int(k.min()) < width: values = values.masked_fill(rank >= k[:, None], float('-inf'))
+        probs, last = values.softmax(-1), k - 1
+        nucleus = cuts & (top_p < 1)
+        if bool(nucleus.any()):
+            whole = (values - (logits / t).logsumexp(-1, keepdim=True)).exp()
+            keep = (whole.cumsum(-1) - whole < top_p[:, None]) & (rank < k[:, None])
+            keep[:, 0] = True
+            probs = torch.where(nucleus[:, None], whole * keep, probs)
+            last = torch.where(nucleus, keep.sum(-1) - 1, last)
+        cdf = probs.cumsum(-1)
+        pick = torch.minimum(torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0], last)
+        picked = order.gather(1, pick[:, None])[:, 0]
+        token = picked if token is None else torch.where(cuts, picked, token)
+    return token if n_hot == B else torch.where(hot, token, logits.argmax(-1))
 
 # %% ../nbs/07_engine.ipynb #a4abf897
 @dataclass
@@ -234,9 +191,10 @@ class Delta:
 
 @dataclass
 class _Row:
-    request: int
+    request: int                  # the request's id in its batcher
     sample: int
     generator: torch.Generator
+    cost: int                     # KV positions reserved for this row (prompt + max_tokens)
     pending: list = field(default_factory=list)
     emitted: int = 0
     expression: list | None = None
@@ -249,18 +207,21 @@ def row_seed(seed: int, sample: int) -> int:
 MAX_EXPRESSION_TOKENS = 128   # a python block longer than this is abandoned (no output forced)
 
 class Engine:
-    "Batched generation with a KV cache, per-row sampling and the calculator tool."
-    def __init__(self, model, tokenizer, step=forward_rows, context: int | None = None):
+    "Generation through the model's own forward and KV cache: per-row sampling, the calculator tool, continuous batching."
+    def __init__(self, model, tokenizer, step=model_step, context: int | None = None):
         self.model, self.tokenizer, self.step = model, tokenizer, step
         self.context = context or model.config.sequence_len
-        special = tokenizer.encode_special
-        self.python_start, self.python_end = special('<|python_start|>'), special('<|python_end|>')
-        self.output_start, self.output_end = special('<|output_start|>'), special('<|output_end|>')
-        self.stop_default = {special('<|assistant_end|>'), tokenizer.bos_id}
+        self.python_start = self.python_end = self.output_start = self.output_end = None
+        self.stop_default = set()
+        if tokenizer is not None:          # no tokenizer (`GPT.generate`): no tool and no stop token
+            special = tokenizer.encode_special
+            self.python_start, self.python_end = special('<|python_start|>'), special('<|python_end|>')
+            self.output_start, self.output_end = special('<|output_start|>'), special('<|output_end|>')
+            self.stop_default = {special('<|assistant_end|>'), tokenizer.bos_id}
 
-    def new_cache(self, batch_size: int, max_len: int) -> RowCache:
-        if hasattr(self.model, 'lm_head'): return RowCache.for_model(self.model, batch_size, max_len)
-        return RowCache(batch_size, max_len)
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        if hasattr(self.model, 'lm_head'): return KVCache.for_model(self.model, batch_size, max_len)
+        return KVCache(batch_size, max_len, 0, 0, 0)                 # a scripted model keeps no keys
 
     def check(self, request: Request):
         "Refuse a request that cannot run, before any compute."
@@ -272,12 +233,14 @@ class Engine:
                              f"model's context of {self.context}; shorten the prompt or use fit_conversation()")
         if request.temperature < 0: raise LmlitError(f"temperature must be >= 0, got {request.temperature}")
 
-    def _choose(self, row: _Row, request: Request, token: int) -> Delta:
+    def choose(self, row: _Row, request: Request, token: int) -> Delta:
         "Record the sampled `token` for `row`; decide its next feed and whether it ended."
         row.emitted += 1
-        if token in self.stop_default or token in request.stop_ids: return Delta(row.request, row.sample, token, finish='stop')
+        if token in self.stop_default or token in request.stop_ids:
+            return Delta(row.request, row.sample, token, finish='stop')
         row.pending = [token]
-        if token == self.python_start: row.expression = []
+        if self.python_start is None: pass
+        elif token == self.python_start: row.expression = []
         elif token == self.python_end and row.expression is not None:
             result = calculate(self.tokenizer.decode(row.expression))
             row.expression = None
@@ -286,10 +249,14 @@ class Engine:
         elif row.expression is not None:
             row.expression.append(token)
             if len(row.expression) > MAX_EXPRESSION_TOKENS: row.expression = None
-        return Delta(row.request, row.sample, token)     # `generate` decides 'length', counting forced tokens too
+        return Delta(row.request, row.sample, token)     # the batcher decides 'length', counting forced tokens too
 
-    def generate(self, requests: list[Request], cache: RowCache | None = None):
-        """Yield `Delta`s for every row until all end. With one request and `cache` (a batch-1 RowCache whose tokens are a
+    def batcher(self, max_batch: int = 16, kv_tokens: int | None = None) -> 'Batcher':
+        "A scheduler for requests that come and go (the server's): at most `max_batch` rows and `kv_tokens` positions."
+        return Batcher(self, max_batch, kv_tokens)
+
+    def generate(self, requests: list[Request], cache: KVCache | None = None):
+        """Yield `Delta`s for every row until all end. With one request and `cache` (a one-row cache whose tokens are a
         prefix of the prompt), only the rest of the prompt is prefilled and `cache` is left holding the conversation."""
         for r in requests: self.check(r)
         if cache is not None:
@@ -297,42 +264,164 @@ class Engine:
             held = cache.tokens[0]
             if len(held) >= len(requests[0].prompt) or requests[0].prompt[:len(held)] != held:
                 raise LmlitError("the kept cache does not hold a prefix of this prompt; start a new cache")
-            feeds = [requests[0].prompt[len(held):]]
-        else:
-            cache = self.new_cache(len(requests), max(len(r.prompt) + r.max_tokens for r in requests))
-            feeds = [r.prompt for r in requests]
-        logits = self.step(self.model, cache, feeds)                      # one prefill for all prompts
-        repeat = [i for i, r in enumerate(requests) for _ in range(r.n)]
-        if len(repeat) != len(requests): cache.keep(repeat)                # n samples share their prompt's prefill
-        logits = logits[torch.tensor(repeat, device=logits.device)]
-        rows = []
-        for i, r in enumerate(requests):
-            seed = r.seed if r.seed is not None else random.getrandbits(62)
-            rows += [_Row(i, j, torch.Generator().manual_seed(row_seed(seed, j))) for j in range(r.n)]
-        while rows:
-            reqs = [requests[row.request] for row in rows]
-            chosen = sample_rows(logits, [q.temperature for q in reqs], [q.top_k for q in reqs],
-                                 [q.top_p for q in reqs], [row.generator for row in rows])
-            alive = []
-            for b, (row, req) in enumerate(zip(rows, reqs)):
-                if req.cancelled or row.sample in req.stopped_samples:
-                    yield Delta(row.request, row.sample, None, finish='cancelled' if req.cancelled else 'stop')
-                    continue
-                delta = self._choose(row, req, int(chosen[b]))
-                if delta.finish:
-                    yield delta
-                    continue
-                forced = row.pending[1:][:req.max_tokens - row.emitted]   # the budget may end inside the forced output
-                row.pending = row.pending[:1] + forced
-                row.emitted += len(forced)
-                out = [delta] + [Delta(row.request, row.sample, t, forced=True) for t in forced]
-                if row.emitted >= req.max_tokens: out[-1].finish = 'length'
-                yield from out
-                if out[-1].finish is None: alive.append(b)
-            if not alive: break
-            if len(alive) != len(rows): cache.keep(alive)     # finished rows leave the batch
-            rows = [rows[b] for b in alive]
-            logits = self.step(self.model, cache, [row.pending for row in rows])
+        rows = sum(r.n for r in requests)
+        longest = max((len(r.prompt) + r.max_tokens for r in requests), default=1)
+        batcher = Batcher(self, max(rows, 1), max_len=longest, cache=cache)
+        for r in requests: batcher.submit(r)
+        while batcher.busy: yield from batcher.step()
+
+# %% ../nbs/07_engine.ipynb #e1adeb98
+class Batcher:
+    "Requests join the running batch at the next step and leave it the step they end (see above)."
+    def __init__(self, engine: Engine, max_batch: int = 16, kv_tokens: int | None = None, max_len: int | None = None,
+                 cache: KVCache | None = None):
+        self.engine, self.max_batch = engine, max_batch
+        self.max_len = max_len or engine.context
+        self.kv_tokens = kv_tokens or max_batch * self.max_len
+        self.cache, self.keep_prefix = cache, cache is not None   # a kept cache: row 0 already holds the prompt's start
+        self.queue = deque()          # (id, request) not yet admitted
+        self.rows: list[_Row] = []    # the running rows; rows[b] is cache row b
+        self.requests = {}            # id -> request, while it waits or runs
+        self.reserved = 0             # KV positions promised to running rows
+        self.next_id = 0
+        self.steps = 0
+        self._settings = None         # (rows, all greedy, temperature, top_k, top_p) for the rows now running
+
+    @property
+    def busy(self) -> bool: return bool(self.queue or self.rows)
+
+    @property
+    def waiting(self) -> int: return len(self.queue)
+
+    @property
+    def running(self) -> int: return len(self.rows)
+
+    def check(self, request: Request):
+        "Refuse a request that can never run here (the engine's checks, then this batcher's rows and KV budget)."
+        self.engine.check(request)
+        need = request.n * (len(request.prompt) + request.max_tokens)
+        if request.n > self.max_batch or need > self.kv_tokens or len(request.prompt) + request.max_tokens > self.max_len:
+            raise LmlitError(f"a request of n={request.n} x {len(request.prompt) + request.max_tokens} positions can "
+                             f"never fit this batcher ({self.max_batch} rows, {self.kv_tokens} KV positions)")
+
+    def submit(self, request: Request) -> int:
+        "Queue `request` (checked now, before any compute); its id is `Delta.request` of its deltas."
+        self.check(request)
+        rid = self.next_id
+        self.next_id += 1
+        self.requests[rid] = request
+        self.queue.append((rid, request))
+        return rid
+
+    def _stopped(self, row: _Row) -> str | None:
+        request = self.requests[row.request]
+        if request.cancelled: return 'cancelled'
+        return 'stop' if row.sample in request.stopped_samples else None
+
+    def _leave(self, gone: list[int]):
+        "Rows `gone` leave: each hole is filled by the last running row, so the running rows stay 0..n-1."
+        for b in sorted(gone, reverse=True):
+            row, last = self.rows[b], len(self.rows) - 1
+            if b != last:
+                self.cache.copy_row(last, b)
+                self.rows[b] = self.rows[last]
+            self.rows.pop()
+            self.reserved -= row.cost
+        self._settings = None
+        self._forget()
+
+    def _forget(self):
+        alive = {row.request for row in self.rows} | {rid for rid, _ in self.queue}
+        for rid in [rid for rid in self.requests if rid not in alive]: del self.requests[rid]
+
+    def _admit(self) -> torch.Tensor | None:
+        "Waiting requests that fit join: one prefill forward for all of them, a copy of it for each extra sample."
+        joining = []
+        free, budget = self.max_batch - len(self.rows), self.kv_tokens - self.reserved
+        while self.queue:
+            rid, request = self.queue[0]
+            cost = len(request.prompt) + request.max_tokens
+            if request.n > free or request.n * cost > budget: break   # first come, first served: no overtaking
+            self.queue.popleft()
+            joining.append((rid, request, cost))
+            free, budget = free - request.n, budget - request.n * cost
+        if not joining: return None
+        if self.cache is None: self.cache = self.engine.new_cache(self.max_batch, self.max_len)
+        first = len(self.rows)
+        feeds = []
+        for j, (rid, request, cost) in enumerate(joining):
+            held = self.cache.tokens[first + j] if self.keep_prefix else []
+            if not self.keep_prefix:
+                self.cache.lengths[first + j] = 0
+                self.cache.tokens[first + j] = []
+            feeds.append(request.prompt[len(held):])
+        self.keep_prefix = False
+        logits = self.engine.step(self.engine.model, self.cache.rows(first, first + len(joining)), feeds)
+        samples = []
+        for j, (rid, request, cost) in enumerate(joining):
+            seed = request.seed if request.seed is not None else random.getrandbits(62)
+            samples += [(j, _Row(rid, s, torch.Generator().manual_seed(row_seed(seed, s)), cost)) for s in range(request.n)]
+        extras = [(j, row) for j, row in samples if row.sample > 0]   # after the first samples, in the rows above them
+        for i, (j, _) in enumerate(extras): self.cache.copy_row(first + j, first + len(joining) + i)
+        self.rows += [row for _, row in samples if row.sample == 0] + [row for _, row in extras]
+        self.reserved += sum(row.cost for _, row in samples)
+        self._settings = None
+        index = list(range(len(joining))) + [j for j, _ in extras]
+        return logits[torch.tensor(index, device=logits.device)]
+
+    def step(self) -> list[Delta]:
+        "One scheduling step: leave, decode, join, sample; the deltas it produced."
+        out = []
+        gone = []
+        for b, row in enumerate(self.rows):
+            why = self._stopped(row)
+            if why: out.append(Delta(row.request, row.sample, None, finish=why)); gone.append(b)
+        if gone: self._leave(gone)
+        if any(request.cancelled for _, request in self.queue):     # left before it started: nothing to compute
+            out += [Delta(rid, s, None, finish='cancelled') for rid, r in self.queue if r.cancelled for s in range(r.n)]
+            self.queue = deque((rid, r) for rid, r in self.queue if not r.cancelled)
+            self._forget()
+        parts = []
+        if self.rows: parts.append(self.engine.step(self.engine.model, self.cache, [row.pending for row in self.rows]))
+        joined = self._admit()
+        if joined is not None: parts.append(joined)
+        if not parts: return out
+        self.steps += 1
+        logits = torch.cat(parts) if len(parts) > 1 else parts[0]
+        chosen = self._sample(logits).tolist()
+        ended = []
+        for b, (row, token) in enumerate(zip(self.rows, chosen)):
+            request = self.requests[row.request]
+            delta = self.engine.choose(row, request, token)
+            if delta.finish:
+                out.append(delta)
+                ended.append(b)
+                continue
+            forced = row.pending[1:][:request.max_tokens - row.emitted]   # the budget may end inside the forced output
+            row.pending = row.pending[:1] + forced
+            row.emitted += len(forced)
+            out.append(delta)
+            out += [Delta(row.request, row.sample, t, forced=True) for t in forced]
+            if row.emitted >= request.max_tokens:
+                out[-1].finish = 'length'
+                ended.append(b)
+        if ended: self._leave(ended)
+        return out
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        "Every row's next token: the settings as tensors (rebuilt only when rows join or leave), one draw per row."
+        if self._settings is None or self._settings[0] != len(self.rows):
+            requests = [self.requests[row.request] for row in self.rows]
+            dev = logits.device
+            temperature = torch.tensor([r.temperature for r in requests], dtype=torch.float32)
+            top_k = torch.tensor([r.top_k or 0 for r in requests])
+            top_p = torch.tensor([1.0 if r.top_p is None else r.top_p for r in requests], dtype=torch.float32)
+            greedy = all(r.temperature == 0 for r in requests)
+            self._settings = (len(self.rows), greedy, temperature.to(dev), top_k.to(dev), top_p.to(dev))
+        _, greedy, temperature, top_k, top_p = self._settings
+        if greedy: return logits.argmax(-1)
+        u = torch.tensor([torch.rand(1, generator=row.generator).item() for row in self.rows]).to(logits.device)
+        return sample(logits, temperature, top_k, top_p, u)
 
 # %% ../nbs/07_engine.ipynb #f3e068a6
 class ScriptedModel:
@@ -342,12 +431,13 @@ class ScriptedModel:
         self.config = type('Config', (), dict(vocab_size=vocab_size, sequence_len=sequence_len))()
         self.calls = []                     # (batch size, tokens fed) per step, to see what each step cost
 
-def scripted_step(model: ScriptedModel, cache: RowCache, feeds: list[list[int]]) -> torch.Tensor:
+def scripted_step(model: ScriptedModel, cache: KVCache, feeds: list[list[int]]) -> torch.Tensor:
     "The `Engine` step for a `ScriptedModel`: each row's logits from its whole token history."
-    ids, counts, positions, mask = cache.plan(feeds)
-    cache.advance(feeds, counts)
+    cache.begin(len(feeds), max(len(f) for f in feeds), [len(f) for f in feeds])   # the same bounds as a real step
+    cache.finish()
+    for b, f in enumerate(feeds): cache.tokens[b].extend(f)
     model.calls.append((len(feeds), sum(len(f) for f in feeds)))
-    return torch.stack([model.script(tokens) for tokens in cache.tokens])
+    return torch.stack([model.script(cache.tokens[b]) for b in range(len(feeds))])
 
 # %% ../nbs/07_engine.ipynb #bf54b7fe
 TOOL_MARKS = {'<|python_start|>': '<<', '<|python_end|>': '', '<|output_start|>': '=', '<|output_end|>': '>>'}
@@ -406,21 +496,35 @@ def fit_conversation(tokenizer, messages: list[dict], max_tokens: int, context: 
     return ids, min(max_tokens, room), dropped
 
 # %% ../nbs/07_engine.ipynb #d80f34d8
-def complete(engine: Engine, requests: list[Request], stop: list[list[str]] | None = None):
-    "Yield (request, sample, text, finish) for `requests`; `stop[i]` are request i's stop strings (a match ends that sample)."
-    streams = {}
-    ended = set()
-    for d in engine.generate(requests):
-        key = (d.request, d.sample)
-        if key in ended: continue
-        if key not in streams: streams[key] = TextStream(engine.tokenizer, stop[d.request] if stop else ())
-        stream = streams[key]
+class ReplyText:
+    "One request's deltas in, its samples' text out: a `TextStream` per sample; a stop string ends its sample."
+    def __init__(self, tokenizer, request: Request, stop: list[str] = ()):
+        self.tokenizer, self.request, self.stop = tokenizer, request, stop
+        self.streams, self.ended = {}, set()
+        self.tokens = {}                   # sample -> tokens generated so far (forced and stop tokens included)
+
+    @property
+    def done(self) -> bool: return len(self.ended) == self.request.n
+
+    def push(self, d: Delta) -> tuple[int, str, str | None] | None:
+        "(sample, text to show, finish) for delta `d`, or None when it shows nothing."
+        if d.sample in self.ended: return None
+        if d.token is not None: self.tokens[d.sample] = self.tokens.get(d.sample, 0) + 1
+        if d.sample not in self.streams: self.streams[d.sample] = TextStream(self.tokenizer, self.stop)
+        stream = self.streams[d.sample]
         text = stream.push(d.token) if d.token is not None and d.finish != 'stop' else ''
         finish = d.finish
         if stream.stopped and not finish:
-            requests[d.request].stopped_samples.add(d.sample)
+            self.request.stopped_samples.add(d.sample)     # the batcher drops the row at its next step
             finish = 'stop'
         if finish:
             text += stream.finish()
-            ended.add(key)
-        if text or finish: yield d.request, d.sample, text, finish
+            self.ended.add(d.sample)
+        return (d.sample, text, finish) if text or finish else None
+
+def complete(engine: Engine, requests: list[Request], stop: list[list[str]] | None = None):
+    "Yield (request, sample, text, finish) for `requests`; `stop[i]` are request i's stop strings (a match ends that sample)."
+    replies = [ReplyText(engine.tokenizer, r, stop[i] if stop else ()) for i, r in enumerate(requests)]
+    for d in engine.generate(requests):
+        piece = replies[d.request].push(d)
+        if piece: yield (d.request, *piece)

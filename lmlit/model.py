@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from .core import LmlitError, get_device
 
 # %% auto #0
-__all__ = ['ConfigError', 'padded_vocab_size', 'GPTConfig', 'RMSNorm', 'norm', 'rope_tables', 'apply_rope_reference', 'Rotary',
-           'apply_rope', 'CausalSelfAttention', 'ReLUSquared', 'relu2', 'MLP', 'Block', 'SoftcapCrossEntropy',
+__all__ = ['ConfigError', 'padded_vocab_size', 'GPTConfig', 'RMSNorm', 'norm', 'rope_tables', 'apply_rope_reference', 'rotate',
+           'Rotary', 'apply_rope', 'CausalSelfAttention', 'ReLUSquared', 'relu2', 'MLP', 'Block', 'SoftcapCrossEntropy',
            'ChunkedSoftcapCrossEntropy', 'GPT', 'build_model', 'num_params', 'flops_per_token',
-           'measured_flops_per_token', 'KVCache', 'generate']
+           'measured_flops_per_token', 'CacheStep', 'KVCache', 'generate']
 
 # %% ../nbs/02_model.ipynb #4efb083f
 class ConfigError(LmlitError, ValueError):
@@ -105,8 +105,9 @@ def apply_rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
-def _rotate(x, cos, sin):
-    "The rotation written straight into one output tensor (no halves concatenated)."
+def rotate(x, cos, sin):
+    "The rotation written straight into one output tensor (no halves concatenated); `cos`/`sin` cast to `x`'s dtype."
+    if cos.dtype != x.dtype: cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     d = x.shape[-1] // 2
     y = torch.empty_like(x)
     x1, x2, y1, y2 = x[..., :d], x[..., d:], y[..., :d], y[..., d:]
@@ -119,11 +120,11 @@ class Rotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
+        return rotate(x, cos, sin)
     @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
-        return _rotate(g, cos, -sin), None, None
+        return rotate(g, cos, -sin), None, None
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     "Rotate channel pairs (j, j+D/2) of `x` (B, T, H, D) by the angles in `cos`/`sin` (1, T, 1, D/2)."
@@ -134,7 +135,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx, self.n_head, self.n_kv_head, self.head_dim = layer_idx, config.n_head, config.n_kv_head, config.head_dim
+        self.layer_idx, self.n_head, self.n_kv_head = layer_idx, config.n_head, config.n_kv_head
+        self.head_dim = config.head_dim
         d = config.n_embd
         self.c_q = nn.Linear(d, self.n_head * self.head_dim, bias=False)
         self.c_k = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
@@ -142,24 +144,34 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x, cos, sin, kv_cache=None):
+        if kv_cache is not None: return self.forward_cached(x, cos, sin, kv_cache)
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = norm(apply_rope(q, cos, sin)), norm(apply_rope(k, cos, sin))          # RoPE, then QK-norm
         q, k, v = q.transpose(1, 2).to(v.dtype), k.transpose(1, 2).to(v.dtype), v.transpose(1, 2)  # (B, H, T, D)
-        gqa = self.n_head != self.n_kv_head
-        if kv_cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            k, v = kv_cache.insert(self.layer_idx, k, v)
-            Tk = k.size(2)
-            if Tk == T: y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-            elif T == 1: y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-            else:  # T new queries after Tk - T cached keys: query i sees keys 0 .. Tk - T + i
-                mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_head != self.n_kv_head)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def fused_qkv(self) -> torch.Tensor:
+        "`c_q`, `c_k` and `c_v` stacked into one weight for generation; rebuilt whenever one of them changes (RL)."
+        weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+        key = tuple((w.data_ptr(), w._version) for w in weights)
+        if getattr(self, '_qkv_key', None) != key:
+            self._qkv = torch.cat([w.detach() for w in weights])
+            self._qkv_key = key
+        return self._qkv
+
+    def forward_cached(self, x, cos, sin, cache):
+        "Generation: one matmul for q, k and v, RoPE and QK-norm over q's and k's heads at once, attention over `cache`."
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        qkv = F.linear(x, self.fused_qkv()).view(B, T, H + 2 * Hkv, D)
+        qk = norm(rotate(qkv[:, :, :H + Hkv], cos, sin)).to(qkv.dtype)
+        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
+        y = cache.attend(self.layer_idx, q, k, v, gqa=H != Hkv)
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), self.c_proj.weight)   # plain calls: no module hooks per token
 
 # %% ../nbs/02_model.ipynb #d816ce63
 class ReLUSquared(torch.autograd.Function):
@@ -184,7 +196,10 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
-    def forward(self, x): return self.c_proj(relu2(self.c_fc(x)))
+    def forward(self, x):
+        if torch.is_grad_enabled(): return self.c_proj(relu2(self.c_fc(x)))
+        h = torch.relu_(F.linear(x, self.c_fc.weight))   # no autograd (generation): square in place, no extra tensor
+        return F.linear(h.mul_(h), self.c_proj.weight)
 
 class Block(nn.Module):
     "Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."
@@ -192,7 +207,10 @@ class Block(nn.Module):
         super().__init__()
         self.attn, self.mlp = CausalSelfAttention(config, layer_idx), MLP(config)
     def forward(self, x, cos, sin, kv_cache=None):
-        x = x + self.attn(norm(x), cos, sin, kv_cache)
+        if kv_cache is not None:                          # generation: straight to the functions, x updated in place
+            x += self.attn.forward_cached(norm(x), cos, sin, kv_cache)
+            return x.add_(self.mlp.forward(norm(x)))
+        x = x + self.attn(norm(x), cos, sin)
         return x + self.mlp(norm(x))
 
 # %% ../nbs/02_model.ipynb #160910ab
@@ -316,19 +334,24 @@ class GPT(nn.Module):
         self.checkpointing = bool(on)
         return self
 
-    def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = 'mean'):
-        B, T = idx.shape
-        t0 = kv_cache.pos if kv_cache is not None else 0
-        if t0 + T > self.rope_len:
-            raise ConfigError(f"sequence of {t0 + T} positions is longer than the RoPE table ({self.rope_len} = "
+    def check_length(self, n: int):
+        if n > self.rope_len:
+            raise ConfigError(f"sequence of {n} positions is longer than the RoPE table ({self.rope_len} = "
                               f"sequence_len {self.config.sequence_len} x rope_cache_mult {self.config.rope_cache_mult}); "
                               f"use shorter inputs or a larger sequence_len / rope_cache_mult")
-        cos, sin = self.cos[:, t0:t0 + T], self.sin[:, t0:t0 + T]
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = 'mean', counts=None):
+        """Logits (B, T, V), or the loss when `targets` are given. With `kv_cache`: row b feeds `counts[b]` tokens of
+        `idx[b]` (default all T) after what the cache holds, and only the logits after each row's last token come back."""
+        if kv_cache is not None: return self.forward_cached(idx, kv_cache, counts)
+        B, T = idx.shape
+        self.check_length(T)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = norm(self.wte(idx))
-        ckpt = self.checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+        ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if ckpt: x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
-            else: x = block(x, cos, sin, kv_cache)
+            else: x = block(x, cos, sin)
         x = norm(x)
         V = self.config.vocab_size
         if targets is not None and loss_reduction == 'mean' and torch.is_grad_enabled() and self.lm_head.weight.requires_grad:
@@ -346,6 +369,24 @@ class GPT(nn.Module):
             raise ConfigError(f"loss_reduction must be 'mean', 'sum' or 'none', got {loss_reduction!r}")
         loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
         return loss.view(B, T) if loss_reduction == 'none' else loss
+
+
+    def forward_cached(self, idx, cache, counts=None):
+        "Logits (B, V) after each row's last fed token: row b of `idx` feeds `counts[b]` tokens at its own positions."
+        B, T = idx.shape
+        step = cache.begin(B, T, counts)
+        self.check_length(step.end)
+        if step.positions is None: cos, sin = self.cos[:, step.start:step.start + T], self.sin[:, step.start:step.start + T]
+        else:                                       # rows at different positions: each row's own angles (B, T, 1, D/2)
+            where = step.positions.clamp(max=self.rope_len - 1).to(idx.device)
+            cos, sin = self.cos[0, where], self.sin[0, where]
+        x = norm(F.embedding(idx, self.wte.weight))
+        for block in self.blocks: x = block.forward(x, cos, sin, cache)
+        last = x[:, -1] if step.positions is None else x[torch.arange(B, device=x.device), step.last.to(x.device)]
+        logits = F.linear(norm(last), self.lm_head.weight)[:, :self.config.vocab_size].float()
+        cache.finish()
+        sc = self.config.softcap
+        return logits.div_(sc).tanh_().mul_(sc)
 
 # %% ../nbs/02_model.ipynb #544a8def
 def _check_device(device) -> torch.device:
@@ -394,53 +435,112 @@ def measured_flops_per_token(model: GPT, batch_size: int = 1) -> float:
     return fc.get_total_flops() / (batch_size * c.sequence_len)
 
 # %% ../nbs/02_model.ipynb #f7e4b9e3
+@dataclass
+class CacheStep:
+    "What one cached forward feeds: rows `0..n-1`, `T` tokens wide; `positions` is None when every row starts at `start`."
+    n: int
+    T: int
+    counts: list
+    start: int                      # the first row's length before this step
+    end: int                        # the longest row's length after it
+    positions: torch.Tensor | None = None   # (n, T) each fed token's position, when rows differ
+    last: torch.Tensor | None = None        # (n,) index of each row's last fed token, when rows differ
+    mask: torch.Tensor | None = None        # attention mask (n, 1, T, end) or (T, end); None = plain causal
+    write: tuple | None = None              # (rows, slots, valid) where ragged keys go
+
 class KVCache:
-    "Keys and values of every layer for up to `max_len` positions of `batch_size` sequences."
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, n_layer: int):
-        self.shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.n_layer, self.max_len, self.pos = n_layer, max_len, 0
-        self.k = self.v = None
+    """Keys and values (n_layer, rows, n_kv_head, max_len, head_dim) and each row's length: rows at different lengths
+    are fed together, each at its own positions. `tokens` are the ids each row holds (kept by whoever feeds it)."""
+    def __init__(self, batch_size: int, max_len: int, n_layer: int, n_kv_head: int, head_dim: int,
+                 device='cpu', dtype=torch.float32):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)   # on the host: planning a step never waits for the device
+        self.tokens = [[] for _ in range(batch_size)]
+        self.max_len = max_len
+        self.step = None
 
     @classmethod
-    def for_model(cls, model: GPT, batch_size: int, max_len: int) -> 'KVCache':
-        c = model.config
-        return cls(batch_size, c.n_kv_head, max_len, c.head_dim, c.n_layer)
+    def for_model(cls, model, batch_size: int, max_len: int, dtype=None) -> 'KVCache':
+        c, w = model.config, model.lm_head.weight
+        return cls(batch_size, max_len, c.n_layer, c.n_kv_head, c.head_dim, w.device, dtype or w.dtype)
 
-    def reset(self): self.pos = 0
+    @property
+    def batch_size(self) -> int: return len(self.tokens)
 
-    def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        "Store `k`, `v` (B, Hkv, T, D) of `layer` at the current position; return all keys/values so far."
-        if self.k is None:
-            self.k = torch.empty(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(self.shape, dtype=v.dtype, device=v.device)
-        T = k.size(2); end = self.pos + T
+    def rows(self, start: int, stop: int) -> 'KVCache':
+        "Rows `start:stop` as a cache of their own that shares this one's memory (new requests prefilled into free rows)."
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.lengths = self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop]
+        view.tokens, view.max_len, view.step = self.tokens[start:stop], self.max_len, None
+        return view
+
+    def copy_row(self, src: int, dst: int):
+        "Row `dst` becomes a copy of row `src` (samples of a prompt share its prefill; a finished row's place is refilled)."
+        n = int(self.lengths[src])
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+        self.tokens[dst] = list(self.tokens[src])
+
+    def begin(self, n: int, T: int, counts=None) -> CacheStep:
+        "Plan a forward that feeds rows `0..n-1` `counts[b]` tokens each (default all `T`)."
+        if n > self.batch_size: raise ConfigError(f"KV cache has {self.batch_size} rows; {n} fed")
+        starts = self.lengths[:n].tolist()
+        counts = [T] * n if counts is None else list(counts)
+        if min(counts) < 1 or max(counts) > T: raise ConfigError(f"each row feeds 1..{T} tokens, got {counts}")
+        ends = [s + c for s, c in zip(starts, counts)]
+        end = max(ends)
         if end > self.max_len: raise ConfigError(f"KV cache holds {self.max_len} positions; {end} asked for")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        if layer == self.n_layer - 1: self.pos = end
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        step = CacheStep(n, T, counts, starts[0], end)
+        if min(starts) == max(starts) and min(counts) == T:           # every row at the same place: slices, no indices
+            if T > 1 and step.start > 0: step.mask = torch.ones(T, end, dtype=torch.bool).tril(end - T).to(self.k.device)
+        else:
+            dev = self.k.device
+            positions = torch.tensor(starts)[:, None] + torch.arange(T)
+            valid = torch.arange(T)[None, :] < torch.tensor(counts)[:, None]
+            slots = torch.arange(end)
+            mask = (slots <= positions[:, :, None]) & (slots < torch.tensor(ends)[:, None, None])
+            step.positions, step.last, step.mask = positions, torch.tensor(counts) - 1, mask[:, None].to(dev)
+            rows = torch.arange(n)[:, None].expand(n, T)[valid]
+            step.write = (rows.to(dev), positions[valid].to(dev), valid.to(dev))
+        self.step = step
+        return step
+
+    def attend(self, layer: int, q, k, v, gqa: bool = False):
+        "Store this step's `k`, `v` (n, Hkv, T, D) for `layer`, then attend with `q` (n, H, T, D) over each row's keys."
+        s = self.step
+        K, V = self.k[layer], self.v[layer]
+        if s.write is None:
+            K[:s.n, :, s.start:s.start + s.T] = k
+            V[:s.n, :, s.start:s.start + s.T] = v
+        else:
+            rows, slots, valid = s.write
+            K[rows, :, slots] = k.transpose(1, 2)[valid]
+            V[rows, :, slots] = v.transpose(1, 2)[valid]
+        keys, values = K[:s.n, :, :s.end], V[:s.n, :, :s.end]
+        causal = s.mask is None and s.T > 1
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=s.mask, is_causal=causal, enable_gqa=gqa)
+
+    def finish(self):
+        "The step is done: each row is longer by what it was fed."
+        s = self.step
+        if s.positions is None: self.lengths[:s.n] += s.T
+        else: self.lengths[:s.n] += torch.tensor(s.counts)
+        self.step = None
 
 # %% ../nbs/02_model.ipynb #a7253a76
-@torch.inference_mode()
 def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
-    "Yield `max_tokens` sampled ids continuing `tokens` (KV-cached; temperature 0 = greedy)."
+    """Yield `max_tokens` sampled ids continuing `tokens` (temperature 0 = greedy). This is `lmlit.engine.Engine`'s one
+    generation path with no tokenizer (no tool, no stop token), imported when called: chapter 07 builds on this one."""
+    from lmlit.engine import Engine, Request
     if not tokens: raise ConfigError("generate needs at least one prompt token (e.g. the BOS id)")
-    dev = self.lm_head.weight.device
-    g = torch.Generator(device=dev); g.manual_seed(seed)
-    cache = KVCache.for_model(self, 1, len(tokens) + max_tokens)
-    was_training = self.training; self.eval()
+    was_training = self.training
+    self.eval()
     try:
-        logits = self(torch.tensor([tokens], dtype=torch.long, device=dev), kv_cache=cache)[:, -1]
-        for _ in range(max_tokens):
-            if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
-            else:
-                l = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(l, min(top_k, l.size(-1))).values[:, -1:]
-                    l = l.masked_fill(l < kth, float('-inf'))
-                nxt = torch.multinomial(F.softmax(l, dim=-1), 1, generator=g)
-            yield nxt.item()
-            logits = self(nxt, kv_cache=cache)[:, -1]
+        request = Request(list(tokens), max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        for delta in Engine(self, None, context=len(tokens) + max_tokens).generate([request]): yield delta.token
     finally: self.train(was_training)
 
 GPT.generate = generate

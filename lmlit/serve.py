@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from .core import LmlitError
-from .engine import Engine, Request, complete, fit_conversation
+from .engine import Engine, Request, ReplyText, fit_conversation
 
 # %% auto #0
 __all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'Limits', 'ApiError', 'BadRequest',
@@ -40,7 +40,8 @@ class Limits:
     max_tokens: int = 1024
     max_n: int = 8
     max_stop: int = 4
-    max_batch: int = 16
+    max_batch: int = 16                 # rows decoded together (continuous batching)
+    kv_tokens: int | None = None         # KV positions the running rows may hold (default max_batch x context)
     max_body_bytes: int = 1_000_000      # a request body over this is refused (413) before it is read
     max_queued_rows: int = 64            # rows waiting for the engine; more gets 429 + Retry-After
     body_timeout_s: float = 30.0         # a body must arrive within this (408)
@@ -217,39 +218,29 @@ class Job:
     stop: list
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
-    queued: bool = False          # counted in the worker's queued rows
+    queued: bool = False          # counted in the worker's waiting rows
     def send(self, item): self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-
-class _Counting:
-    "`engine` as `complete` sees it, counting the tokens each (request, sample) receives."
-    def __init__(self, engine: Engine, counts: dict):
-        self.engine = engine
-        self.tokenizer = engine.tokenizer
-        self.counts = counts
-
-    def generate(self, requests):
-        for delta in self.engine.generate(requests):
-            if delta.token is not None:
-                key = (delta.request, delta.sample)
-                self.counts[key] = self.counts.get(key, 0) + 1
-            yield delta
 
 # %% ../nbs/07b_serve.ipynb #f1d2a021
 class Worker:
-    "A thread that runs queued jobs through `engine`, every waiting job in one batch; at most `max_queued_rows` wait."
-    def __init__(self, engine: Engine, max_batch: int = 16, max_queued_rows: int = 64):
+    "A thread running every job through one `Batcher` (continuous batching); at most `max_queued_rows` rows wait."
+    def __init__(self, engine: Engine, max_batch: int = 16, max_queued_rows: int = 64, kv_tokens: int | None = None):
         self.engine = engine
-        self.max_batch = max_batch
+        self.max_batch, self.kv_tokens = max_batch, kv_tokens
         self.max_queued_rows = max_queued_rows
-        self.jobs = queue.Queue()
+        self.batcher = engine.batcher(max_batch, kv_tokens)
+        self.inbox = queue.Queue()        # jobs handed over by the event loop, not yet given to the batcher
         self.lock = threading.Lock()
-        self.queued_rows = 0
-        self.batch_seconds = 1.0          # how long the last batch took: the Retry-After hint
+        self.queued_rows = 0              # rows submitted and not yet running
+        self.running_rows = 0
+        self.batch_seconds = 1.0          # how long the last reply took: the Retry-After hint
         self.thread = threading.Thread(target=self._run, daemon=True, name='lmlit-engine')
         self.thread.start()
 
     def submit(self, job: Job):
-        "Queue `job`, or refuse it with a 429 when the queue is full."
+        "Hand `job` to the engine thread; refuse it (400) if it can never fit, or (429) when too many rows wait."
+        try: self.batcher.check(job.request)
+        except LmlitError as error: raise BadRequest(str(error), param='n') from None
         with self.lock:
             if self.queued_rows + job.request.n > self.max_queued_rows:
                 wait = max(1, math.ceil(self.batch_seconds))
@@ -259,45 +250,59 @@ class Worker:
                                headers={'Retry-After': str(wait)})
             self.queued_rows += job.request.n
             job.queued = True
-        self.jobs.put(job)
+        self.inbox.put(job)
 
     def forget(self, job: Job):
-        "Take `job`'s rows out of the queued count (it started, or its client left)."
+        "Take `job`'s rows out of the waiting count (it started, or its client left)."
         with self.lock:
             if job.queued: self.queued_rows -= job.request.n
             job.queued = False
 
 # %% ../nbs/07b_serve.ipynb #f1d2a022
-def _take_batch(self: Worker) -> list[Job]:
-    "The next job (waiting for one), then every job already waiting, up to `max_batch` live rows."
-    batch = [self.jobs.get()]
-    rows = batch[0].request.n
-    while rows < self.max_batch:
-        try: job = self.jobs.get_nowait()
-        except queue.Empty: break
-        batch.append(job)
-        if not job.request.cancelled: rows += job.request.n
-    for job in batch: self.forget(job)
-    return batch
+def _take_jobs(self: Worker, jobs: dict):
+    "Give the batcher every job handed over (waiting for one when there is nothing to do)."
+    while True:
+        try: job = self.inbox.get(block=not self.batcher.busy)
+        except queue.Empty: return
+        if job.request.cancelled:                       # its client left before it was seen
+            self.forget(job)
+            job.send(None)
+        else:
+            try: rid = self.batcher.submit(job.request)
+            except LmlitError as error:
+                self.forget(job)
+                job.send(('error', str(error), None, 0))
+                job.send(None)
+            else: jobs[rid] = (job, ReplyText(self.engine.tokenizer, job.request, job.stop), time.monotonic())
+        if self.inbox.empty(): return
 
 def _run(self: Worker):
+    jobs = {}                                           # batcher id -> (job, its ReplyText, when it was taken)
     while True:
-        batch = self._take_batch()
-        live = [job for job in batch if not job.request.cancelled]
-        counts = {}
-        started = time.monotonic()
-        try:
-            if live:
-                counting = _Counting(self.engine, counts)
-                pieces = complete(counting, [job.request for job in live], [job.stop for job in live])
-                for i, sample, text, finish in pieces:
-                    live[i].send((sample, text, finish, counts.get((i, sample), 0)))
-        except Exception as error:          # a bug must not kill the server: every waiting client hears of it
-            for job in live: job.send(('error', str(error), None, 0))
-        if live: self.batch_seconds = time.monotonic() - started
-        for job in batch: job.send(None)
+        self._take_jobs(jobs)
+        if not self.batcher.busy: continue
+        try: deltas = self.batcher.step()
+        except Exception as error:                      # a bug must not kill the server: every client hears of it
+            for job, _, _ in jobs.values():
+                self.forget(job)
+                job.send(('error', str(error), None, 0))
+                job.send(None)
+            jobs.clear()
+            self.batcher = self.engine.batcher(self.max_batch, self.kv_tokens)
+            continue
+        for d in deltas:
+            if d.request not in jobs: continue          # a row that ended on a stop string, dropped a step later
+            job, reply, started = jobs[d.request]
+            if job.queued: self.forget(job)             # its first delta: it runs now
+            piece = reply.push(d)
+            if piece: job.send((*piece, reply.tokens.get(piece[0], 0)))
+            if reply.done:
+                job.send(None)
+                del jobs[d.request]
+                self.batch_seconds = time.monotonic() - started
+        self.running_rows = self.batcher.running
 
-Worker._take_batch = _take_batch
+Worker._take_jobs = _take_jobs
 Worker._run = _run
 
 # %% ../nbs/07b_serve.ipynb #f1d2a024
@@ -468,7 +473,7 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     limits = limits or Limits()
     app = FastAPI(title='lmlit serve', docs_url='/docs' if docs else None, redoc_url=None,
                   openapi_url='/openapi.json' if docs else None)
-    worker = Worker(engine, limits.max_batch, limits.max_queued_rows)
+    worker = Worker(engine, limits.max_batch, limits.max_queued_rows, limits.kv_tokens)
     page = chat_page()
     card = dict(id=model_name, object='model', created=0, owned_by='lmlit', stage=stage, step=step,
                 context_length=engine.context)
@@ -483,7 +488,7 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     def index(): return page
 
     @app.get('/health')
-    def health(): return {'status': 'ok', 'model': model_name, 'queued': worker.queued_rows}
+    def health(): return {'status': 'ok', 'model': model_name, 'queued': worker.queued_rows, 'running': worker.running_rows}
 
     @app.get('/v1/models')
     def models(): return {'object': 'list', 'data': [card]}

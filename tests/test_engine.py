@@ -3,9 +3,9 @@ import ast, random, time, string
 import pytest
 import torch
 from lmlit.core import LmlitError
-from lmlit.engine import (Engine, Request, RowCache, ScriptedModel, scripted_step, forward_rows, calculate, fit_conversation,
+from lmlit.engine import (Engine, Request, ScriptedModel, scripted_step, model_step, calculate, fit_conversation,
                           complete, CALC_SECONDS, MAX_EXPR_CHARS)
-from lmlit.model import GPTConfig, build_model
+from lmlit.model import GPTConfig, build_model, KVCache
 from lmlit.tokenizer import get_tokenizer
 
 pytestmark = pytest.mark.timeout(300)
@@ -192,7 +192,7 @@ def test_kept_cache_prefills_only_the_new_turn(tok):
     model = build_model(GPTConfig(sequence_len=256, vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
     for p in model.parameters(): torch.nn.init.normal_(p, std=0.2)
     engine = Engine(model, tok)
-    cache = RowCache.for_model(model, 1, 256)
+    cache = KVCache.for_model(model, 1, 256)
     first = _prompt(tok, "Hi")
     a = [d.token for d in engine.generate([Request(first, max_tokens=8, temperature=0)], cache=cache)]
     assert cache.tokens[0] == first + a[:-1]          # the last sampled token is chosen, not yet fed
@@ -210,8 +210,8 @@ def test_cached_decode_logits_equal_full_forward_over_64_tokens():
     model = build_model(GPTConfig(sequence_len=128, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=64)).eval()
     for p in model.parameters(): torch.nn.init.normal_(p, std=0.15)
     prompts = [[1, 5, 9, 200, 17], [3, 4], [250, 2, 8, 8, 8, 9, 10, 11]]
-    cache = RowCache.for_model(model, 3, 100)
-    logits = forward_rows(model, cache, prompts)
+    cache = KVCache.for_model(model, 3, 100)
+    logits = model_step(model, cache, prompts)
     seqs = [list(p) for p in prompts]
     worst = 0.0
     for step in range(64):
@@ -219,7 +219,7 @@ def test_cached_decode_logits_equal_full_forward_over_64_tokens():
         worst = max(worst, (logits - full).abs().max().item())
         nxt = [int(torch.multinomial(torch.softmax(l, -1), 1, generator=torch.Generator().manual_seed(step * 3 + b))) for b, l in enumerate(full)]
         for s, t in zip(seqs, nxt): s.append(t)
-        logits = forward_rows(model, cache, [[t] for t in nxt])
+        logits = model_step(model, cache, [[t] for t in nxt])
     print(f"\nmax |cached - full| logit over 64 steps x 3 rows: {worst:.2e} (tolerance 1e-4, float32)")
     assert worst < 1e-4
 
@@ -306,3 +306,38 @@ def test_calculator_numbers_are_formatted_sanely():
     assert calculate("2**-2") == '0.25'
     assert calculate("10**20") == '100000000000000000000'
     assert calculate("'Mississippi'.count('ss')") == '2'
+
+# ---- one generation path: every former path, greedy, equals a plain full-forward decoder
+def _plain_greedy(model, prompt, max_tokens, ends=()):
+    "The reference: a full forward over the whole sequence for every token, stopping after an end token."
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+            if ids[-1] in ends: break
+    return ids[len(prompt):]
+
+def test_every_generation_path_goes_through_the_engine(tok):
+    from lmlit.chat_eval import engine_generator
+    from lmlit.eval import sample_completions
+    from lmlit.sft import chat_reply
+    S = tok.encode_special
+    ends, tools = {S('<|assistant_end|>'), tok.bos_id}, {S('<|python_start|>'), S('<|output_start|>')}
+    prompt = _prompt(tok, "What is 2 + 2?")
+    for seed in range(20):                     # random weights whose greedy reply makes no tool call (the reference runs none)
+        torch.manual_seed(seed)
+        model = build_model(GPTConfig(sequence_len=128, vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
+        for p in model.parameters(): torch.nn.init.normal_(p, std=0.3)
+        want = _plain_greedy(model, prompt, 20, ends)
+        if not set(want) & tools: break
+    assert not set(want) & tools and len(want) > 5
+    assert [d.token for d in Engine(model, tok).generate([Request(prompt, max_tokens=20, temperature=0)])] == want
+    assert engine_generator(model, tok)([prompt, prompt], 20, 0.0) == [want, want]                # chat eval
+    assert list(model.generate(prompt, 20, temperature=0)) == _plain_greedy(model, prompt, 20)   # GPT.generate: no stops
+    ids = tok.encode("The king", prepend=tok.bos_id)                                             # base-model samples
+    plain = _plain_greedy(model, ids, 12, {tok.bos_id})
+    assert sample_completions(model, tok, ["The king"], max_tokens=12)[0]['greedy'] == tok.decode([t for t in plain if t != tok.bos_id])
+    # sampled paths: the same engine and seed give the same reply (SFT's samples are the engine's, not a sampler of their own)
+    request = Request(prompt, max_tokens=24, temperature=0.7, top_k=50, seed=42)
+    direct = [d.token for d in Engine(model, tok).generate([request]) if d.token is not None and d.finish != 'stop']
+    assert chat_reply(model, tok, "What is 2 + 2?", 24, seed=42) == tok.decode(direct)

@@ -119,7 +119,7 @@ def test_every_error_is_an_openai_api_error_with_a_message(client, openai, ask, 
 
 def test_429_is_a_rate_limit_error_with_retry_after(openai):
     engine, model, tok = scripted_engine(delay_s=0.1)        # a reply takes ~3 s
-    limits = Limits(max_tokens=400, max_queued_rows=1)
+    limits = Limits(max_tokens=400, max_queued_rows=1, max_batch=1)   # one running row: the next request waits
     with LiveServer(make_app(engine, 'slow', limits), limits) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key='x', max_retries=0, timeout=30)
         body = dict(messages=HELLO, stream=True, max_tokens=400, temperature=0)

@@ -180,7 +180,7 @@ def test_docs_off_unless_asked_and_cors_off_unless_named():
 
 def test_bounded_queue_429_with_retry_after():
     engine, model, tok = scripted_engine(delay_s=0.1)
-    limits = Limits(max_tokens=400, max_queued_rows=2)
+    limits = Limits(max_tokens=400, max_queued_rows=2, max_batch=2)   # 1 row runs, 1 free: the n=2 request waits
     with LiveServer(make_app(engine, 'slow', limits), limits) as server:
         url = f"{server.url}/v1/chat/completions"
         body = dict(messages=[dict(role='user', content='Hi')], stream=True, max_tokens=400)
