@@ -308,3 +308,25 @@ def test_chat_one_shot_and_serve_on_a_trained_run(trained):
     finally:
         server.terminate()
         server.wait(20)
+
+def test_a_second_request_is_answered_while_the_first_still_streams():
+    "Continuous batching through the real server: the second request joins the running batch, it does not wait for it."
+    engine, model, tok = scripted_engine(delay_s=0.1)            # the first reply takes ~4 s
+    with LiveServer(make_app(engine, 'slow', Limits(max_tokens=400))) as server:
+        url = f"{server.url}/v1/chat/completions"
+        stamps = []
+        def read_first():
+            body = dict(messages=[dict(role='user', content='Hi')], stream=True, max_tokens=400, temperature=0)
+            with httpx.stream('POST', url, json=body, timeout=30) as first:
+                for line in first.iter_lines(): stamps.append((time.time(), line))
+        reader = threading.Thread(target=read_first)
+        reader.start()
+        while len(stamps) < 3: time.sleep(0.01)                   # the first is streaming
+        second = httpx.post(url, json=dict(messages=[dict(role='user', content='Hello')], max_tokens=3, temperature=0),
+                            timeout=30)
+        answered = time.time()
+        reader.join()
+        assert second.status_code == 200 and second.json()['usage']['completion_tokens'] == 3
+        done = next(t for t, line in stamps if '[DONE]' in line)
+        later = [line for t, line in stamps if t > answered and '"content"' in line]
+        assert answered < done and len(later) >= 5, (answered, done, len(later))
