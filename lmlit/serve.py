@@ -24,11 +24,11 @@ from .core import LmlitError
 from .engine import Engine, Request, complete, fit_conversation
 
 # %% auto #0
-__all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'Limits', 'ApiError', 'BadRequest',
+__all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'PAGE_POLICY', 'Limits', 'ApiError', 'BadRequest',
            'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
            'host_name', 'Guard', 'read_json', 'deltas', 'whole_reply', 'stream_reply', 'static_dir', 'chat_page',
-           'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts',
-           'exposure_warning', 'cli_serve']
+           'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser',
+           'served_hosts', 'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -460,6 +460,25 @@ def _openai_errors(app: FastAPI):
         message = f"internal error ({type(error).__name__}); the server log has more"
         return ApiError(500, message, type='server_error').response()
 
+# %% ../nbs/07b_serve.ipynb #5e3ff588
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'none'; connect-src 'self'; "
+               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+class SecurityHeaders:
+    "ASGI middleware adding `policy` (the page's Content-Security-Policy), `nosniff` and no referrer to every answer."
+    def __init__(self, app, policy: str = PAGE_POLICY):
+        self.app = app
+        self.headers = [(b'content-security-policy', policy.encode()), (b'x-content-type-options', b'nosniff'),
+                        (b'referrer-policy', b'no-referrer')]
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        async def send_with_headers(message):
+            if message['type'] == 'http.response.start':
+                message = dict(message, headers=list(message.get('headers', [])) + self.headers)
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
+
 # %% ../nbs/07b_serve.ipynb #f1d2a035
 def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = None, *, stage: str | None = None,
              step: int | None = None, api_key: str | None = None, allow_hosts=LOCAL_NAMES, cors: str | None = None,
@@ -476,8 +495,10 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     app.add_middleware(Guard, allow_hosts=allow_hosts, api_key=api_key, max_body_bytes=limits.max_body_bytes)
     if cors: app.add_middleware(CORSMiddleware, allow_origins=[cors], allow_methods=['GET', 'POST'],
                                 allow_headers=['Authorization', 'Content-Type'])
+    app.add_middleware(SecurityHeaders)           # outermost: refusals and errors carry the headers too
 
-    # the page's markdown, sanitiser and highlighter: vendored files (07b's tools/vendor_js.sh), never a CDN
+    # the page's script and styles, its markdown, sanitiser and highlighter: files (vendored by tools/vendor_js.sh),
+    # never inline (see SecurityHeaders) and never a CDN
     app.mount('/static', StaticFiles(directory=str(static_dir())), name='static')
     @app.get('/', response_class=HTMLResponse)
     def index(): return page

@@ -340,3 +340,22 @@ def _shoot(page, name: str):
     if SHOTS.parent.exists():
         SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS / f'{name}.png'))
+
+def test_an_inline_script_in_the_page_is_blocked_by_its_policy(served):
+    "A `<script>` that got into the page (here: added to the served HTML on its way) does not run; the page's own do."
+    context = served['browser'].new_context()
+    page = context.new_page()
+    refusals = []
+    page.on('console', lambda m: refusals.append(m.text) if 'Content Security Policy' in m.text else None)
+    def inject(route):
+        answer = route.fetch()
+        html = answer.text().replace('</body>', '<script>window.inlineRan = 1</script></body>')
+        assert 'inlineRan' in html
+        route.fulfill(response=answer, body=html)
+    page.route(served['server'].url + '/', inject)
+    page.goto(served['server'].url + '/')
+    _wait(page, "document.getElementById('status').dataset.state === 'ok'")     # chat.js ran: it asked /health
+    assert page.evaluate("window.inlineRan") is None
+    _wait(page, "true")
+    assert any('inline script' in text for text in refusals), refusals
+    context.close()

@@ -26,7 +26,19 @@ def test_health_models_and_page(live):
     models = httpx.get(f"{live.url}/v1/models").json()
     assert models['object'] == 'list' and models['data'][0]['id'] == 'scripted'
     page = httpx.get(f"{live.url}/")
-    assert page.status_code == 200 and 'lmlit chat' in page.text and 'http' not in page.text.split('<script>')[1]   # no CDN
+    assert page.status_code == 200 and 'lmlit chat' in page.text
+    for own in ('/static/chat.js', '/static/chat.css'):               # no CDN: the page's own files name no URL
+        assert f'"{own}"' in page.text and 'http' not in httpx.get(f"{live.url}{own}").text
+
+def test_the_page_is_served_under_a_strict_policy(live):
+    "No inline script or style in the page; a CSP that forbids them, plugins, <base> and framing; nosniff everywhere."
+    page = httpx.get(f"{live.url}/")
+    assert '<script>' not in page.text and '<style>' not in page.text and ' style=' not in page.text
+    rules = dict(rule.strip().split(' ', 1) for rule in page.headers['content-security-policy'].split(';'))
+    assert rules['script-src'] == "'self'" and rules['style-src'] == "'self'" and rules['object-src'] == "'none'"
+    assert rules['base-uri'] == "'none'" and rules['frame-ancestors'] == "'none'" and rules['default-src'] == "'self'"
+    for path in ('/', '/static/chat.js', '/health', '/nowhere'):
+        assert httpx.get(f"{live.url}{path}").headers['x-content-type-options'] == 'nosniff', path
 
 def test_non_streamed_completion(live):
     r = _chat(live, temperature=0.0, max_tokens=100)
