@@ -26,9 +26,9 @@ from .engine import Engine, Request, complete, fit_conversation
 # %% auto #0
 __all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'PAGE_POLICY', 'Limits', 'ApiError', 'BadRequest',
            'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
-           'host_name', 'Guard', 'read_json', 'deltas', 'whole_reply', 'stream_reply', 'static_dir', 'chat_page',
-           'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser',
-           'served_hosts', 'exposure_warning', 'cli_serve']
+           'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'TokenTap', 'PartStream', 'collect_parts',
+           'whole_reply', 'stream_reply', 'static_dir', 'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11',
+           'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -379,16 +379,117 @@ async def deltas(job: Job, worker: Worker):
         job.request.cancelled = True
         worker.forget(job)
 
+# %% ../nbs/07b_serve.ipynb #62e216fe
+import codecs
+from dataclasses import field
+from .engine import TOOL_MARKS
+
+# %% ../nbs/07b_serve.ipynb #7735acea
+@dataclass
+class ReplyRequest(Request):
+    "An engine `Request` that keeps the token ids of each sample (`sampled[j]`) as the engine emits them."
+    sampled: list = field(default_factory=list)
+
+class TokenTap:
+    "`engine` as the worker sees it, appending every emitted token to its `ReplyRequest`'s `sampled`."
+    def __init__(self, engine: Engine): self.engine = engine
+    def __getattr__(self, name): return getattr(self.engine, name)
+
+    def generate(self, requests, *args, **kwargs):
+        for delta in self.engine.generate(requests, *args, **kwargs):
+            request = requests[delta.request]
+            if delta.token is not None and isinstance(request, ReplyRequest): request.sampled[delta.sample].append(delta.token)
+            yield delta
+
+# %% ../nbs/07b_serve.ipynb #46499f09
+class PartStream:
+    "One sample's token ids → the parts of its released text: `take(piece)` gives the part deltas that make up `piece`."
+    def __init__(self, tokenizer, tokens: list[int]):
+        self.tokenizer, self.tokens, self.seen = tokenizer, tokens, 0
+        self.names = {i: name for name, i in tokenizer.special_tokens.items()}
+        self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        self.segments = []       # what the tokens render to, in order: {index (None for a mark), type, text[, closed]}
+        self.at = self.offset = 0             # how far the released text has come: segment, character
+        self.count = 0           # parts started
+        self.part = None         # (index, type) of the part the next characters belong to; None: a text part is next
+        self.broken = None       # index of the text part that holds the rest, once text and tokens disagreed
+
+    def _start(self, kind: str):
+        self.part = (self.count, kind)
+        self.count += 1
+        self.segments.append(dict(index=self.part[0], type=kind, text=''))
+
+    def _text(self, text: str):
+        if not text: return
+        if self.part is None: self._start('text')
+        self.segments.append(dict(index=self.part[0], type=self.part[1], text=text))
+
+    def _read(self):
+        "Render the tokens that came since the last call."
+        new = self.tokens[self.seen:len(self.tokens)]
+        self.seen += len(new)
+        for token in new:
+            name = self.names.get(token)
+            if name is None:
+                self._text(self.decoder.decode(self.tokenizer.enc.decode_single_token_bytes(token)))
+                continue
+            self._text(self.decoder.decode(b'', final=True))
+            mark = TOOL_MARKS.get(name, '')
+            if mark: self.segments.append(dict(index=None, type=None, text=mark))
+            if name == '<|python_start|>': self._start('python')
+            elif name == '<|output_start|>': self._start('python_output')
+            elif name in ('<|python_end|>', '<|output_end|>'):
+                if name == '<|python_end|>' and self.part and self.part[1] == 'python':
+                    self.segments.append(dict(index=self.part[0], type='python', text='', closed=True))
+                self.part = None
+
+    def take(self, piece: str) -> list[dict]:
+        "The part deltas of `piece`, the next released text (then whatever renders as nothing right after it)."
+        if self.broken is not None: return [dict(index=self.broken, type='text', text=piece)] if piece else []
+        self._read()
+        out, rest = [], piece
+        while self.at < len(self.segments):
+            segment = self.segments[self.at]
+            left = segment['text'][self.offset:]
+            if left and not rest: break
+            n = min(len(left), len(rest))
+            if left[:n] != rest[:n]: break
+            if segment['index'] is not None:
+                if out and out[-1]['index'] == segment['index'] and 'closed' not in out[-1] and 'closed' not in segment:
+                    out[-1]['text'] += left[:n]
+                else: out.append({k: (left[:n] if k == 'text' else v) for k, v in segment.items()})
+            rest, self.offset = rest[n:], self.offset + n
+            if self.offset == len(segment['text']): self.at, self.offset = self.at + 1, 0
+        if rest:                                     # the text is not what the tokens render to: keep it, as text
+            self.broken = self.count
+            out.append(dict(index=self.broken, type='text', text=rest))
+        return out
+
+def collect_parts(deltas: list[dict]) -> list[dict]:
+    "A reply's parts from its part deltas: `{type, text}`, and `closed: False` on a call that never closed."
+    parts = {}
+    for d in deltas:
+        part = parts.setdefault(d['index'], dict(type=d['type'], text=''))
+        part['text'] += d['text']
+        if d.get('closed'): part['closed'] = True
+    for part in parts.values():
+        if part['type'] == 'python': part.setdefault('closed', False)
+        if part.get('closed'): del part['closed']
+    return [parts[k] for k in sorted(parts)]
+
 # %% ../nbs/07b_serve.ipynb #f1d2a032
-async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int):
-    "The chat.completion for `job`, or nothing if the client leaves first (its rows are then cancelled)."
+async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
+    "The chat.completion for `job` (text and parts), or nothing if the client leaves first (its rows are then cancelled)."
     n = job.request.n
     texts = [[] for _ in range(n)]
+    streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(n)]
+    part_deltas = [[] for _ in range(n)]
     finishes = ['stop'] * n
     tokens = [0] * n
     async def collect():
         async for sample, text, finish, generated in deltas(job, worker):
             texts[sample].append(text)
+            part_deltas[sample] += streams[sample].take(text)
             tokens[sample] = generated
             if finish: finishes[sample] = _finish_reason(finish)
     async def client_left():
@@ -401,16 +502,17 @@ async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, p
         return Response(status_code=499)              # nobody reads it
     leaving.cancel()
     collecting.result()
-    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j])), finish_reason=finishes[j])
-               for j in range(n)]
+    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j]), lmlit_parts=collect_parts(part_deltas[j])),
+                    finish_reason=finishes[j]) for j in range(n)]
     usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
     return dict(**head, object='chat.completion', choices=choices, usage=usage)
 
 # %% ../nbs/07b_serve.ipynb #f1d2a033
 def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
 
-async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool):
-    "Server-sent `chat.completion.chunk`s for `job`, a usage chunk last when asked, then `[DONE]`."
+async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool, tokenizer):
+    "Server-sent `chat.completion.chunk`s for `job` (text and part deltas), a usage chunk last when asked, then `[DONE]`."
+    streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(job.request.n)]
     for j in range(job.request.n):
         opening = dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)
         yield _event(dict(**head, object='chat.completion.chunk', choices=[opening]))
@@ -418,7 +520,8 @@ async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int,
     try:
         async for sample, text, finish, generated in deltas(job, worker):
             tokens[sample] = generated
-            delta = dict(content=text) if text else {}
+            parts = streams[sample].take(text)
+            delta = dict(content=text, lmlit_parts=parts) if text else dict(lmlit_parts=parts) if parts else {}
             choice = dict(index=sample, delta=delta, finish_reason=finish and _finish_reason(finish))
             yield _event(dict(**head, object='chat.completion.chunk', choices=[choice]))
     except ApiError as error:
@@ -487,7 +590,7 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     limits = limits or Limits()
     app = FastAPI(title='lmlit serve', docs_url='/docs' if docs else None, redoc_url=None,
                   openapi_url='/openapi.json' if docs else None)
-    worker = Worker(engine, limits.max_batch, limits.max_queued_rows)
+    worker = Worker(TokenTap(engine), limits.max_batch, limits.max_queued_rows)      # TokenTap: see stream_reply
     page = chat_page()
     card = dict(id=model_name, object='model', created=0, owned_by='lmlit', stage=stage, step=step,
                 context_length=engine.context)
@@ -523,15 +626,15 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
             prompt, max_tokens, _ = await asyncio.to_thread(fit_conversation, engine.tokenizer, args['messages'],
                                                             args['max_tokens'], engine.context)
         except LmlitError as error: raise BadRequest(str(error), param='messages')
-        request = Request(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
-                          top_p=args['top_p'], seed=args['seed'], n=args['n'])
+        request = ReplyRequest(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
+                               top_p=args['top_p'], seed=args['seed'], n=args['n'], sampled=[[] for _ in range(args['n'])])
         job = Job(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
         worker.submit(job)
         head = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model_name)
         if args['stream']:
-            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage']),
+            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage'], engine.tokenizer),
                                      media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
-        return await whole_reply(http, job, worker, head, len(prompt))
+        return await whole_reply(http, job, worker, head, len(prompt), engine.tokenizer)
     app.state.worker = worker
     return app
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, child_env, free_port
-from serve_fixtures import scripted_engine, LiveServer, HOSTILE
+from serve_fixtures import scripted_engine, tool_engine, LiveServer, HOSTILE
 from lmlit.serve import make_app, Limits
 
 pytestmark = pytest.mark.timeout(300)
@@ -320,3 +320,55 @@ def test_chat_one_shot_and_serve_on_a_trained_run(trained):
     finally:
         server.terminate()
         server.wait(20)
+
+@pytest.fixture(scope='module')
+def tools():
+    engine, model, tok = tool_engine()
+    with LiveServer(make_app(engine, 'scripted')) as server:
+        server.model, server.tok = model, tok
+        yield server
+
+def _first_reply(tok, prompt: list[int], length: int) -> list[int]:
+    at = prompt.index(tok.encode_special('<|assistant_start|>')) + 1
+    return prompt[at:at + length]
+
+PARTS = [dict(type='text', text='Two and three: '), dict(type='python', text='2+3'), dict(type='python_output', text='5'),
+         dict(type='text', text=' so 5 << 6; '), dict(type='python', text='abs('), dict(type='text', text=' gave nothing.')]
+
+def test_a_tool_call_comes_as_parts_and_goes_back_as_the_models_own_tokens(tools):
+    "Whole answer: `lmlit_parts` beside the text; sent back as the content, they render to exactly the ids the model produced."
+    asked = [dict(role='user', content='Add')]
+    answer = httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=asked), timeout=60).json()
+    message = answer['choices'][0]['message']
+    assert message['content'] == 'Two and three: <<2+3=5>> so 5 << 6; <<abs( gave nothing.'      # the text, unchanged
+    assert message['lmlit_parts'] == PARTS
+    history = asked + [dict(role='assistant', content=message['lmlit_parts']), dict(role='user', content='Again')]
+    assert httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=history), timeout=60).status_code == 200
+    assert _first_reply(tools.tok, tools.model.prompts[-1], len(tools.model.plan)) == tools.model.plan
+    flat = asked + [dict(role='assistant', content=message['content']), dict(role='user', content='Again')]
+    httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=flat), timeout=60)
+    assert _first_reply(tools.tok, tools.model.prompts[-1], len(tools.model.plan)) != tools.model.plan   # text is not
+
+def test_streamed_part_deltas_build_the_same_parts_and_mark_an_unclosed_call(tools):
+    "Streamed: each delta's `lmlit_parts` append to part `index`; a call gets `closed`; a reply cut inside one has none."
+    def stream(max_tokens):
+        body = dict(messages=[dict(role='user', content='Add')], stream=True, max_tokens=max_tokens)
+        with httpx.stream('POST', f"{tools.url}/v1/chat/completions", json=body, timeout=60) as r:
+            chunks = [json.loads(l[6:]) for l in r.iter_lines() if l.startswith('data: {')]
+        text, parts, closed = '', {}, set()
+        for chunk in chunks:
+            delta = chunk['choices'][0]['delta']
+            text += delta.get('content', '')
+            assert ''.join(d['text'] for d in delta.get('lmlit_parts', [])) in delta.get('content', '')
+            for d in delta.get('lmlit_parts', []):
+                parts.setdefault(d['index'], dict(type=d['type'], text=''))['text'] += d['text']
+                if d.get('closed'): closed.add(d['index'])
+        return text, [parts[k] for k in sorted(parts)], closed
+    text, parts, closed = stream(100)
+    assert parts == PARTS and closed == {1, 4} and text.endswith('<<abs( gave nothing.')
+    ends = [i for i, t in enumerate(tools.model.plan) if t == tools.tok.encode_special('<|python_end|>')]
+    text, parts, closed = stream(ends[1])                   # max_tokens: the reply ends before the second call's end
+    assert parts[-1] == dict(type='python', text='abs(') and closed == {1} and text.endswith('; <<abs(')
+    whole = httpx.post(f"{tools.url}/v1/chat/completions", timeout=60,
+                       json=dict(messages=[dict(role='user', content='Add')], max_tokens=ends[1])).json()
+    assert whole['choices'][0]['message']['lmlit_parts'][-1] == dict(type='python', text='abs(', closed=False)
