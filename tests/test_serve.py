@@ -4,7 +4,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, child_env, free_port
-from serve_fixtures import scripted_engine, tool_engine, LiveServer, HOSTILE
+from serve_fixtures import scripted_engine, tool_engine, LiveServer, HOSTILE, TOOL_PARTS
 from lmlit.serve import make_app, Limits
 
 pytestmark = pytest.mark.timeout(300)
@@ -332,16 +332,13 @@ def _first_reply(tok, prompt: list[int], length: int) -> list[int]:
     at = prompt.index(tok.encode_special('<|assistant_start|>')) + 1
     return prompt[at:at + length]
 
-PARTS = [dict(type='text', text='Two and three: '), dict(type='python', text='2+3'), dict(type='python_output', text='5'),
-         dict(type='text', text=' so 5 << 6; '), dict(type='python', text='abs('), dict(type='text', text=' gave nothing.')]
-
 def test_a_tool_call_comes_as_parts_and_goes_back_as_the_models_own_tokens(tools):
     "Whole answer: `lmlit_parts` beside the text; sent back as the content, they render to exactly the ids the model produced."
     asked = [dict(role='user', content='Add')]
     answer = httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=asked), timeout=60).json()
     message = answer['choices'][0]['message']
     assert message['content'] == 'Two and three: <<2+3=5>> so 5 << 6; <<abs( gave nothing.'      # the text, unchanged
-    assert message['lmlit_parts'] == PARTS
+    assert message['lmlit_parts'] == TOOL_PARTS
     history = asked + [dict(role='assistant', content=message['lmlit_parts']), dict(role='user', content='Again')]
     assert httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=history), timeout=60).status_code == 200
     assert _first_reply(tools.tok, tools.model.prompts[-1], len(tools.model.plan)) == tools.model.plan
@@ -365,7 +362,7 @@ def test_streamed_part_deltas_build_the_same_parts_and_mark_an_unclosed_call(too
                 if d.get('closed'): closed.add(d['index'])
         return text, [parts[k] for k in sorted(parts)], closed
     text, parts, closed = stream(100)
-    assert parts == PARTS and closed == {1, 4} and text.endswith('<<abs( gave nothing.')
+    assert parts == TOOL_PARTS and closed == {1, 4} and text.endswith('<<abs( gave nothing.')
     ends = [i for i, t in enumerate(tools.model.plan) if t == tools.tok.encode_special('<|python_end|>')]
     text, parts, closed = stream(ends[1])                   # max_tokens: the reply ends before the second call's end
     assert parts[-1] == dict(type='python', text='abs(') and closed == {1} and text.endswith('; <<abs(')

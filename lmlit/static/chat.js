@@ -65,43 +65,66 @@ function markdownInto(el, text) {
   el.append(...holder.childNodes);
 }
 
-// An assistant message is a string or a list of parts {type: text|python|python_output, text}: the conversation format.
-// The stream writes a tool call as <<expression=result>>; a call whose result never came is a '<<' with no '>>' after it
-// (its expression runs to the end of the line). Code blocks are left alone: `a << b` there is code, not a call.
-const CALL = /<<([^<>\n=]*)=([^<>\n]*)>>|<<([^<>\n]*)(?![\s\S]*>>)/g;
-function toParts(text) {
-  const parts = [];
-  const addText = (t) => { if (!t) return; const last = parts[parts.length - 1]; if (last && last.type === 'text') last.text += t; else parts.push({type: 'text', text: t}); };
-  text.split(/(```[\s\S]*?(?:```|$))/).forEach((segment, i) => {
-    if (i % 2 === 1) { addText(segment); return; }
-    let last = 0;
-    for (const m of segment.matchAll(CALL)) {
-      addText(segment.slice(last, m.index));
-      if (m[3] === undefined) parts.push({type: 'python', text: m[1]}, {type: 'python_output', text: m[2]});
-      else parts.push({type: 'python', text: m[3]});
-      last = m.index + m[0].length;
-    }
-    addText(segment.slice(last));
-  });
-  return parts.some((p) => p.type !== 'text') ? parts : text;
+// An assistant message is a string or a list of parts {type: text|python|python_output, text}: the conversation format,
+// which is what goes back to the server (it renders the parts as the model's own tokens). The stream brings the parts
+// in each delta's `lmlit_parts` ({index, type, text[, closed]}: append text to part `index`; 07b documents it), so a
+// tool call is never guessed from the text. A python part keeps `closed: false` while (or if) its call never ended.
+function addPart(parts, d) {
+  let part = parts[d.index];
+  if (!part) {
+    part = parts[d.index] = {type: d.type, text: ''};
+    if (d.type === 'python') part.closed = false;
+  }
+  part.text += d.text;
+  if (d.closed) part.closed = true;
 }
-function plainText(content) { return typeof content === 'string' ? content : content.map((p) => p.text).join(''); }
+function addText(parts, text) {          // a delta without parts (not lmlit serve): its text, as text
+  const last = parts[parts.length - 1];
+  addPart(parts, {index: last && last.type === 'text' ? parts.length - 1 : parts.length, type: 'text', text});
+}
+function contentOf(parts) {
+  const present = parts.filter(Boolean);
+  if (present.every((p) => p.type === 'text')) return present.map((p) => p.text).join('');
+  return present.map((p) => (p.type === 'python' && !p.closed ? {type: p.type, text: p.text, closed: false} : {type: p.type, text: p.text}));
+}
+const MARKS = {python: ['<<', ''], python_output: ['=', '>>'], text: ['', '']};
+function plainText(content) {            // what the model's text stream showed: <<expr=result>>
+  if (typeof content === 'string') return content;
+  return content.map((p) => (MARKS[p.type] || MARKS.text)[0] + p.text + ((MARKS[p.type] || MARKS.text)[1])).join('');
+}
 
-function renderContent(el, content) {
+function toolBlock(part, result, live) {
+  const block = document.createElement('div');
+  block.className = 'toolcall';
+  block.setAttribute('role', 'group');
+  const label = document.createElement('span');
+  label.className = 'label';
+  const expr = document.createElement('code');
+  expr.className = 'expr';
+  expr.textContent = part.text;
+  const outcome = document.createElement('span');
+  outcome.className = 'result';
+  if (result) { outcome.textContent = '= ' + result.text; block.dataset.state = 'result'; }
+  else if (part.closed === false && live) { outcome.textContent = '…'; block.dataset.state = 'running'; }
+  else if (part.closed === false) { outcome.textContent = 'unclosed: the reply ended inside this call'; block.dataset.state = 'unclosed'; }
+  else { outcome.textContent = 'no result'; block.dataset.state = 'no-result'; }
+  label.textContent = block.dataset.state === 'unclosed' ? 'unclosed tool call' : 'tool call';
+  block.setAttribute('aria-label', label.textContent);
+  block.append(label, expr, ' ', outcome);
+  return block;
+}
+
+function renderContent(el, content, live = false) {
   el.replaceChildren();
   if (typeof content === 'string') { markdownInto(el, content); return; }
   content.forEach((part, i) => {
+    if (!part) return;
     if (part.type === 'text') { markdownInto(el, part.text); return; }
-    if (part.type === 'python_output') return;       // shown with its call
-    const block = document.createElement('div');
-    block.className = 'toolcall';
-    const label = document.createElement('span');
-    label.className = 'label';
-    label.textContent = 'tool call';
     const next = content[i + 1];
-    const result = next && next.type === 'python_output' ? ' = ' + next.text : '  (no result)';
-    block.append(label, document.createTextNode(part.text + result));
-    el.appendChild(block);
+    if (part.type === 'python') el.appendChild(toolBlock(part, next && next.type === 'python_output' ? next : null, live));
+    else if (!(content[i - 1] && content[i - 1].type === 'python')) {     // a result with no call before it: shown alone
+      el.appendChild(toolBlock({text: '', closed: true}, part, live));
+    }
   });
 }
 
@@ -249,7 +272,9 @@ function readSSE(res, onEvent) {
 }
 
 function apiMessages(messages) {
-  return messages.map((m) => ({role: m.role, content: m.content}));      // stats and other page fields stay here
+  // stats and other page fields stay here; tool parts go back as {type, text}: the server renders the model's tokens
+  const wire = (content) => (typeof content === 'string' ? content : content.map((p) => ({type: p.type, text: p.text})));
+  return messages.map((m) => ({role: m.role, content: wire(m.content)}));
 }
 
 async function reply() {
@@ -258,7 +283,8 @@ async function reply() {
   const conv = current();
   const controller = new AbortController();
   const answer = {role: 'assistant', content: ''};
-  let finish = null, usageTokens = null, chunks = 0, first = null, text = '';
+  let finish = null, usageTokens = null, chunks = 0, first = null;
+  const parts = [];
   let resolveDone;
   const me = {controller, conv, answer, body: null, done: new Promise((r) => { resolveDone = r; })};
   active = me;
@@ -269,7 +295,7 @@ async function reply() {
   const paint = () => {
     pending = false;
     if (active !== me || !me.body) return;
-    renderContent(me.body, toParts(text));
+    renderContent(me.body, contentOf(parts), true);
     keepBottom();
   };
   let failure = null;
@@ -289,10 +315,12 @@ async function reply() {
         if (chunk.usage && chunk.usage.completion_tokens !== undefined) usageTokens = chunk.usage.completion_tokens;
         const choice = (chunk.choices || [])[0];
         if (!choice) return;
-        if (choice.delta && choice.delta.content) {
+        const delta = choice.delta || {};
+        if (delta.content || (delta.lmlit_parts && delta.lmlit_parts.length)) {
           if (first === null) first = performance.now();
-          chunks += 1;
-          text += choice.delta.content;
+          if (delta.content) chunks += 1;
+          if (delta.lmlit_parts) delta.lmlit_parts.forEach((d) => addPart(parts, d));
+          else addText(parts, delta.content);
           if (!pending) { pending = true; requestAnimationFrame(paint); }
         }
         if (choice.finish_reason) finish = choice.finish_reason;
@@ -307,8 +335,8 @@ async function reply() {
     if (failure) {
       showError(failure, reply);
       if (!$('apikey-label').hidden && failure.startsWith('This server needs')) $('apikey').focus();          // the conversation is unchanged: Retry asks again
-    } else if (text || !stopped) {
-      answer.content = toParts(text);
+    } else if (parts.length || !stopped) {
+      answer.content = contentOf(parts);
       answer.stats = {tokens: usageTokens ?? chunks, seconds: first === null ? 0 : (performance.now() - first) / 1000,
                       finish: stopped ? 'by you' : finish};
       conv.messages.push(answer);
