@@ -6,13 +6,15 @@ Docs: https://lmlit.github.io/lmlit/chat.html.md"""
 
 # %% ../nbs/07a_chat.ipynb #80fef5bb
 from __future__ import annotations
-import argparse, sys
+import argparse, os, sys
+from pathlib import Path
 from .core import LmlitError
 from .checkpoint import load_model
 from .engine import Engine, Request, TextStream, fit_conversation
 
 # %% auto #0
-__all__ = ['HELP', 'QUIT', 'ChatSession', 'shown', 'settings', 'banner', 'chat_loop', 'cli_chat']
+__all__ = ['HELP', 'QUIT', 'HISTORY_LINES', 'ChatSession', 'shown', 'settings', 'banner', 'history_file', 'load_history',
+           'save_history', 'chat_loop', 'cli_chat']
 
 # %% ../nbs/07a_chat.ipynb #0c59c6c3
 class ChatSession:
@@ -165,6 +167,36 @@ def _piped(session: ChatSession, stdin, stdout) -> int:
         failed |= not _reply(session, line, stdout)
     return int(failed)
 
+# %% ../nbs/07a_chat.ipynb #f66efe54
+HISTORY_LINES = 1000
+
+def history_file() -> Path | None:
+    "The terminal chat's line history: `$LMLIT_CHAT_HISTORY` (empty: none), else `$XDG_STATE_HOME/lmlit/chat_history`."
+    chosen = os.environ.get('LMLIT_CHAT_HISTORY')
+    if chosen is not None: return Path(chosen).expanduser() if chosen.strip() else None
+    return Path(os.environ.get('XDG_STATE_HOME') or Path.home()/'.local'/'state').expanduser()/'lmlit'/'chat_history'
+
+def load_history(readline, path: Path | None) -> bool:
+    "Read `path` into `readline`'s history (creating it, owner-only), cut to `HISTORY_LINES`; False if it cannot be used."
+    if path is None: return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        readline.clear_history()
+        readline.read_history_file(str(path))
+        if readline.get_current_history_length() > HISTORY_LINES:
+            readline.set_history_length(HISTORY_LINES)
+            readline.write_history_file(str(path))
+        readline.set_history_length(-1)
+    except OSError: return False
+    return True
+
+def save_history(readline, path: Path, lines: int):
+    "Append the last `lines` lines typed to `path` (a file that cannot be written is left alone)."
+    if lines <= 0: return
+    try: readline.append_history_file(lines, str(path))
+    except OSError: pass
+
 # %% ../nbs/07a_chat.ipynb #5d1c0a16
 def _read_message() -> str:
     "One message from the prompt; a line ending in a backslash continues on the next."
@@ -175,12 +207,17 @@ def _read_message() -> str:
     return '\n'.join(parts).strip()
 
 def _interactive(session: ChatSession, title: str, stdout) -> int:
-    try: import readline  # noqa: F401  line editing and history for input(); optional (absent on some platforms)
-    except ImportError: pass
+    try: import readline  # line editing and history for input(); optional (absent on some platforms)
+    except ImportError: readline = None
+    history = history_file() if readline else None
+    if history and not load_history(readline, history): history = None      # a history that cannot be kept: none
     print(title, file=stdout)
     warned = False
     while True:
-        try: line = _read_message()
+        try:
+            typed = readline.get_current_history_length() if history else 0
+            line = _read_message()
+            if history: save_history(readline, history, readline.get_current_history_length() - typed)
         except EOFError:
             print(file=stdout)
             return 0
