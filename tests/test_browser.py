@@ -379,3 +379,12 @@ def test_an_inline_script_in_the_page_is_blocked_by_its_policy(served):
     _wait(page, "true")
     assert any('inline script' in text for text in refusals), refusals
     context.close()
+
+def test_shift_enter_breaks_the_line_enter_sends(page, served, fast):
+    page.fill('#input', 'first line')
+    page.press('#input', 'Shift+Enter')
+    page.type('#input', 'second line')
+    assert page.locator('.msg.user').count() == 0                # nothing sent yet
+    page.press('#input', 'Enter')
+    _idle(page)
+    assert _stored(page)[0]['content'] == 'first line\nsecond line'

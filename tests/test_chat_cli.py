@@ -123,6 +123,14 @@ def test_the_history_file_defaults_to_the_users_state_folder(tmp_path):
     _finish(child, tmp_path)
     assert not (tmp_path/'elsewhere').exists()
 
+def test_a_trailing_backslash_continues_the_message(tmp_path):
+    child = _spawn(tmp_path)
+    child.sendline('first line\\')
+    child.expect('\\. ')                                            # the continuation prompt
+    child.sendline('second line')
+    child.expect('gamma.\r\n> ')
+    assert _finish(child, tmp_path)[0]['content'] == 'first line\nsecond line'
+
 def test_long_paste_arrives_whole(tmp_path):
     child = _spawn(tmp_path, context=16384)
     paste = ''.join(f'{i:05d}' for i in range(2000))                # 10,000 characters, past the 4,095 tty line limit
