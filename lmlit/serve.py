@@ -26,9 +26,9 @@ from .engine import Engine, Request, complete, fit_conversation
 # %% auto #0
 __all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'PAGE_POLICY', 'Limits', 'ApiError', 'BadRequest',
            'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
-           'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'TokenTap', 'PartStream', 'collect_parts',
-           'whole_reply', 'stream_reply', 'static_dir', 'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11',
-           'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
+           'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'TokenTap', 'whole_reply', 'stream_reply',
+           'static_dir', 'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer',
+           'bind', 'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -380,9 +380,9 @@ async def deltas(job: Job, worker: Worker):
         worker.forget(job)
 
 # %% ../nbs/07b_serve.ipynb #62e216fe
-import codecs
 from dataclasses import field
-from .engine import TOOL_MARKS
+from .chat import PartStream, collect_parts
+
 
 # %% ../nbs/07b_serve.ipynb #7735acea
 @dataclass
@@ -400,82 +400,6 @@ class TokenTap:
             request = requests[delta.request]
             if delta.token is not None and isinstance(request, ReplyRequest): request.sampled[delta.sample].append(delta.token)
             yield delta
-
-# %% ../nbs/07b_serve.ipynb #46499f09
-class PartStream:
-    "One sample's token ids → the parts of its released text: `take(piece)` gives the part deltas that make up `piece`."
-    def __init__(self, tokenizer, tokens: list[int]):
-        self.tokenizer, self.tokens, self.seen = tokenizer, tokens, 0
-        self.names = {i: name for name, i in tokenizer.special_tokens.items()}
-        self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        self.segments = []       # what the tokens render to, in order: {index (None for a mark), type, text[, closed]}
-        self.at = self.offset = 0             # how far the released text has come: segment, character
-        self.count = 0           # parts started
-        self.part = None         # (index, type) of the part the next characters belong to; None: a text part is next
-        self.broken = None       # index of the text part that holds the rest, once text and tokens disagreed
-
-    def _start(self, kind: str):
-        self.part = (self.count, kind)
-        self.count += 1
-        self.segments.append(dict(index=self.part[0], type=kind, text=''))
-
-    def _text(self, text: str):
-        if not text: return
-        if self.part is None: self._start('text')
-        self.segments.append(dict(index=self.part[0], type=self.part[1], text=text))
-
-    def _read(self):
-        "Render the tokens that came since the last call."
-        new = self.tokens[self.seen:len(self.tokens)]
-        self.seen += len(new)
-        for token in new:
-            name = self.names.get(token)
-            if name is None:
-                self._text(self.decoder.decode(self.tokenizer.enc.decode_single_token_bytes(token)))
-                continue
-            self._text(self.decoder.decode(b'', final=True))
-            mark = TOOL_MARKS.get(name, '')
-            if mark: self.segments.append(dict(index=None, type=None, text=mark))
-            if name == '<|python_start|>': self._start('python')
-            elif name == '<|output_start|>': self._start('python_output')
-            elif name in ('<|python_end|>', '<|output_end|>'):
-                if name == '<|python_end|>' and self.part and self.part[1] == 'python':
-                    self.segments.append(dict(index=self.part[0], type='python', text='', closed=True))
-                self.part = None
-
-    def take(self, piece: str) -> list[dict]:
-        "The part deltas of `piece`, the next released text (then whatever renders as nothing right after it)."
-        if self.broken is not None: return [dict(index=self.broken, type='text', text=piece)] if piece else []
-        self._read()
-        out, rest = [], piece
-        while self.at < len(self.segments):
-            segment = self.segments[self.at]
-            left = segment['text'][self.offset:]
-            if left and not rest: break
-            n = min(len(left), len(rest))
-            if left[:n] != rest[:n]: break
-            if segment['index'] is not None:
-                if out and out[-1]['index'] == segment['index'] and 'closed' not in out[-1] and 'closed' not in segment:
-                    out[-1]['text'] += left[:n]
-                else: out.append({k: (left[:n] if k == 'text' else v) for k, v in segment.items()})
-            rest, self.offset = rest[n:], self.offset + n
-            if self.offset == len(segment['text']): self.at, self.offset = self.at + 1, 0
-        if rest:                                     # the text is not what the tokens render to: keep it, as text
-            self.broken = self.count
-            out.append(dict(index=self.broken, type='text', text=rest))
-        return out
-
-def collect_parts(deltas: list[dict]) -> list[dict]:
-    "A reply's parts from its part deltas: `{type, text}`, and `closed: False` on a call that never closed."
-    parts = {}
-    for d in deltas:
-        part = parts.setdefault(d['index'], dict(type=d['type'], text=''))
-        part['text'] += d['text']
-        if d.get('closed'): part['closed'] = True
-    for part in parts.values():
-        if part['type'] == 'python': part.setdefault('closed', False)
-        if part.get('closed'): del part['closed']
-    return [parts[k] for k in sorted(parts)]
 
 # %% ../nbs/07b_serve.ipynb #f1d2a032
 async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
