@@ -6,13 +6,96 @@ Docs: https://lmlit.github.io/lmlit/chat.html.md"""
 
 # %% ../nbs/07a_chat.ipynb #80fef5bb
 from __future__ import annotations
-import argparse, sys
+import argparse, codecs, os, sys
+from pathlib import Path
 from .core import LmlitError
-from .checkpoint import load_model
-from .engine import Engine, Request, TextStream, fit_conversation
+from .engine import TOOL_MARKS, Engine, Request, TextStream, fit_conversation
 
 # %% auto #0
-__all__ = ['HELP', 'QUIT', 'ChatSession', 'shown', 'settings', 'banner', 'chat_loop', 'cli_chat']
+__all__ = ['HELP', 'QUIT', 'HISTORY_LINES', 'PartStream', 'collect_parts', 'as_content', 'ChatSession', 'shown', 'settings',
+           'banner', 'history_file', 'load_history', 'save_history', 'chat_loop', 'cli_chat']
+
+# %% ../nbs/07a_chat.ipynb #46499f09
+class PartStream:
+    "One sample's token ids → the parts of its released text: `take(piece)` gives the part deltas that make up `piece`."
+    def __init__(self, tokenizer, tokens: list[int]):
+        self.tokenizer, self.tokens, self.seen = tokenizer, tokens, 0
+        self.names = {i: name for name, i in tokenizer.special_tokens.items()}
+        self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        self.segments = []       # what the tokens render to, in order: {index (None for a mark), type, text[, closed]}
+        self.at = self.offset = 0             # how far the released text has come: segment, character
+        self.count = 0           # parts started
+        self.part = None         # (index, type) of the part the next characters belong to; None: a text part is next
+        self.broken = None       # index of the text part that holds the rest, once text and tokens disagreed
+
+    def _start(self, kind: str):
+        self.part = (self.count, kind)
+        self.count += 1
+        self.segments.append(dict(index=self.part[0], type=kind, text=''))
+
+    def _text(self, text: str):
+        if not text: return
+        if self.part is None: self._start('text')
+        self.segments.append(dict(index=self.part[0], type=self.part[1], text=text))
+
+    def _read(self):
+        "Render the tokens that came since the last call."
+        new = self.tokens[self.seen:len(self.tokens)]
+        self.seen += len(new)
+        for token in new:
+            name = self.names.get(token)
+            if name is None:
+                self._text(self.decoder.decode(self.tokenizer.enc.decode_single_token_bytes(token)))
+                continue
+            self._text(self.decoder.decode(b'', final=True))
+            mark = TOOL_MARKS.get(name, '')
+            if mark: self.segments.append(dict(index=None, type=None, text=mark))
+            if name == '<|python_start|>': self._start('python')
+            elif name == '<|output_start|>': self._start('python_output')
+            elif name in ('<|python_end|>', '<|output_end|>'):
+                if name == '<|python_end|>' and self.part and self.part[1] == 'python':
+                    self.segments.append(dict(index=self.part[0], type='python', text='', closed=True))
+                self.part = None
+
+    def take(self, piece: str) -> list[dict]:
+        "The part deltas of `piece`, the next released text (then whatever renders as nothing right after it)."
+        if self.broken is not None: return [dict(index=self.broken, type='text', text=piece)] if piece else []
+        self._read()
+        out, rest = [], piece
+        while self.at < len(self.segments):
+            segment = self.segments[self.at]
+            left = segment['text'][self.offset:]
+            if left and not rest: break
+            n = min(len(left), len(rest))
+            if left[:n] != rest[:n]: break
+            if segment['index'] is not None:
+                if out and out[-1]['index'] == segment['index'] and 'closed' not in out[-1] and 'closed' not in segment:
+                    out[-1]['text'] += left[:n]
+                else: out.append({k: (left[:n] if k == 'text' else v) for k, v in segment.items()})
+            rest, self.offset = rest[n:], self.offset + n
+            if self.offset == len(segment['text']): self.at, self.offset = self.at + 1, 0
+        if rest:                                     # the text is not what the tokens render to: keep it, as text
+            self.broken = self.count
+            out.append(dict(index=self.broken, type='text', text=rest))
+        return out
+
+def collect_parts(deltas: list[dict]) -> list[dict]:
+    "A reply's parts from its part deltas: `{type, text}`, and `closed: False` on a call that never closed."
+    parts = {}
+    for d in deltas:
+        part = parts.setdefault(d['index'], dict(type=d['type'], text=''))
+        part['text'] += d['text']
+        if d.get('closed'): part['closed'] = True
+    for part in parts.values():
+        if part['type'] == 'python': part.setdefault('closed', False)
+        if part.get('closed'): del part['closed']
+    return [parts[k] for k in sorted(parts)]
+
+def as_content(parts: list[dict]):
+    "Conversation content for `parts`: one string when all are text, else the `{type, text}` parts."
+    if all(part['type'] == 'text' for part in parts): return ''.join(part['text'] for part in parts)
+    return [dict(type=part['type'], text=part['text']) for part in parts]
+
 
 # %% ../nbs/07a_chat.ipynb #0c59c6c3
 class ChatSession:
@@ -53,19 +136,22 @@ class ChatSession:
         self.seed += 1
         request = Request(prompt, max_tokens=max_tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed)
         stream = TextStream(self.engine.tokenizer)
+        tokens = []
+        parts = PartStream(self.engine.tokenizer, tokens)
         self.messages = messages
         reply = []
         finished = False
         try:
             for d in self.engine.generate([request], cache=self.cache):
                 self.last_token = d.token
+                if d.token is not None and d.finish != 'stop': tokens.append(d.token)
                 piece = stream.push(d.token) if d.finish != 'stop' else ''
                 if d.finish: piece += stream.finish()
-                reply.append(piece)
+                reply += parts.take(piece)
                 if piece: yield piece
             finished = True
         finally:
-            self.messages.append(dict(role='assistant', content=''.join(reply)))
+            self.messages.append(dict(role='assistant', content=as_content(collect_parts(reply))))
             if not finished: self.cache = None        # the next turn re-prefills from the messages
 
 # %% ../nbs/07a_chat.ipynb #5d1c0a07
@@ -165,6 +251,36 @@ def _piped(session: ChatSession, stdin, stdout) -> int:
         failed |= not _reply(session, line, stdout)
     return int(failed)
 
+# %% ../nbs/07a_chat.ipynb #f66efe54
+HISTORY_LINES = 1000
+
+def history_file() -> Path | None:
+    "The terminal chat's line history: `$LMLIT_CHAT_HISTORY` (empty: none), else `$XDG_STATE_HOME/lmlit/chat_history`."
+    chosen = os.environ.get('LMLIT_CHAT_HISTORY')
+    if chosen is not None: return Path(chosen).expanduser() if chosen.strip() else None
+    return Path(os.environ.get('XDG_STATE_HOME') or Path.home()/'.local'/'state').expanduser()/'lmlit'/'chat_history'
+
+def load_history(readline, path: Path | None) -> bool:
+    "Read `path` into `readline`'s history (creating it, owner-only), cut to `HISTORY_LINES`; False if it cannot be used."
+    if path is None: return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        readline.clear_history()
+        readline.read_history_file(str(path))
+        if readline.get_current_history_length() > HISTORY_LINES:
+            readline.set_history_length(HISTORY_LINES)
+            readline.write_history_file(str(path))
+        readline.set_history_length(-1)
+    except OSError: return False
+    return True
+
+def save_history(readline, path: Path, lines: int):
+    "Append the last `lines` lines typed to `path` (a file that cannot be written is left alone)."
+    if lines <= 0: return
+    try: readline.append_history_file(lines, str(path))
+    except OSError: pass
+
 # %% ../nbs/07a_chat.ipynb #5d1c0a16
 def _read_message() -> str:
     "One message from the prompt; a line ending in a backslash continues on the next."
@@ -175,12 +291,17 @@ def _read_message() -> str:
     return '\n'.join(parts).strip()
 
 def _interactive(session: ChatSession, title: str, stdout) -> int:
-    try: import readline  # noqa: F401  line editing and history for input(); optional (absent on some platforms)
-    except ImportError: pass
+    try: import readline  # line editing and history for input(); optional (absent on some platforms)
+    except ImportError: readline = None
+    history = history_file() if readline else None
+    if history and not load_history(readline, history): history = None      # a history that cannot be kept: none
     print(title, file=stdout)
     warned = False
     while True:
-        try: line = _read_message()
+        try:
+            typed = readline.get_current_history_length() if history else 0
+            line = _read_message()
+            if history: save_history(readline, history, readline.get_current_history_length() - typed)
         except EOFError:
             print(file=stdout)
             return 0
@@ -220,6 +341,7 @@ def cli_chat(argv: list[str] | None = None) -> int:
     ap.add_argument('--max-tokens', type=int, help='most tokens per reply (default: 256, or less to fit the context)')
     ap.add_argument('--seed', type=int, default=0)
     args = ap.parse_args(argv)
+    from lmlit.checkpoint import load_model     # the checkpoint code: only the command needs it
     model, tokenizer, meta = load_model(args.run, args.step, args.device, stage=args.stage)
     engine = Engine(model, tokenizer)
     max_tokens = args.max_tokens or min(256, engine.context // 2)

@@ -24,11 +24,11 @@ from .core import LmlitError
 from .engine import Engine, Request, ReplyText, fit_conversation
 
 # %% auto #0
-__all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'Limits', 'ApiError', 'BadRequest',
+__all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'PAGE_POLICY', 'Limits', 'ApiError', 'BadRequest',
            'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
-           'host_name', 'Guard', 'read_json', 'deltas', 'whole_reply', 'stream_reply', 'static_dir', 'chat_page',
-           'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind', 'serve_parser', 'served_hosts',
-           'exposure_warning', 'cli_serve']
+           'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'whole_reply', 'stream_reply', 'static_dir',
+           'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind',
+           'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -294,6 +294,7 @@ def _run(self: Worker):
             if d.request not in jobs: continue          # a row that ended on a stop string, dropped a step later
             job, reply, started = jobs[d.request]
             if job.queued: self.forget(job)             # its first delta: it runs now
+            if d.token is not None and isinstance(job.request, ReplyRequest): job.request.sampled[d.sample].append(d.token)
             piece = reply.push(d)
             if piece: job.send((*piece, reply.tokens.get(piece[0], 0)))
             if reply.done:
@@ -384,16 +385,30 @@ async def deltas(job: Job, worker: Worker):
         job.request.cancelled = True
         worker.forget(job)
 
+# %% ../nbs/07b_serve.ipynb #62e216fe
+from dataclasses import field
+from .chat import PartStream, collect_parts
+
+
+# %% ../nbs/07b_serve.ipynb #7735acea
+@dataclass
+class ReplyRequest(Request):
+    "An engine `Request` that keeps the token ids of each sample (`sampled[j]`); the worker appends each as it is emitted."
+    sampled: list = field(default_factory=list)
+
 # %% ../nbs/07b_serve.ipynb #f1d2a032
-async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int):
-    "The chat.completion for `job`, or nothing if the client leaves first (its rows are then cancelled)."
+async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
+    "The chat.completion for `job` (text and parts), or nothing if the client leaves first (its rows are then cancelled)."
     n = job.request.n
     texts = [[] for _ in range(n)]
+    streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(n)]
+    part_deltas = [[] for _ in range(n)]
     finishes = ['stop'] * n
     tokens = [0] * n
     async def collect():
         async for sample, text, finish, generated in deltas(job, worker):
             texts[sample].append(text)
+            part_deltas[sample] += streams[sample].take(text)
             tokens[sample] = generated
             if finish: finishes[sample] = _finish_reason(finish)
     async def client_left():
@@ -406,16 +421,17 @@ async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, p
         return Response(status_code=499)              # nobody reads it
     leaving.cancel()
     collecting.result()
-    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j])), finish_reason=finishes[j])
-               for j in range(n)]
+    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j]), lmlit_parts=collect_parts(part_deltas[j])),
+                    finish_reason=finishes[j]) for j in range(n)]
     usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
     return dict(**head, object='chat.completion', choices=choices, usage=usage)
 
 # %% ../nbs/07b_serve.ipynb #f1d2a033
 def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
 
-async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool):
-    "Server-sent `chat.completion.chunk`s for `job`, a usage chunk last when asked, then `[DONE]`."
+async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool, tokenizer):
+    "Server-sent `chat.completion.chunk`s for `job` (text and part deltas), a usage chunk last when asked, then `[DONE]`."
+    streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(job.request.n)]
     for j in range(job.request.n):
         opening = dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)
         yield _event(dict(**head, object='chat.completion.chunk', choices=[opening]))
@@ -423,7 +439,8 @@ async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int,
     try:
         async for sample, text, finish, generated in deltas(job, worker):
             tokens[sample] = generated
-            delta = dict(content=text) if text else {}
+            parts = streams[sample].take(text)
+            delta = dict(content=text, lmlit_parts=parts) if text else dict(lmlit_parts=parts) if parts else {}
             choice = dict(index=sample, delta=delta, finish_reason=finish and _finish_reason(finish))
             yield _event(dict(**head, object='chat.completion.chunk', choices=[choice]))
     except ApiError as error:
@@ -465,6 +482,25 @@ def _openai_errors(app: FastAPI):
         message = f"internal error ({type(error).__name__}); the server log has more"
         return ApiError(500, message, type='server_error').response()
 
+# %% ../nbs/07b_serve.ipynb #5e3ff588
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'none'; connect-src 'self'; "
+               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+class SecurityHeaders:
+    "ASGI middleware adding `policy` (the page's Content-Security-Policy), `nosniff` and no referrer to every answer."
+    def __init__(self, app, policy: str = PAGE_POLICY):
+        self.app = app
+        self.headers = [(b'content-security-policy', policy.encode()), (b'x-content-type-options', b'nosniff'),
+                        (b'referrer-policy', b'no-referrer')]
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        async def send_with_headers(message):
+            if message['type'] == 'http.response.start':
+                message = dict(message, headers=list(message.get('headers', [])) + self.headers)
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
+
 # %% ../nbs/07b_serve.ipynb #f1d2a035
 def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = None, *, stage: str | None = None,
              step: int | None = None, api_key: str | None = None, allow_hosts=LOCAL_NAMES, cors: str | None = None,
@@ -481,8 +517,10 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     app.add_middleware(Guard, allow_hosts=allow_hosts, api_key=api_key, max_body_bytes=limits.max_body_bytes)
     if cors: app.add_middleware(CORSMiddleware, allow_origins=[cors], allow_methods=['GET', 'POST'],
                                 allow_headers=['Authorization', 'Content-Type'])
+    app.add_middleware(SecurityHeaders)           # outermost: refusals and errors carry the headers too
 
-    # the page's markdown, sanitiser and highlighter: vendored files (07b's tools/vendor_js.sh), never a CDN
+    # the page's script and styles, its markdown, sanitiser and highlighter: files (vendored by tools/vendor_js.sh),
+    # never inline (see SecurityHeaders) and never a CDN
     app.mount('/static', StaticFiles(directory=str(static_dir())), name='static')
     @app.get('/', response_class=HTMLResponse)
     def index(): return page
@@ -507,15 +545,15 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
             prompt, max_tokens, _ = await asyncio.to_thread(fit_conversation, engine.tokenizer, args['messages'],
                                                             args['max_tokens'], engine.context)
         except LmlitError as error: raise BadRequest(str(error), param='messages')
-        request = Request(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
-                          top_p=args['top_p'], seed=args['seed'], n=args['n'])
+        request = ReplyRequest(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
+                               top_p=args['top_p'], seed=args['seed'], n=args['n'], sampled=[[] for _ in range(args['n'])])
         job = Job(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
         worker.submit(job)
         head = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model_name)
         if args['stream']:
-            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage']),
+            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage'], engine.tokenizer),
                                      media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
-        return await whole_reply(http, job, worker, head, len(prompt))
+        return await whole_reply(http, job, worker, head, len(prompt), engine.tokenizer)
     app.state.worker = worker
     return app
 

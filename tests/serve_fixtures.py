@@ -48,3 +48,32 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+def tool_plan(tok) -> list[int]:
+    """A reply that calls the calculator twice: `2+3` (the engine forces its result, 5) and `abs(` (no value: no result),
+    says a literal `<<` between them, then ends: every token of it, the forced ones included."""
+    S = tok.encode_special
+    return (tok.encode('Two and three: ') + [S('<|python_start|>')] + tok.encode('2+3') + [S('<|python_end|>')]
+            + [S('<|output_start|>')] + tok.encode('5') + [S('<|output_end|>')] + tok.encode(' so 5 << 6; ')
+            + [S('<|python_start|>')] + tok.encode('abs(') + [S('<|python_end|>')] + tok.encode(' gave nothing.')
+            + [S('<|assistant_end|>')])
+
+TOOL_PARTS = [dict(type='text', text='Two and three: '), dict(type='python', text='2+3'),
+              dict(type='python_output', text='5'), dict(type='text', text=' so 5 << 6; '), dict(type='python', text='abs('),
+              dict(type='text', text=' gave nothing.')]
+
+def tool_engine():
+    "A model that answers `tool_plan` (`model.plan`) to anything; `model.prompts` keeps each prompt."
+    tok = get_tokenizer('shakespeare', vocab_size=512, max_chars=200_000)
+    S = tok.encode_special
+    plan = tool_plan(tok)
+    prompts = []
+    def script(tokens):
+        said = tokens[len(tokens) - tokens[::-1].index(S('<|assistant_start|>')):]
+        if not said: prompts.append(list(tokens))
+        logits = torch.full((tok.vocab_size,), -30.0)
+        logits[plan[min(len(said), len(plan) - 1)]] = 30.0
+        return logits
+    model = ScriptedModel(script, tok.vocab_size, sequence_len=512)
+    model.prompts, model.plan = prompts, plan
+    return Engine(model, tok, step=scripted_step), model, tok

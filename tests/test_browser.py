@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from starlette.staticfiles import StaticFiles
-from serve_fixtures import LiveServer
+from serve_fixtures import LiveServer, TOOL_PARTS, tool_plan
 from lmlit.engine import Engine, ScriptedModel, scripted_step
 from lmlit.serve import make_app
 from lmlit.tokenizer import get_tokenizer
@@ -39,22 +39,26 @@ REPLIES = {'long': '\n'.join(f'line {i}' for i in range(300)), 'markdown': MARKD
            'tool': 'Let me add.'}
 
 def slow_engine():
-    "A scripted model whose reply is REPLIES[first word of the last user message] (else 'short'), one token per step."
+    "A scripted model whose reply is REPLIES[first word of the last user message] (else 'short'; 'calc': tool_plan), one token per step."
     tok = get_tokenizer('shakespeare', vocab_size=512, max_chars=200_000)
     S = tok.encode_special
     start, user_start, user_end = S('<|assistant_start|>'), S('<|user_start|>'), S('<|user_end|>')
     scripts = {key: tok.encode(text) + [S('<|assistant_end|>')] for key, text in REPLIES.items()}
+    scripts['calc'] = tool_plan(tok)              # two calculator calls (special tokens), see serve_fixtures
     pace = dict(delay=0.02)
+    prompts = []
     def script(tokens):
         time.sleep(pace['delay'])
         k = len(tokens) - tokens[::-1].index(start)
         u = len(tokens) - tokens[::-1].index(user_start)
         asked = tok.decode(tokens[u:tokens.index(user_end, u)]).split()
         reply = scripts.get(asked[0] if asked else '', scripts['short'])
+        if len(tokens) == k: prompts.append(list(tokens))     # what the model was asked, as rendered
         logits = torch.full((tok.vocab_size,), -30.0)
         logits[reply[min(len(tokens) - k, len(reply) - 1)]] = 30.0
         return logits
     model = ScriptedModel(script, tok.vocab_size, sequence_len=4096)
+    model.prompts = prompts
     return Engine(model, tok, step=scripted_step), model, pace
 
 def with_static(app):
@@ -76,7 +80,7 @@ def served():
     engine, model, pace = slow_engine()
     with LiveServer(with_static(make_app(engine, 'scripted'))) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield dict(server=server, browser=browser, model=model, pace=pace)
+        yield dict(server=server, browser=browser, model=model, pace=pace, tok=engine.tokenizer)
         browser.close()
 
 @pytest.fixture
@@ -297,24 +301,40 @@ def test_focus_labels_and_dark_mode(served, fast):
     _shoot(page, 'phone-dark-chats')
     context.close()
 
-def test_a_tool_call_is_a_block_and_goes_back_as_parts(page, served):
-    "The stream's <<expr=result>> is drawn as a tool-call block and sent back as python/python_output parts."
-    canned = [{'choices': [{'index': 0, 'delta': {'content': text}, 'finish_reason': None}]}
-              for text in ('Two and three: ', '<<', '2+3', '=', '5', '>>', ' so five. Then ', '<<', 'abs(-1', ' gave nothing.')]
-    canned.append({'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})
-    sse = ''.join(f"data: {json.dumps(c)}\n\n" for c in canned) + 'data: [DONE]\n\n'
-    page.route('**/v1/chat/completions', lambda route: route.fulfill(status=200, content_type='text/event-stream', body=sse))
-    _ask(page, 'tool time')
+def _tool_blocks(page) -> list:
+    return page.evaluate("""[...document.querySelectorAll('.msg.assistant:last-of-type .toolcall')].map((b) => ({
+        state: b.dataset.state, expr: b.querySelector('.expr').textContent, result: b.querySelector('.result').textContent,
+        label: b.getAttribute('aria-label')}))""")
+
+def test_a_tool_call_is_a_block_and_goes_back_as_the_models_tokens(page, served, fast):
+    "The server's part deltas drawn as tool-call blocks (result, no result, unclosed); sent back as parts, the model's ids."
+    _ask(page, 'calc please')
     _idle(page)
-    blocks = page.locator('.msg.assistant .toolcall')
-    assert blocks.count() == 2 and 'tool call2+3 = 5' in blocks.nth(0).inner_text().replace('\n', '')
-    assert blocks.nth(1).inner_text().endswith('(no result)') and '<<' not in page.inner_text('.msg.assistant .body')
-    _ask(page, 'tool again')
+    assert _tool_blocks(page) == [dict(state='result', expr='2+3', result='= 5', label='tool call'),
+                                  dict(state='no-result', expr='abs(', result='no result', label='tool call')]
+    body = page.inner_text('.msg.assistant .body')
+    assert 'so 5 << 6;' in body and 'gave nothing.' in body and '<<2+3' not in body and '<<abs' not in body
+    assert _stored(page)[1]['content'] == TOOL_PARTS
+    _shoot(page, 'desktop-tool-calls')
+    _ask(page, 'short follow-up')
     _idle(page)
-    sent = page.posts[-1]['messages'][1]['content']
-    assert sent[:4] == [{'type': 'text', 'text': 'Two and three: '}, {'type': 'python', 'text': '2+3'},
-                        {'type': 'python_output', 'text': '5'}, {'type': 'text', 'text': ' so five. Then '}]
-    assert sent[4]['type'] == 'python' and sent[4]['text'].startswith('abs(-1')
+    assert page.posts[-1]['messages'][1]['content'] == TOOL_PARTS
+    prompt, plan = served['model'].prompts[-1], tool_plan(served['tok'])
+    at = prompt.index(served['tok'].encode_special('<|assistant_start|>')) + 1
+    assert prompt[at:at + len(plan)] == plan                   # the turn went back as the tokens the model produced
+
+def test_a_reply_that_ends_inside_a_call_shows_an_unclosed_call(page, served, fast):
+    plan, end = tool_plan(served['tok']), served['tok'].encode_special('<|python_end|>')
+    inside = [i for i, t in enumerate(plan) if t == end][1]      # max tokens: the reply stops before the 2nd call ends
+    page.fill('#maxtokens', str(inside))
+    page.dispatch_event('#maxtokens', 'change')
+    _ask(page, 'calc but short')
+    _idle(page)
+    blocks = _tool_blocks(page)
+    assert blocks[-1] == dict(state='unclosed', expr='abs(', result='unclosed: the reply ended inside this call',
+                              label='unclosed tool call')
+    assert not page.inner_text('.msg.assistant .body').rstrip().endswith('<<')       # never a dangling <<
+    assert _stored(page)[1]['content'][-1] == dict(type='python', text='abs(', closed=False)
 
 def test_an_api_key_is_asked_for_and_sent(page, served, fast):
     "`lmlit serve --api-key K`: a 401 reveals the key field; the retry carries `Authorization: Bearer K`."
@@ -340,3 +360,31 @@ def _shoot(page, name: str):
     if SHOTS.parent.exists():
         SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS / f'{name}.png'))
+
+def test_an_inline_script_in_the_page_is_blocked_by_its_policy(served):
+    "A `<script>` that got into the page (here: added to the served HTML on its way) does not run; the page's own do."
+    context = served['browser'].new_context()
+    page = context.new_page()
+    refusals = []
+    page.on('console', lambda m: refusals.append(m.text) if 'Content Security Policy' in m.text else None)
+    def inject(route):
+        answer = route.fetch()
+        html = answer.text().replace('</body>', '<script>window.inlineRan = 1</script></body>')
+        assert 'inlineRan' in html
+        route.fulfill(response=answer, body=html)
+    page.route(served['server'].url + '/', inject)
+    page.goto(served['server'].url + '/')
+    _wait(page, "document.getElementById('status').dataset.state === 'ok'")     # chat.js ran: it asked /health
+    assert page.evaluate("window.inlineRan") is None
+    _wait(page, "true")
+    assert any('inline script' in text for text in refusals), refusals
+    context.close()
+
+def test_shift_enter_breaks_the_line_enter_sends(page, served, fast):
+    page.fill('#input', 'first line')
+    page.press('#input', 'Shift+Enter')
+    page.type('#input', 'second line')
+    assert page.locator('.msg.user').count() == 0                # nothing sent yet
+    page.press('#input', 'Enter')
+    _idle(page)
+    assert _stored(page)[0]['content'] == 'first line\nsecond line'

@@ -35,8 +35,10 @@ sys.exit(code)
 '''
 
 def _env(tmp_path, reply="Alpha beta gamma.", delay=0.0, context=512, stage='sft', **extra):
-    return child_env(PYTHONPATH=ROOT, CHAT_REPLY=reply, CHAT_DELAY=delay, CHAT_CONTEXT=context, CHAT_STAGE=stage,
-                     CHAT_DUMP=tmp_path/'messages.json', TERM='xterm', INPUTRC='/dev/null', **extra)
+    extra.setdefault('LMLIT_CHAT_HISTORY', tmp_path/'history')     # never the user's own history file
+    env = child_env(PYTHONPATH=ROOT, CHAT_REPLY=reply, CHAT_DELAY=delay, CHAT_CONTEXT=context, CHAT_STAGE=stage,
+                    CHAT_DUMP=tmp_path/'messages.json', TERM='xterm', INPUTRC='/dev/null', **extra)
+    return {k: v for k, v in env.items() if v != 'UNSET'}
 
 def _spawn(tmp_path, **kw):
     child = pexpect.spawn(sys.executable, ['-c', CHILD], env=_env(tmp_path, **kw), encoding='utf-8', timeout=60,
@@ -92,6 +94,42 @@ def test_arrow_key_history_and_line_editing(tmp_path):
     child.expect('gamma.\r\n> ')
     messages = _finish(child, tmp_path, 'quit')
     assert [m['content'] for m in messages if m['role'] == 'user'] == ['what is the king', 'what is the NGking']
+
+def test_the_up_arrow_recalls_a_line_from_an_earlier_session(tmp_path):
+    "Session 1 types a question and leaves; session 2's up arrow brings it back (the history file is owner-only)."
+    child = _spawn(tmp_path)
+    child.sendline('who is the king of the isle')
+    child.expect('gamma.\r\n> ')
+    assert _finish(child, tmp_path)[0]['content'] == 'who is the king of the isle'
+    assert (tmp_path/'history').stat().st_mode & 0o777 == 0o600
+    child = _spawn(tmp_path)
+    child.send('\x1b[A')                                            # up arrow: /quit, the last line of session 1
+    child.send('\x1b[A')                                            # and again: its question
+    child.send('\r')
+    child.expect('gamma.\r\n> ')
+    messages = _finish(child, tmp_path)
+    assert [m['content'] for m in messages if m['role'] == 'user'] == ['who is the king of the isle']
+
+def test_the_history_file_defaults_to_the_users_state_folder(tmp_path):
+    "Without LMLIT_CHAT_HISTORY: $XDG_STATE_HOME/lmlit/chat_history; set empty, no file at all."
+    child = _spawn(tmp_path, LMLIT_CHAT_HISTORY='UNSET', XDG_STATE_HOME=tmp_path/'state')
+    child.sendline('a question')
+    child.expect('gamma.\r\n> ')
+    _finish(child, tmp_path)
+    assert (tmp_path/'state'/'lmlit'/'chat_history').read_text().splitlines()[-2:] == ['a question', '/quit']
+    child = _spawn(tmp_path, LMLIT_CHAT_HISTORY='', XDG_STATE_HOME=tmp_path/'elsewhere')
+    child.sendline('kept nowhere')
+    child.expect('gamma.\r\n> ')
+    _finish(child, tmp_path)
+    assert not (tmp_path/'elsewhere').exists()
+
+def test_a_trailing_backslash_continues_the_message(tmp_path):
+    child = _spawn(tmp_path)
+    child.sendline('first line\\')
+    child.expect('\\. ')                                            # the continuation prompt
+    child.sendline('second line')
+    child.expect('gamma.\r\n> ')
+    assert _finish(child, tmp_path)[0]['content'] == 'first line\nsecond line'
 
 def test_long_paste_arrives_whole(tmp_path):
     child = _spawn(tmp_path, context=16384)

@@ -2,7 +2,7 @@
 import os, threading, time
 import httpx
 import pytest
-from serve_fixtures import scripted_engine, LiveServer, HOSTILE
+from serve_fixtures import scripted_engine, tool_engine, LiveServer, HOSTILE, TOOL_PARTS
 from lmlit.serve import make_app, Limits
 
 pytestmark = pytest.mark.timeout(120)
@@ -133,3 +133,21 @@ def test_429_is_a_rate_limit_error_with_retry_after(openai):
                 with pytest.raises(openai.RateLimitError) as info:
                     client.chat.completions.create(model='slow', messages=HELLO)
         assert int(info.value.response.headers['retry-after']) >= 1 and 'busy' in info.value.body['message']
+
+def test_tool_parts_reach_the_openai_client_and_go_back(openai):
+    "The official client keeps `lmlit_parts` (an extra field) in whole and streamed answers; sent back, the model's ids."
+    engine, model, tok = tool_engine()
+    with LiveServer(make_app(engine, 'scripted')) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key='unused', max_retries=0)
+        asked = [dict(role='user', content='Add')]
+        message = client.chat.completions.create(model='scripted', messages=asked).choices[0].message
+        assert message.content.startswith('Two and three: <<2+3=5>>') and message.model_extra['lmlit_parts'] == TOOL_PARTS
+        parts = {}
+        for chunk in client.chat.completions.create(model='scripted', messages=asked, stream=True):
+            for d in (chunk.choices[0].delta.model_extra or {}).get('lmlit_parts', []) if chunk.choices else []:
+                parts.setdefault(d['index'], dict(type=d['type'], text=''))['text'] += d['text']
+        assert [parts[k] for k in sorted(parts)] == TOOL_PARTS
+        history = asked + [dict(role='assistant', content=TOOL_PARTS), dict(role='user', content='Again')]
+        client.chat.completions.create(model='scripted', messages=history)
+        at = model.prompts[-1].index(tok.encode_special('<|assistant_start|>')) + 1
+        assert model.prompts[-1][at:at + len(model.plan)] == model.plan

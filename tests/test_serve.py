@@ -4,7 +4,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ROOT, child_env, free_port
-from serve_fixtures import scripted_engine, LiveServer, HOSTILE
+from serve_fixtures import scripted_engine, tool_engine, LiveServer, HOSTILE, TOOL_PARTS
 from lmlit.serve import make_app, Limits
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,7 +26,19 @@ def test_health_models_and_page(live):
     models = httpx.get(f"{live.url}/v1/models").json()
     assert models['object'] == 'list' and models['data'][0]['id'] == 'scripted'
     page = httpx.get(f"{live.url}/")
-    assert page.status_code == 200 and 'lmlit chat' in page.text and 'http' not in page.text.split('<script>')[1]   # no CDN
+    assert page.status_code == 200 and 'lmlit chat' in page.text
+    for own in ('/static/chat.js', '/static/chat.css'):               # no CDN: the page's own files name no URL
+        assert f'"{own}"' in page.text and 'http' not in httpx.get(f"{live.url}{own}").text
+
+def test_the_page_is_served_under_a_strict_policy(live):
+    "No inline script or style in the page; a CSP that forbids them, plugins, <base> and framing; nosniff everywhere."
+    page = httpx.get(f"{live.url}/")
+    assert '<script>' not in page.text and '<style>' not in page.text and ' style=' not in page.text
+    rules = dict(rule.strip().split(' ', 1) for rule in page.headers['content-security-policy'].split(';'))
+    assert rules['script-src'] == "'self'" and rules['style-src'] == "'self'" and rules['object-src'] == "'none'"
+    assert rules['base-uri'] == "'none'" and rules['frame-ancestors'] == "'none'" and rules['default-src'] == "'self'"
+    for path in ('/', '/static/chat.js', '/health', '/nowhere'):
+        assert httpx.get(f"{live.url}{path}").headers['x-content-type-options'] == 'nosniff', path
 
 def test_non_streamed_completion(live):
     r = _chat(live, temperature=0.0, max_tokens=100)
@@ -190,8 +202,9 @@ def test_bounded_queue_429_with_retry_after():
             while not model.calls: time.sleep(0.02)
             with httpx.stream('POST', url, json=dict(body, n=2), timeout=30) as queued:
                 queued_lines = queued.iter_lines()
-                next(queued_lines)
-                assert httpx.get(f"{server.url}/health").json()['queued'] == 2
+                opening = next(queued_lines)
+                health = httpx.get(f"{server.url}/health").json()
+                assert health['queued'] == 2, (health, opening, model.calls)
                 refused = httpx.post(url, json=dict(messages=[dict(role='user', content='Hi')]), timeout=30)
                 assert refused.status_code == 429 and int(refused.headers['Retry-After']) >= 1
                 assert refused.json()['error']['code'] == 'rate_limit_exceeded'
@@ -330,3 +343,52 @@ def test_a_second_request_is_answered_while_the_first_still_streams():
         done = next(t for t, line in stamps if '[DONE]' in line)
         later = [line for t, line in stamps if t > answered and '"content"' in line]
         assert answered < done and len(later) >= 5, (answered, done, len(later))
+
+@pytest.fixture(scope='module')
+def tools():
+    engine, model, tok = tool_engine()
+    with LiveServer(make_app(engine, 'scripted')) as server:
+        server.model, server.tok = model, tok
+        yield server
+
+def _first_reply(tok, prompt: list[int], length: int) -> list[int]:
+    at = prompt.index(tok.encode_special('<|assistant_start|>')) + 1
+    return prompt[at:at + length]
+
+def test_a_tool_call_comes_as_parts_and_goes_back_as_the_models_own_tokens(tools):
+    "Whole answer: `lmlit_parts` beside the text; sent back as the content, they render to exactly the ids the model produced."
+    asked = [dict(role='user', content='Add')]
+    answer = httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=asked), timeout=60).json()
+    message = answer['choices'][0]['message']
+    assert message['content'] == 'Two and three: <<2+3=5>> so 5 << 6; <<abs( gave nothing.'      # the text, unchanged
+    assert message['lmlit_parts'] == TOOL_PARTS
+    history = asked + [dict(role='assistant', content=message['lmlit_parts']), dict(role='user', content='Again')]
+    assert httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=history), timeout=60).status_code == 200
+    assert _first_reply(tools.tok, tools.model.prompts[-1], len(tools.model.plan)) == tools.model.plan
+    flat = asked + [dict(role='assistant', content=message['content']), dict(role='user', content='Again')]
+    httpx.post(f"{tools.url}/v1/chat/completions", json=dict(messages=flat), timeout=60)
+    assert _first_reply(tools.tok, tools.model.prompts[-1], len(tools.model.plan)) != tools.model.plan   # text is not
+
+def test_streamed_part_deltas_build_the_same_parts_and_mark_an_unclosed_call(tools):
+    "Streamed: each delta's `lmlit_parts` append to part `index`; a call gets `closed`; a reply cut inside one has none."
+    def stream(max_tokens):
+        body = dict(messages=[dict(role='user', content='Add')], stream=True, max_tokens=max_tokens)
+        with httpx.stream('POST', f"{tools.url}/v1/chat/completions", json=body, timeout=60) as r:
+            chunks = [json.loads(l[6:]) for l in r.iter_lines() if l.startswith('data: {')]
+        text, parts, closed = '', {}, set()
+        for chunk in chunks:
+            delta = chunk['choices'][0]['delta']
+            text += delta.get('content', '')
+            assert ''.join(d['text'] for d in delta.get('lmlit_parts', [])) in delta.get('content', '')
+            for d in delta.get('lmlit_parts', []):
+                parts.setdefault(d['index'], dict(type=d['type'], text=''))['text'] += d['text']
+                if d.get('closed'): closed.add(d['index'])
+        return text, [parts[k] for k in sorted(parts)], closed
+    text, parts, closed = stream(100)
+    assert parts == TOOL_PARTS and closed == {1, 4} and text.endswith('<<abs( gave nothing.')
+    ends = [i for i, t in enumerate(tools.model.plan) if t == tools.tok.encode_special('<|python_end|>')]
+    text, parts, closed = stream(ends[1])                   # max_tokens: the reply ends before the second call's end
+    assert parts[-1] == dict(type='python', text='abs(') and closed == {1} and text.endswith('; <<abs(')
+    whole = httpx.post(f"{tools.url}/v1/chat/completions", timeout=60,
+                       json=dict(messages=[dict(role='user', content='Add')], max_tokens=ends[1])).json()
+    assert whole['choices'][0]['message']['lmlit_parts'][-1] == dict(type='python', text='abs(', closed=False)
