@@ -7,7 +7,7 @@ Docs: https://lmlit.github.io/lmlit/checkpoint.html.md"""
 
 # %% ../nbs/04b_checkpoint.ipynb #d89bf47c
 from __future__ import annotations
-import os, json, errno, shutil, random, hashlib, pickle, zipfile
+import os, json, math, time, errno, shutil, random, hashlib, pickle, zipfile, datetime
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -15,15 +15,17 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import save as safetensors_bytes, load_file as safetensors_load_file
-from .core import LmlitError, get_device, runs_dir, rank_world
-from . import model as M, tokenizer as T
+from .core import LmlitError, get_device, runs_dir, rank_world, write_json
+from .model import GPTConfig, build_model
+from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'SHARED_CHECK', 'read_meta', 'complete_checkpoints', 'barrier',
-           'any_rank', 'sha256_file', 'write_synced', 'fsync_dir', 'is_disk_full', 'save_checkpoint',
-           'load_weights_file', 'load_checkpoint', 'rng_state', 'set_rng_state', 'model_shape', 'check_compat',
-           'run_path', 'stage_dir', 'latest_stage', 'check_shared_folder', 'model_config_of', 'load_weights',
-           'load_model']
+__all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'RECORD_SCHEMA_VERSION', 'RECORD_FILE', 'STATUSES',
+           'STAGE_FOLDERS', 'SHARED_CHECK', 'read_meta', 'complete_checkpoints', 'barrier', 'any_rank', 'sha256_file',
+           'write_synced', 'fsync_dir', 'is_disk_full', 'save_checkpoint', 'load_weights_file', 'load_checkpoint',
+           'rng_state', 'set_rng_state', 'model_shape', 'check_compat', 'run_path', 'stage_dir', 'latest_stage',
+           'iso_time', 'jsonable', 'read_json', 'write_record', 'read_records', 'check_shared_folder',
+           'model_config_of', 'load_weights', 'load_model']
 
 # %% ../nbs/04b_checkpoint.ipynb #e322efa2
 FORMAT = 'lmlit-checkpoint-2'      # meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
@@ -258,10 +260,11 @@ def check_compat(meta: dict, shape: dict, tok_hash: str, where) -> None:
 STAGES = ('base', 'mid', 'sft', 'rl')   # in the order they run
 
 def run_path(run) -> Path:
-    "A run folder from a path or a name under `$LMLIT_RUNS`; a clear error when neither exists."
+    "A run folder from a path or a name under `$LMLIT_RUNS` (a folder holding a run's files first); a clear error when neither exists."
     p = Path(run)
-    if p.is_dir(): return p
+    if p.is_dir() and ((p/'config.json').exists() or (p/'metrics.jsonl').exists()): return p
     if (runs_dir()/str(run)).is_dir(): return runs_dir()/str(run)
+    if p.is_dir(): return p
     raise LmlitError(f"no run folder {run!r} (looked at {p.resolve()} and {(runs_dir()/str(run)).resolve()}); "
                      "train one first (lmlit train --run NAME) or pass the run folder's path")
 
@@ -277,6 +280,64 @@ def latest_stage(run) -> str:
         d = stage_dir(run, stage)
         if d.is_dir() and complete_checkpoints(d): return stage
     raise LmlitError(f"run {str(run)!r} has no complete checkpoint in any stage ({', '.join(STAGES)}); train it first")
+
+# %% ../nbs/04b_checkpoint.ipynb #951a9ed3
+RECORD_SCHEMA_VERSION = 1
+RECORD_FILE = 'record.json'
+STATUSES = ('complete', 'stopped', 'failed')
+STAGE_FOLDERS = {stage: '.' if stage == 'base' else stage for stage in STAGES}   # each training stage's folder in a run folder
+
+def iso_time(t=None) -> str:
+    "A time (epoch seconds, datetime, ISO string or None = now) as an ISO-8601 UTC string."
+    if t is None: t = time.time()
+    if isinstance(t, str): return t
+    if isinstance(t, datetime.datetime): return t.astimezone(datetime.timezone.utc).isoformat(timespec='seconds')
+    return datetime.datetime.fromtimestamp(float(t), datetime.timezone.utc).isoformat(timespec='seconds')
+
+# %% ../nbs/04b_checkpoint.ipynb #2714149f
+def jsonable(x):
+    "`x` with non-finite floats as strings ('nan', 'inf') and paths as strings: valid, strict JSON."
+    if isinstance(x, float) and not math.isfinite(x): return str(x)
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
+    if isinstance(x, os.PathLike): return str(x)
+    return x
+
+# %% ../nbs/04b_checkpoint.ipynb #1c47216b
+def read_json(path):
+    "The JSON in `path`, or None when it is missing or unreadable (a file cut by a crash)."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
+
+# %% ../nbs/04b_checkpoint.ipynb #6b6327fe
+def write_record(stage_dir, stage: str, status: str = 'complete', started=None, ended=None, **figures) -> Path:
+    "Write (or replace) `stage`'s record in `stage_dir/record.json` atomically; returns the file's path."
+    if not isinstance(stage, str) or not stage.strip():
+        raise LmlitError(f"write_record: stage must be a non-empty name such as 'base' or 'sft', got {stage!r}")
+    if status not in STATUSES:
+        raise LmlitError(f"write_record: status must be one of {', '.join(STATUSES)}, got {status!r}")
+    path = Path(stage_dir)/RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = read_json(path) or {}
+    stages = old.get('stages', {}) if isinstance(old.get('stages'), dict) else {}
+    ended_iso = iso_time(ended)
+    stages[stage] = dict(stage=stage, status=status, started=iso_time(started) if started is not None else ended_iso,
+                         ended=ended_iso, figures=jsonable(figures))
+    write_json(path, dict(schema_version=RECORD_SCHEMA_VERSION, stages=stages))
+    return path
+
+# %% ../nbs/04b_checkpoint.ipynb #588340d0
+def read_records(run_dir) -> dict:
+    "{'base'|'mid'|'sft'|'rl': {'dir': Path, 'records': {stage: record}}} for the stage folders of `run_dir` that exist."
+    run_dir = Path(run_dir)
+    out = {}
+    for label, sub in STAGE_FOLDERS.items():
+        folder = run_dir if sub == '.' else run_dir/sub
+        if not folder.is_dir(): continue
+        rec = read_json(folder/RECORD_FILE) or {}
+        stages = rec.get('stages') if isinstance(rec.get('stages'), dict) else {}
+        out[label] = dict(dir=folder, records=stages)
+    return out
 
 # %% ../nbs/04b_checkpoint.ipynb #a1c0de13
 SHARED_CHECK = '.lmlit-shared-check'
@@ -306,9 +367,9 @@ def check_shared_folder(folder) -> None:
                          f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every node")
 
 # %% ../nbs/04b_checkpoint.ipynb #4787f234
-def model_config_of(meta: dict, where) -> M.GPTConfig:
+def model_config_of(meta: dict, where) -> GPTConfig:
     "The GPTConfig checkpoint `meta` records, or one line saying it does not record a usable one."
-    try: return M.GPTConfig(**meta['model_shape'])
+    try: return GPTConfig(**meta['model_shape'])
     except (KeyError, TypeError) as e:
         raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not written by this lmlit") from None
 
@@ -325,10 +386,10 @@ def load_model(run, step: int | None = None, device='cpu', stage: str | None = N
     stage = stage or latest_stage(run)
     folder = stage_dir(run, stage)
     ck = load_checkpoint(folder, step, rank=0, map_location='cpu', parts=('model',))
-    tok = T.Tokenizer.load(run_path(run)/'tokenizer')
+    tok = Tokenizer.load(run_path(run)/'tokenizer')
     if ck['meta'].get('tokenizer_hash') and tok.hash() != ck['meta']['tokenizer_hash']:
         raise LmlitError(f"{run_path(run)/'tokenizer'} is not the tokenizer checkpoint {ck['path']} was trained with")
-    model = M.build_model(model_config_of(ck['meta'], ck['path']), get_device(device))
+    model = build_model(model_config_of(ck['meta'], ck['path']), get_device(device))
     load_weights(model, ck['model'], ck['path'])
     model.eval()
     return model, tok, {**ck['meta'], 'stage': stage, 'path': str(ck['path'])}

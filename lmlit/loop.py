@@ -14,17 +14,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
-from . import optim as O
-from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta, load_weights,
-                              check_shared_folder)
-from .report import write_record
+from .optim import (set_lr, set_muon_momentum, muon_momentum, lr_multiplier, optimizer_state_for_checkpoint,
+                         load_optimizer_state)
+from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta,
+                              load_weights, check_shared_folder, write_record)
 
 # %% auto #0
-__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs',
-           'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock',
-           'data_wait_warning', 'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due',
-           'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype',
-           'data_stats', 'step_record', 'make_plots', 'throughput_report', 'run_job', 'finish', 'write_stage_record']
+__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'PART_ORDER', 'parse_value', 'resolve_params',
+           'params_from_pairs', 'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops',
+           'mfu', 'StepClock', 'data_wait_warning', 'MetricsWriter', 'metrics_lines', 'read_metrics', 'StopFlag',
+           'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job',
+           'close_job', 'resolve_dtype', 'data_stats', 'step_record', 'make_plots', 'live_default', 'Progress',
+           'next_round', 'window_size', 'part_means', 'step_windows', 'throughput_report', 'run_job', 'finish',
+           'write_stage_record']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -168,14 +170,20 @@ class MetricsWriter:
     def close(self):
         if self.f: self.f.close(); self.f = None
 
+def metrics_lines(path) -> list[dict]:
+    "Every parseable line of a metrics.jsonl, in order (a line cut by a crash is skipped; no file, no lines)."
+    path = Path(path)
+    if not path.exists(): return []
+    out = []
+    for line in path.read_text().splitlines():
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError: continue
+    return out
+
 def read_metrics(path, kind: str | None = 'train') -> list[dict]:
     "Records of `kind` from a metrics.jsonl, the newest record per step kept (resumed runs read as one)."
     recs = {}
-    p = Path(path)
-    if not p.exists(): return []
-    for line in p.read_text().splitlines():
-        try: r = json.loads(line)
-        except json.JSONDecodeError: continue  # a line cut by a crash
+    for r in metrics_lines(path):
         if kind is None or r.get('kind') == kind: recs[(r.get('kind'), r.get('step'))] = r
     return sorted(recs.values(), key=lambda r: (r.get('step') or 0))
 
@@ -259,8 +267,8 @@ def due(every: int, step: int, start: int, last: bool) -> bool:
 # %% ../nbs/04d_loop.ipynb #1db07e40
 def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tuple[float, bool]:
     "One optimizer step of `job` at `step`: (the loss averaged over micro-batches and ranks, whether any rank was asked to stop)."
-    O.set_lr(job.optimizer, lr_mult)
-    O.set_muon_momentum(job.optimizer, O.muon_momentum(step))
+    set_lr(job.optimizer, lr_mult)
+    set_muon_momentum(job.optimizer, muon_momentum(step))
     loss_sum = torch.zeros((), device=job.device)
     job.clock.skip()
     batches = [next(it) for it in job.batches]   # the step's micro-batches, one per data stream this rank owns
@@ -318,7 +326,7 @@ def save_job(job: Job, step: int) -> None:
     if bad.item():
         raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the last good "
                          f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
-    optim_state = O.optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
+    optim_state = optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
     rank_state = dict(loaders={s: L.state_dict() for s, L in job.loaders.items()}, rng=rng_state())
     meta = {**job.meta, 'world_size': job.world, 'config': job.cfg, 'loop': job.loop}
     save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state, meta,
@@ -328,7 +336,7 @@ def save_job(job: Job, step: int) -> None:
 def restore_job(job: Job, ck: dict) -> None:
     "Put model, optimizer, loop counters and (same world size) RNG back from checkpoint `ck` (04b's load_checkpoint)."
     load_weights(job.raw_model, ck['model'], ck['path'])
-    if ck['optim'] is not None: O.load_optimizer_state(job.optimizer, ck['optim'])
+    if ck['optim'] is not None: load_optimizer_state(job.optimizer, ck['optim'])
     job.start_step = job.last_ckpt = ck['meta']['step']
     job.loop.update(ck['meta'].get('loop', {}))
     if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None: set_rng_state(ck['rank_state']['rng'])
@@ -420,7 +428,7 @@ def make_plots(run_dir, out_dir=None) -> list[Path]:
     return paths
 
 # %% ../nbs/04d_loop.ipynb #756b21da
-def _live_default() -> bool:
+def live_default() -> bool:
     "True in a Jupyter frontend (live bar and plot), False in a headless job."
     if os.environ.get('LMLIT_HEADLESS'): return False
     try:
@@ -435,7 +443,7 @@ def _fmt_line(step, total, r) -> str:
     return (f"step {step:5d}/{total} · loss {r['loss']:.4f} · lr× {r['lr_mult']:.2f} · {r['tok_per_s']:,.0f} tok/s "
             f"(avg {r['tok_per_s_avg']:,.0f}) · MFU {mfu_s}{mem} · ms: {parts}")
 
-class _Progress:
+class Progress:
     def __init__(self, total, start, live):
         self.total, self.live, self.hist = total, live, []
         if live:
@@ -458,18 +466,63 @@ class _Progress:
     def close(self):
         if self.live: self.bar.close()
 
+_Progress, _live_default = Progress, live_default   # the names train, sft and rl import until they import these
+
+# %% ../nbs/04d_loop.ipynb #b5cfc267
+def next_round(size: int) -> int:
+    "The round size after `size`: 1 → 2 → 5 → 10 → 20 → 50 → …"
+    digits = str(size)
+    return size * 2 if digits[0] == '1' else size * 5 // 2 if digits[0] == '2' else size * 2
+
+def window_size(last_step: int, n: int = 8) -> int:
+    "The smallest round size (1, 2, 5, 10, 20, 50, …) that cuts steps 1..last_step into at most `n` windows."
+    size = 1
+    while -(-last_step // size) > n:
+        size = next_round(size)
+    return size
+
+# %% ../nbs/04d_loop.ipynb #1b7ff537
+PART_ORDER = (*PARTS, 'other')
+
+def part_means(recs) -> dict:
+    "Mean seconds per step of each part (and 'step', 'other') over the metrics records `recs`."
+    n = max(1, len(recs))
+    out = {p: sum(r.get(f't_{p}') or 0.0 for r in recs) / n for p in PARTS}
+    out['step'] = sum(r.get('t_step') or 0.0 for r in recs) / n
+    out['other'] = max(0.0, out['step'] - sum(out[p] for p in PARTS))
+    return out
+
+def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: list | None = None, size: int | None = None) -> list[dict]:
+    "Consecutive windows of `recs` (`size` steps each, else a round size giving at most `n`): steps, tok/s, MFU, parts, evals."
+    if not recs: return []
+    size = size or window_size(recs[-1]['step'], n)
+    eval_steps = [e['step'] for e in evals or []]
+    groups = {}
+    for r in recs: groups.setdefault((r['step'] - 1) // size, []).append(r)
+    out = []
+    for _, w in sorted(groups.items()):
+        t = sum(r['t_step'] for r in w)
+        mfus = [r['mfu'] for r in w if r.get('mfu') is not None]
+        mfu_mean = sum(mfus) / len(mfus) if mfus else None
+        first, last = w[0]['step'], w[-1]['step']
+        out.append(dict(first_step=first, last_step=last, steps=len(w), tok_per_s=tokens_per_step * len(w) / t if t else None,
+                        mfu=mfu_mean if mfu_mean is None or mfu_mean <= 1 else None,
+                        mfu_over_100=bool(mfu_mean and mfu_mean > 1), parts=part_means(w),
+                        evals=sum(first - 1 <= s < last for s in eval_steps)))   # an eval after step s is timed in step s+1
+    return out
+
 # %% ../nbs/04d_loop.ipynb #89f3bc28
 def throughput_report(run_dir, windows: int = 4) -> str:
     "A markdown table: for each window of the run's steps, tok/s and each part's share of step time."
     recs = read_metrics(Path(run_dir)/'metrics.jsonl')
     if not recs: return 'no training steps recorded'
-    n = len(recs); size = max(1, -(-n // windows)); rows = []
-    for i in range(0, n, size):
-        w = recs[i:i + size]; t = sum(r['t_step'] for r in w)
-        tok = sum(r['tok_per_s'] * r['t_step'] for r in w)
-        shares = ' | '.join(f"{100 * sum(r[f't_{p}'] for r in w) / t:.0f}%" for p in PARTS)
-        rows.append(f"| {w[0]['step']}–{w[-1]['step']} | {tok / t:,.0f} | {shares} | {100 * (1 - sum(r[f't_{p}'] for r in w for p in PARTS) / t):.0f}% |")
-    head = '| steps | tok/s | ' + ' | '.join(PARTS) + ' | other |\n|---|---:|' + '---:|' * (len(PARTS) + 1)
+    size = max(1, -(-len(recs) // windows))
+    tokens_per_step = recs[0]['tok_per_s'] * recs[0]['t_step']
+    rows = []
+    for w in step_windows(recs, tokens_per_step, size=size):
+        shares = ' | '.join(f"{100 * w['parts'][p] / w['parts']['step']:.0f}%" for p in PART_ORDER)
+        rows.append(f"| {w['first_step']}–{w['last_step']} | {w['tok_per_s']:,.0f} | {shares} |")
+    head = '| steps | tok/s | ' + ' | '.join(PART_ORDER) + ' |\n|---|---:|' + '---:|' * len(PART_ORDER)
     return head + '\n' + '\n'.join(rows)
 
 # %% ../nbs/04d_loop.ipynb #9621e25e
@@ -477,38 +530,42 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
     "Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's. Returns the summary."
     cfg = job.cfg
     step = job.start_step
-    while True:
-        last = step == job.total_steps
-        job.clock.start(); faults = minor_faults()
-        # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
-        missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
-        if due(cfg['eval_every'], step, job.start_step, last) or missed:
-            evaluate(job, step)
-            job.loop['evaluated'] = step
-        if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
-        job.clock.mark('eval')
-        if last:
-            if job.last_ckpt != step: save_job(job, step)
-            break
-        lr_mult = O.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
-        loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
-        step += 1
-        check_loss(job, loss, step)
-        job.loop['tokens'] += job.tokens_per_step
-        if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
-            save_job(job, step)
-        job.clock.mark('ckpt')
-        t = job.clock.stop()
-        if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
-            t['data'] += job.summary.get('t_first_batch', 0.0); t['step'] += job.summary.get('t_first_batch', 0.0)
-        rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
-        job.metrics.write(**rec)
-        job.summary.setdefault('losses', []).append(loss)
-        if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
-        if stop_asked:
-            job.summary['stopped'] = 'signal'
-            print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
-            break
+    try:
+        while True:
+            last = step == job.total_steps
+            job.clock.start(); faults = minor_faults()
+            # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
+            missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
+            if due(cfg['eval_every'], step, job.start_step, last) or missed:
+                evaluate(job, step)
+                job.loop['evaluated'] = step
+            if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
+            job.clock.mark('eval')
+            if last:
+                if job.last_ckpt != step: save_job(job, step)
+                break
+            lr_mult = lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
+            loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
+            step += 1
+            check_loss(job, loss, step)
+            job.loop['tokens'] += job.tokens_per_step
+            if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
+                save_job(job, step)
+            job.clock.mark('ckpt')
+            t = job.clock.stop()
+            if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
+                t['data'] += job.summary.get('t_first_batch', 0.0); t['step'] += job.summary.get('t_first_batch', 0.0)
+            rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
+            job.metrics.write(**rec)
+            job.summary.setdefault('losses', []).append(loss)
+            if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
+            if stop_asked:
+                job.summary['stopped'] = 'signal'
+                print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
+                break
+    except Exception as error:   # the stage's record says it failed, and why, before the error goes on up
+        if job.is_main: write_stage_record(job, step, failed=error)
+        raise
     return finish(job, step)
 
 def finish(job: Job, step: int) -> dict:
@@ -523,11 +580,14 @@ def finish(job: Job, step: int) -> dict:
     if job.progress is not None: job.progress.close()
     return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data', 'counts')}
 
-def write_stage_record(job: Job, step: int) -> None:
-    "The stage's record of its figures (`12_report` renders the run report from these), written when the loop ends."
+def write_stage_record(job: Job, step: int, failed: BaseException | None = None) -> None:
+    "The stage's record of its figures (`12_report` renders the run report from these): when the loop ends, or fails."
     s = job.summary
     evals = job.summary.get('val_bpb') or []
-    write_record(job.run_dir, job.meta.get('stage', 'base'), status='stopped' if s.get('stopped') == 'signal' else 'complete',
+    signalled = s.get('stopped') == 'signal'
+    status = 'failed' if failed is not None else 'stopped' if signalled else 'complete'
+    reason = f"{type(failed).__name__}: {failed}" if failed is not None else 'signal' if signalled else None
+    write_record(job.run_dir, job.meta.get('stage', 'base'), status=status,
                  started=time.time() - (time.perf_counter() - job.t_start), ended=time.time(),
                  steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'], train_seconds=job.loop['train_time'],
                  params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None, world_size=job.world,
@@ -535,4 +595,4 @@ def write_stage_record(job: Job, step: int) -> None:
                  measured_peak_gb=s['measured_peak_bytes'] / 2**30 if s.get('measured_peak_bytes') else None,
                  final_loss=(s.get('losses') or [None])[-1], val_bpb=evals[-1][1] if evals else None,
                  started_from=job.meta.get('init'), resumed_at=[job.start_step] if job.start_step else [],
-                 stop_reason='signal' if s.get('stopped') == 'signal' else None)
+                 stop_reason=reason)
