@@ -28,7 +28,8 @@ __all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'RECORD_SCHEMA_VE
            'model_config_of', 'load_weights', 'load_model']
 
 # %% ../nbs/04b_checkpoint.ipynb #e322efa2
-FORMAT = 'lmlit-checkpoint-2'      # meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
+# meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
+FORMAT = 'lmlit-checkpoint-2'
 MODEL_FILE = 'model.safetensors'
 OLD_MODEL_FILE = 'model.pt'        # written by lmlit before FORMAT 2; its weights still load (weights_only=True)
 
@@ -37,10 +38,13 @@ def read_meta(folder) -> dict:
     path = Path(folder)/'meta.json'
     try: meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmlitError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): the checkpoint was damaged "
-                         f"after it was written; restore it, or delete {path.parent} to fall back to the checkpoint before it") from None
+        raise LmlitError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): the checkpoint "
+                         "was damaged "
+                         f"after it was written; restore it, or delete {path.parent} to fall back to the checkpoint "
+                         "before it") from None
     if not isinstance(meta, dict) or not isinstance(meta.get('step'), int):
-        raise LmlitError(f"{path} is not an lmlit checkpoint record (no integer 'step'); restore it or delete {path.parent}")
+        raise LmlitError(f"{path} is not an lmlit checkpoint record (no integer 'step'); restore it or delete "
+                         f"{path.parent}")
     return meta
 
 def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
@@ -101,23 +105,28 @@ def _plain(value):
     if isinstance(value, (list, tuple)): return type(value)(_plain(v) for v in value)
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)): return value
     if isinstance(value, np.generic): return value.item()
-    raise LmlitError(f"checkpoint rank state holds a {type(value).__name__}, which cannot be read back without unpickling; "
+    raise LmlitError(f"checkpoint rank state holds a {type(value).__name__}, which cannot be read back without "
+                     "unpickling; "
                      "store plain values, lists, dicts or tensors (np.ndarray: .tolist())")
 
 def _save_failed(error, step: int, folder: Path, rank: int, phase: str) -> LmlitError:
     prev = [s for s, _ in complete_checkpoints(folder.parent)]
     kept = f" and the previous one (step {prev[-1]}) is kept" if prev else ''
     if error is None:
-        return LmlitError(f"another rank failed while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; "
+        return LmlitError(f"another rank failed while writing checkpoint step {step} to {folder}: the partial "
+                          f"checkpoint was removed{kept}; "
                           "that rank's log says why")
     if is_disk_full(error):
-        return LmlitError(f"disk full while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; free space, "
+        return LmlitError(f"disk full while writing checkpoint step {step} to {folder}: the partial checkpoint was "
+                          f"removed{kept}; free space, "
                           "lower keep_last, or point LMLIT_RUNS at a bigger disk, then resume=True")
     if phase == 'write' and rank > 0 and isinstance(error, FileNotFoundError):
-        return LmlitError(f"rank {rank} does not see the checkpoint folder rank 0 just made in {folder}: the nodes do not share the run "
+        return LmlitError(f"rank {rank} does not see the checkpoint folder rank 0 just made in {folder}: the nodes do "
+                          "not share the run "
                           "folder; put LMLIT_RUNS on a shared filesystem mounted at the same path on every node")
     first = (str(error).strip().splitlines() or [''])[0][:200]
-    return LmlitError(f"writing checkpoint step {step} to {folder} failed on rank {rank} ({type(error).__name__}: {first}): "
+    return LmlitError(f"writing checkpoint step {step} to {folder} failed on rank {rank} ({type(error).__name__}: "
+                      f"{first}): "
                       f"the partial checkpoint was removed{kept}")
 
 def save_checkpoint(run_dir, step: int, model_state: dict, optim_state: dict | None, rank_state: dict, meta: dict,
@@ -170,23 +179,32 @@ def _checked(folder: Path, name: str, meta: dict) -> Path:
     if want is not None:
         got, size = sha256_file(path), path.stat().st_size
         if got != want.get('sha256'):
-            raise LmlitError(f"{path} does not match the sha256 its meta.json recorded ({size} bytes, {want.get('bytes')} recorded): "
-                             f"it was changed or cut short after it was written; restore it, or delete {folder} to fall back")
+            raise LmlitError(f"{path} does not match the sha256 its meta.json recorded ({size} bytes, "
+                             f"{want.get('bytes')} recorded): "
+                             f"it was changed or cut short after it was written; restore it, or delete {folder} to "
+                             "fall back")
     elif meta.get('format') == FORMAT:
-        raise LmlitError(f"{path} is not listed in {folder/'meta.json'}: a file added after the checkpoint was written; remove it")
+        raise LmlitError(f"{path} is not listed in {folder/'meta.json'}: a file added after the checkpoint was "
+                         "written; remove it")
     return path
 
 def _load_plain(path: Path, meta: dict, map_location='cpu'):
     "A torch file read with weights_only=True (tensors and plain values, never code), or one line saying why not."
     try: return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, TypeError, KeyError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,
+            KeyError) as e:
         if meta.get('format') != FORMAT and path.name.startswith('rank'):
-            raise LmlitError(f"{path} was written by an older lmlit and holds objects that only unpickling could read; lmlit never "
-                             "unpickles a run folder, so this checkpoint cannot be resumed. Its weights still load (lmlit chat, "
-                             "eval, a new stage from it); to continue training, start a new run or stage from it") from None
+            raise LmlitError(f"{path} was written by an older lmlit and holds objects that only unpickling could "
+                             "read; lmlit never "
+                             "unpickles a run folder, so this checkpoint cannot be resumed. Its weights still load "
+                             "(lmlit chat, "
+                             "eval, a new stage from it); to continue training, start a new run or stage from "
+                             "it") from None
         first = (str(e).strip().splitlines() or [''])[0][:160]
-        raise LmlitError(f"{path} is not a file lmlit can read safely ({type(e).__name__}: {first}); lmlit reads only tensors and plain "
-                         "values from a run folder (nothing is unpickled): restore the file, or delete its checkpoint folder") from None
+        raise LmlitError(f"{path} is not a file lmlit can read safely ({type(e).__name__}: {first}); lmlit reads only "
+                         "tensors and plain "
+                         "values from a run folder (nothing is unpickled): restore the file, or delete its checkpoint "
+                         "folder") from None
 
 def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
     "The weights of checkpoint `folder`: model.safetensors (or an older checkpoint's model.pt, read with weights_only=True)."
@@ -194,7 +212,8 @@ def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
         path = _checked(folder, MODEL_FILE, meta)
         try: return safetensors_load_file(str(path), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise LmlitError(f"{path} is not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            raise LmlitError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]}); "
                              "restore it, or delete its checkpoint folder") from None
     return _load_plain(_checked(folder, OLD_MODEL_FILE, meta), meta, map_location)
 
@@ -204,11 +223,13 @@ def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, m
     Only the `parts` asked for are read (inference asks for 'model' alone); each file is checked against its sha256."""
     checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
-        raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to start fresh")
+        raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to "
+                         "start fresh")
     if step is not None:
         found = dict(checkpoints)
         if step not in found:
-            raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: {[s for s, _ in checkpoints]}")
+            raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: "
+                             f"{[s for s, _ in checkpoints]}")
         path = found[step]
     else: path = checkpoints[-1][1]
     meta = read_meta(path)
@@ -218,7 +239,8 @@ def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, m
     if 'optim' in parts and ((path/'optim.pt').exists() or 'optim.pt' in (meta.get('files') or {})):
         out['optim'] = _load_plain(_checked(path, 'optim.pt', meta), meta, map_location)
     if 'rank' in parts:
-        for name in sorted(p.name for p in path.glob('rank*.pt')):   # every rank's data streams: any world size finds its own
+        # every rank's data streams: any world size finds its own
+        for name in sorted(p.name for p in path.glob('rank*.pt')):
             state = _load_plain(_checked(path, name, meta), meta)
             if isinstance(state, dict): out['loader_states'].update(state.get('loaders') or {})
             if name == f'rank{rank}.pt': out['rank_state'] = state
@@ -285,7 +307,8 @@ def latest_stage(run) -> str:
 RECORD_SCHEMA_VERSION = 1
 RECORD_FILE = 'record.json'
 STATUSES = ('complete', 'stopped', 'failed')
-STAGE_FOLDERS = {stage: '.' if stage == 'base' else stage for stage in STAGES}   # each training stage's folder in a run folder
+# each training stage's folder in a run folder
+STAGE_FOLDERS = {stage: '.' if stage == 'base' else stage for stage in STAGES}
 
 def iso_time(t=None) -> str:
     "A time (epoch seconds, datetime, ISO string or None = now) as an ISO-8601 UTC string."
@@ -363,15 +386,18 @@ def check_shared_folder(folder) -> None:
     blind = [r for r in range(world) if flags[r].item() > 0]
     if blind:
         per_node = int(os.environ.get('LOCAL_WORLD_SIZE') or world)
-        raise LmlitError(f"ranks on node {blind[0] // per_node} (rank {blind[0]} and {len(blind) - 1} more) do not see node 0's run "
-                         f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every node")
+        raise LmlitError(f"ranks on node {blind[0] // per_node} (rank {blind[0]} and {len(blind) - 1} more) do not "
+                         "see node 0's run "
+                         f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every "
+                         "node")
 
 # %% ../nbs/04b_checkpoint.ipynb #4787f234
 def model_config_of(meta: dict, where) -> GPTConfig:
     "The GPTConfig checkpoint `meta` records, or one line saying it does not record a usable one."
     try: return GPTConfig(**meta['model_shape'])
     except (KeyError, TypeError) as e:
-        raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not written by this lmlit") from None
+        raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not "
+                         "written by this lmlit") from None
 
 def load_weights(model, state: dict, where) -> None:
     "Put `state` into `model`; a missing, extra or wrongly shaped tensor is one line naming the checkpoint."

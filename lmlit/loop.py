@@ -86,8 +86,10 @@ def data_streams(total_batch: int, device_batch: int, seq_len: int) -> int:
 # %% ../nbs/04d_loop.ipynb #1c40ed0a
 GPU_PEAK_FLOPS = {  # dense bf16, FLOP/s; matched as substrings of torch.cuda.get_device_name, first match wins
     'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 756e12, 'GH200': 989e12,
-    'B200': 2250e12, 'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12,
-    'RTX 5090': 209.5e12, 'RTX 4090': 165.2e12, 'RTX 3090': 71e12, 'RTX 6000 Ada': 364e12, 'A6000': 155e12, 'V100': 125e12,
+    'B200': 2250e12, 'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L40': 181e12,
+                  'L4': 121e12,
+    'RTX 5090': 209.5e12, 'RTX 4090': 165.2e12, 'RTX 3090': 71e12, 'RTX 6000 Ada': 364e12, 'A6000': 155e12,
+                  'V100': 125e12,
 }
 
 def gpu_peak_flops(name: str) -> float | None:
@@ -106,7 +108,9 @@ def measure_cpu_peak(seconds: float = 0.6, sizes=(512, 1024), bursts: int = 5) -
         torch.mm(a, b, out=c)
         for _ in range(bursts):
             k, t0 = 0, time.perf_counter()
-            while (dt := time.perf_counter() - t0) < seconds / (len(sizes) * bursts) or k == 0: torch.mm(a, b, out=c); k += 1
+            while (dt := time.perf_counter() - t0) < seconds / (len(sizes) * bursts) or k == 0:
+                torch.mm(a, b, out=c)
+                k += 1
             best = max(best, 2 * n**3 * k / dt)
     return best
 
@@ -114,10 +118,13 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     "(peak FLOP/s or None, a words description of where it came from) for `device`."
     device = torch.device(device)
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device); p = gpu_peak_flops(name)
-        return p, (f"{name}: {p/1e12:.0f} TFLOP/s bf16 dense (data sheet)" if p else f"{name}: peak unknown, MFU not reported")
+        name = torch.cuda.get_device_name(device)
+        p = gpu_peak_flops(name)
+        return p, (f"{name}: {p/1e12:.0f} TFLOP/s bf16 dense (data "
+                   "sheet)" if p else f"{name}: peak unknown, MFU not reported")
     if device.type == 'cpu':
-        p = measure_cpu_peak(); return p, f"CPU: measured fp32 matmul peak {p/1e9:.1f} GFLOP/s"
+        p = measure_cpu_peak()
+        return p, f"CPU: measured fp32 matmul peak {p/1e9:.1f} GFLOP/s"
     return None, f"{device.type}: peak unknown"
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world: int = 1) -> float | None:
@@ -133,12 +140,18 @@ class StepClock:
         self.cuda = torch.device(device).type == 'cuda'
     def _now(self):
         if self.cuda:
-            e = torch.cuda.Event(enable_timing=True); e.record(); return e
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
         return time.perf_counter()
     def start(self):
-        self.t_wall = time.perf_counter(); self.last = self._now(); self.marks = []
+        self.t_wall = time.perf_counter()
+        self.last = self._now()
+        self.marks = []
     def mark(self, part: str):
-        t = self._now(); self.marks.append((part, self.last, t)); self.last = t
+        t = self._now()
+        self.marks.append((part, self.last, t))
+        self.last = t
     def skip(self):
         "Start the next part from now (time since the last mark is not attributed)."
         self.last = self._now()
@@ -155,7 +168,8 @@ def data_wait_warning(data_s: float, step_s: float, threshold: float = 0.05) -> 
     "A warning naming likely causes when data wait is more than `threshold` of the step, else None."
     if step_s <= 0 or data_s / step_s <= threshold: return None
     return (f"data wait is {100*data_s/step_s:.0f}% of step time: the loader cannot keep up. Likely causes: too few "
-            "tokenizer threads or CPU cores per GPU, slow storage (network disk, first read of shards), small doc_batch, "
+            "tokenizer threads or CPU cores per GPU, slow storage (network disk, first read of shards), small "
+            "doc_batch, "
             "or other processes on the same CPUs; check `top` and the loader's stats()")
 
 # %% ../nbs/04d_loop.ipynb #94364d3f
@@ -166,9 +180,12 @@ class MetricsWriter:
         self.f = open(self.path, 'a') if enabled else None
     def write(self, **rec):
         if not self.enabled: return
-        self.f.write(json.dumps(rec, default=float) + '\n'); self.f.flush()
+        self.f.write(json.dumps(rec, default=float) + '\n')
+        self.f.flush()
     def close(self):
-        if self.f: self.f.close(); self.f = None
+        if self.f:
+            self.f.close()
+            self.f = None
 
 def metrics_lines(path) -> list[dict]:
     "Every parseable line of a metrics.jsonl, in order (a line cut by a crash is skipped; no file, no lines)."
@@ -198,7 +215,8 @@ class StopFlag:
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT: raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signal = signum
-        if self.verbose: print(f"\nlmlit: got {signal.Signals(signum).name}; saving a checkpoint at the end of this step, then stopping", flush=True)
+        if self.verbose: print(f"\nlmlit: got {signal.Signals(signum).name}; saving a checkpoint at the end of this "
+                               "step, then stopping", flush=True)
     def restore(self):
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
@@ -235,7 +253,8 @@ class Job:
     raw_model: torch.nn.Module | None = None   # the module whose weights are saved (`model` before torch.compile)
     tokenizer: object = None
     loaders: dict = field(default_factory=dict)   # data stream -> loader; their state_dict()s go into every checkpoint
-    meta: dict = field(default_factory=dict)      # what every checkpoint's meta.json carries (model shape, tokenizer hash, …)
+    # what every checkpoint's meta.json carries (model shape, tokenizer hash, …)
+    meta: dict = field(default_factory=dict)
     loop: dict = field(default_factory=lambda: dict(tokens=0, train_time=0.0, smooth=None))
     plan: dict = field(default_factory=dict)      # the memory plan (lmlit.memory)
     memory: object = None                         # a PeakMemory, or None
@@ -249,7 +268,8 @@ class Job:
     last_ckpt: int | None = None
     t_start: float = field(default_factory=time.perf_counter)
     summary: dict = field(default_factory=dict)
-    val_batches: object = None                    # a callable giving fresh validation batches, for the stage's evaluation
+    # a callable giving fresh validation batches, for the stage's evaluation
+    val_batches: object = None
     progress: object = None                       # the progress display (below)
     def __post_init__(self):
         if self.raw_model is None: self.raw_model = self.model
@@ -275,7 +295,8 @@ def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tupl
     job.clock.mark('data')
     for k, batch in enumerate(batches):
         with job.autocast(): loss = job.model(*batch) if micro_loss is None else micro_loss(job, batches, k)
-        if k == job.accum - 1: job.optimizer.sync_in_backward()   # ranks > 1: gradient reductions start during this backward
+        # ranks > 1: gradient reductions start during this backward
+        if k == job.accum - 1: job.optimizer.sync_in_backward()
         (loss / job.accum).backward()
         loss_sum += loss.detach()
         job.clock.mark('fwdbwd')
@@ -294,7 +315,8 @@ def _last_good(job: Job) -> str:
 def check_loss(job: Job, loss: float, step: int) -> None:
     "Stop the job, keeping its checkpoints, when the loss is not a finite number."
     if not math.isfinite(loss):
-        raise LmlitError(f"loss became {loss} at step {step}: training stopped; the last good checkpoint ({_last_good(job)}) is kept. "
+        raise LmlitError(f"loss became {loss} at step {step}: training stopped; the last good checkpoint "
+                         f"({_last_good(job)}) is kept. "
                          "Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
 
 # %% ../nbs/04d_loop.ipynb #d6179aee
@@ -304,7 +326,8 @@ def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_ha
     checkpoints = complete_checkpoints(run_dir)
     if not cfg['resume']:
         if checkpoints:
-            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in {run_dir}: pass resume=True "
+            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in "
+                             f"{run_dir}: pass resume=True "
                              "to continue it, or choose another run name (lmlit never overwrites a run's checkpoints)")
         return None
     if not checkpoints:
@@ -314,7 +337,8 @@ def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_ha
     meta = read_meta(path)
     check_compat(meta, shape, tok_hash, path)
     if total_steps < step:
-        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is below it: a run cannot "
+        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is "
+                         "below it: a run cannot "
                          f"go back. Pass steps > {step} to continue it, or start a new run name")
     return meta
 
@@ -324,12 +348,15 @@ def save_job(job: Job, step: int) -> None:
     bad = torch.stack([(~torch.isfinite(p)).any() for p in job.raw_model.parameters()]).any().float()
     if job.world > 1: dist.all_reduce(bad)
     if bad.item():
-        raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the last good "
-                         f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
+        raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the "
+                         "last good "
+                         f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, "
+                         "or dtype='float32'")
     optim_state = optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
     rank_state = dict(loaders={s: L.state_dict() for s, L in job.loaders.items()}, rng=rng_state())
     meta = {**job.meta, 'world_size': job.world, 'config': job.cfg, 'loop': job.loop}
-    save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state, meta,
+    save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state,
+                    meta,
                     job.cfg.get('keep_last', 2))
     job.last_ckpt = step
 
@@ -341,7 +368,8 @@ def restore_job(job: Job, ck: dict) -> None:
     job.loop.update(ck['meta'].get('loop', {}))
     if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None: set_rng_state(ck['rank_state']['rng'])
     elif ck['meta'].get('world_size') != job.world:
-        print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: model, optimizer "
+        print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: "
+               "model, optimizer "
                "and the data streams resume exactly; only the (unused in training) RNG states start afresh")
     print0(f"resumed from {ck['path']} at step {job.start_step}")
 
@@ -360,7 +388,8 @@ def resolve_dtype(name: str, device) -> torch.dtype:
     return dict(bfloat16=torch.bfloat16, float32=torch.float32)[name]
 
 # %% ../nbs/04d_loop.ipynb #24e44684
-TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s', 'tok_per_s_avg',
+TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s',
+                'tok_per_s_avg',
                 'mfu', 'mfu_avg', 'mem_peak_gb', 'page_faults', 't_step', *(f't_{p}' for p in PARTS),
                 *(f't_{p}_avg' for p in PARTS), 't_step_avg')
 DATA_FIELDS = dict(docs_per_batch='docs_per_batch_last', cropped_frac='cropped_frac', padding_frac='padding_frac',
@@ -369,7 +398,8 @@ DATA_FIELDS = dict(docs_per_batch='docs_per_batch_last', cropped_frac='cropped_f
 def data_stats(job: Job) -> dict:
     "The loaders' packing figures for the record, averaged over this rank's data streams."
     stats = [loader.stats() for loader in job.loaders.values() if hasattr(loader, 'stats')]
-    return {name: sum(s[key] for s in stats) / len(stats) for name, key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
+    return {name: sum(s[key] for s in stats) / len(stats) for name,
+            key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
 
 def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_faults: int | None = None) -> dict:
     "The metrics record of one optimizer step (fields above); updates the job's counters and averages, warns once on data wait."
@@ -386,9 +416,12 @@ def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_
     job.loop['smooth'] = loss if job.loop['smooth'] is None else 0.9 * job.loop['smooth'] + 0.1 * loss
     if job.stats.seen >= 5 and not job.summary.get('warned_data'):
         warning = data_wait_warning(job.stats.avg('data'), job.stats.avg('step'))
-        if warning: warnings.warn(warning); job.summary['warned_data'] = True
+        if warning:
+            warnings.warn(warning)
+            job.summary['warned_data'] = True
     return dict(kind='train', step=step, time=time.time(), elapsed=time.perf_counter() - job.t_start, loss=loss,
-                loss_smooth=job.loop['smooth'], lr_mult=lr_mult, lr=lr_mult * job.cfg.get('matrix_lr', 1.0), tokens=job.loop['tokens'],
+                loss_smooth=job.loop['smooth'], lr_mult=lr_mult, lr=lr_mult * job.cfg.get('matrix_lr', 1.0),
+                tokens=job.loop['tokens'],
                 tok_per_s=tps, tok_per_s_avg=tps_avg, mfu=mfu(job.flops_per_token, tps, job.peak, job.world),
                 mfu_avg=mfu(job.flops_per_token, tps_avg, job.peak, job.world),
                 mem_peak_gb=peak_bytes / 2**30 if peak_bytes is not None else None, page_faults=page_faults,
@@ -405,25 +438,40 @@ def _smooth(xs, k=10):
 
 def make_plots(run_dir, out_dir=None) -> list[Path]:
     "Write loss.png, bpb.png, tok_s.png and breakdown.png from `run_dir/metrics.jsonl`; returns their paths."
-    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib
+    matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
-    run_dir = Path(run_dir); out = Path(out_dir or run_dir/'plots'); out.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    out = Path(out_dir or run_dir/'plots')
+    out.mkdir(parents=True, exist_ok=True)
     tr, ev = read_metrics(run_dir/'metrics.jsonl'), read_metrics(run_dir/'metrics.jsonl', 'eval')
     paths = []
     def fig(name, draw):
-        f, ax = plt.subplots(figsize=(6, 3.5)); draw(ax); ax.set_xlabel('step'); ax.grid(alpha=.3); f.tight_layout()
-        f.savefig(out/name, dpi=100); plt.close(f); paths.append(out/name)
+        f, ax = plt.subplots(figsize=(6, 3.5))
+        draw(ax)
+        ax.set_xlabel('step')
+        ax.grid(alpha=.3)
+        f.tight_layout()
+        f.savefig(out/name, dpi=100)
+        plt.close(f)
+        paths.append(out/name)
     steps = [r['step'] for r in tr]
     fig('loss.png', lambda ax: (ax.plot(steps, [r['loss'] for r in tr], alpha=.4, label='loss'),
-                                ax.plot(steps, _smooth([r['loss'] for r in tr]), label='smoothed'), ax.set_ylabel('train loss (nats)'), ax.legend()))
-    fig('bpb.png', lambda ax: (ax.plot([r['step'] for r in ev if 'val_bpb' in r], [r['val_bpb'] for r in ev if 'val_bpb' in r], 'o-'),
+                                ax.plot(steps, _smooth([r['loss'] for r in tr]), label='smoothed'),
+                                ax.set_ylabel('train loss (nats)'), ax.legend()))
+    fig('bpb.png',
+        lambda ax: (ax.plot([r['step'] for r in ev if 'val_bpb' in r], [r['val_bpb'] for r in ev if 'val_bpb' in r],
+                            'o-'),
                                ax.set_ylabel('validation bits per byte')))
     fig('tok_s.png', lambda ax: (ax.plot(steps, [r['tok_per_s'] for r in tr], alpha=.4, label='per step'),
-                                 ax.plot(steps, [r['tok_per_s_avg'] for r in tr], label='amortised'), ax.set_ylabel('tokens / s'), ax.legend()))
+                                 ax.plot(steps, [r['tok_per_s_avg'] for r in tr], label='amortised'),
+                                 ax.set_ylabel('tokens / s'), ax.legend()))
     def breakdown(ax):
         ys = [[r.get(f't_{p}', 0.0) for r in tr] for p in PARTS]
         other = [max(0.0, r['t_step'] - sum(r.get(f't_{p}', 0.0) for p in PARTS)) for r in tr]
-        ax.stackplot(steps, *ys, other, labels=[*PARTS, 'other'], alpha=.8); ax.set_ylabel('seconds per step'); ax.legend(fontsize=7, loc='upper right')
+        ax.stackplot(steps, *ys, other, labels=[*PARTS, 'other'], alpha=.8)
+        ax.set_ylabel('seconds per step')
+        ax.legend(fontsize=7, loc='upper right')
     fig('breakdown.png', breakdown)
     return paths
 
@@ -448,12 +496,18 @@ class Progress:
         self.total, self.live, self.hist = total, live, []
         if live:
             from tqdm.auto import tqdm
-            import ipywidgets as W
+            import ipywidgets
             from IPython.display import display
-            self.bar = tqdm(total=total, initial=start, desc='train'); self.out = W.Output(); display(self.out)
+            self.bar = tqdm(total=total, initial=start, desc='train')
+            self.out = ipywidgets.Output()
+            display(self.out)
     def update(self, step, r):
-        if not self.live: print0(_fmt_line(step, self.total, r)); return
-        self.bar.n = step; self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}"); self.bar.refresh()
+        if not self.live:
+            print0(_fmt_line(step, self.total, r))
+            return
+        self.bar.n = step
+        self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}")
+        self.bar.refresh()
         self.hist.append((step, r['loss'], r['tok_per_s']))
         if len(self.hist) % 10 == 0 or step == self.total:
             import matplotlib.pyplot as plt
@@ -461,8 +515,13 @@ class Progress:
             with self.out:
                 self.out.clear_output(wait=True)
                 f, (a, b) = plt.subplots(1, 2, figsize=(9, 2.8))
-                s, l, t = zip(*self.hist); a.plot(s, l); a.set_title('loss'); b.plot(s, t); b.set_title('tok/s')
-                display(f); plt.close(f)
+                s, l, t = zip(*self.hist)
+                a.plot(s, l)
+                a.set_title('loss')
+                b.plot(s, t)
+                b.set_title('tok/s')
+                display(f)
+                plt.close(f)
     def close(self):
         if self.live: self.bar.close()
 
@@ -492,7 +551,8 @@ def part_means(recs) -> dict:
     out['other'] = max(0.0, out['step'] - sum(out[p] for p in PARTS))
     return out
 
-def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: list | None = None, size: int | None = None) -> list[dict]:
+def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: list | None = None,
+                 size: int | None = None) -> list[dict]:
     "Consecutive windows of `recs` (`size` steps each, else a round size giving at most `n`): steps, tok/s, MFU, parts, evals."
     if not recs: return []
     size = size or window_size(recs[-1]['step'], n)
@@ -505,10 +565,12 @@ def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: li
         mfus = [r['mfu'] for r in w if r.get('mfu') is not None]
         mfu_mean = sum(mfus) / len(mfus) if mfus else None
         first, last = w[0]['step'], w[-1]['step']
-        out.append(dict(first_step=first, last_step=last, steps=len(w), tok_per_s=tokens_per_step * len(w) / t if t else None,
+        out.append(dict(first_step=first, last_step=last, steps=len(w),
+                        tok_per_s=tokens_per_step * len(w) / t if t else None,
                         mfu=mfu_mean if mfu_mean is None or mfu_mean <= 1 else None,
                         mfu_over_100=bool(mfu_mean and mfu_mean > 1), parts=part_means(w),
-                        evals=sum(first - 1 <= s < last for s in eval_steps)))   # an eval after step s is timed in step s+1
+                        # an eval after step s is timed in step s+1
+                        evals=sum(first - 1 <= s < last for s in eval_steps)))
     return out
 
 # %% ../nbs/04d_loop.ipynb #89f3bc28
@@ -533,7 +595,8 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
     try:
         while True:
             last = step == job.total_steps
-            job.clock.start(); faults = minor_faults()
+            job.clock.start()
+            faults = minor_faults()
             # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
             missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
             if due(cfg['eval_every'], step, job.start_step, last) or missed:
@@ -544,7 +607,8 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             if last:
                 if job.last_ckpt != step: save_job(job, step)
                 break
-            lr_mult = lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
+            lr_mult = lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'],
+                                    cfg['final_lr_frac'])
             loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
             step += 1
             check_loss(job, loss, step)
@@ -554,7 +618,8 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             job.clock.mark('ckpt')
             t = job.clock.stop()
             if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
-                t['data'] += job.summary.get('t_first_batch', 0.0); t['step'] += job.summary.get('t_first_batch', 0.0)
+                t['data'] += job.summary.get('t_first_batch', 0.0)
+                t['step'] += job.summary.get('t_first_batch', 0.0)
             rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
             job.metrics.write(**rec)
             job.summary.setdefault('losses', []).append(loss)
@@ -572,7 +637,8 @@ def finish(job: Job, step: int) -> dict:
     "The summary of a run that ended at `step`; plots (rank 0); every rank returns once rank 0's files are written."
     s = job.summary
     s['final_step'] = step
-    s['tok_per_s_avg'] = job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
+    s['tok_per_s_avg'] = job.tokens_per_step * max(1,
+                                                   job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
     s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
     if job.is_main and job.cfg.get('plots', True): s['plots'] = [str(p) for p in make_plots(job.run_dir)]
     if job.is_main: write_stage_record(job, step)
@@ -589,8 +655,10 @@ def write_stage_record(job: Job, step: int, failed: BaseException | None = None)
     reason = f"{type(failed).__name__}: {failed}" if failed is not None else 'signal' if signalled else None
     write_record(job.run_dir, job.meta.get('stage', 'base'), status=status,
                  started=time.time() - (time.perf_counter() - job.t_start), ended=time.time(),
-                 steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'], train_seconds=job.loop['train_time'],
-                 params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None, world_size=job.world,
+                 steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'],
+                 train_seconds=job.loop['train_time'],
+                 params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None,
+                 world_size=job.world,
                  device=str(job.device), planned_peak_gb=job.plan['total'] / 2**30 if job.plan else None,
                  measured_peak_gb=s['measured_peak_bytes'] / 2**30 if s.get('measured_peak_bytes') else None,
                  final_loss=(s.get('losses') or [None])[-1], val_bpb=evals[-1][1] if evals else None,
