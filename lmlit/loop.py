@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
-from .optim import (set_lr, set_muon_momentum, muon_momentum, lr_multiplier, optimizer_state_for_checkpoint,
-                         load_optimizer_state)
+from . import optim   # called as optim.name: a test replaces optim.lr_multiplier to make a run blow up
 from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta,
                               load_weights, check_shared_folder, write_record)
 
@@ -287,8 +286,8 @@ def due(every: int, step: int, start: int, last: bool) -> bool:
 # %% ../nbs/04d_loop.ipynb #1db07e40
 def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tuple[float, bool]:
     "One optimizer step of `job` at `step`: (the loss averaged over micro-batches and ranks, whether any rank was asked to stop)."
-    set_lr(job.optimizer, lr_mult)
-    set_muon_momentum(job.optimizer, muon_momentum(step))
+    optim.set_lr(job.optimizer, lr_mult)
+    optim.set_muon_momentum(job.optimizer, optim.muon_momentum(step))
     loss_sum = torch.zeros((), device=job.device)
     job.clock.skip()
     batches = [next(it) for it in job.batches]   # the step's micro-batches, one per data stream this rank owns
@@ -352,7 +351,7 @@ def save_job(job: Job, step: int) -> None:
                          "last good "
                          f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, "
                          "or dtype='float32'")
-    optim_state = optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
+    optim_state = optim.optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
     rank_state = dict(loaders={s: L.state_dict() for s, L in job.loaders.items()}, rng=rng_state())
     meta = {**job.meta, 'world_size': job.world, 'config': job.cfg, 'loop': job.loop}
     save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state,
@@ -363,7 +362,7 @@ def save_job(job: Job, step: int) -> None:
 def restore_job(job: Job, ck: dict) -> None:
     "Put model, optimizer, loop counters and (same world size) RNG back from checkpoint `ck` (04b's load_checkpoint)."
     load_weights(job.raw_model, ck['model'], ck['path'])
-    if ck['optim'] is not None: load_optimizer_state(job.optimizer, ck['optim'])
+    if ck['optim'] is not None: optim.load_optimizer_state(job.optimizer, ck['optim'])
     job.start_step = job.last_ckpt = ck['meta']['step']
     job.loop.update(ck['meta'].get('loop', {}))
     if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None: set_rng_state(ck['rank_state']['rng'])
@@ -607,7 +606,7 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             if last:
                 if job.last_ckpt != step: save_job(job, step)
                 break
-            lr_mult = lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'],
+            lr_mult = optim.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'],
                                     cfg['final_lr_frac'])
             loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
             step += 1
