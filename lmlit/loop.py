@@ -14,17 +14,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
-from . import optim as O
-from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta, load_weights,
-                              check_shared_folder)
-from .report import write_record
+from . import optim   # called as optim.name: a test replaces optim.lr_multiplier to make a run blow up
+from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta,
+                              load_weights, check_shared_folder, write_record)
 
 # %% auto #0
-__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'parse_value', 'resolve_params', 'params_from_pairs',
-           'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops', 'mfu', 'StepClock',
-           'data_wait_warning', 'MetricsWriter', 'read_metrics', 'StopFlag', 'StepStats', 'Job', 'due',
-           'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job', 'close_job', 'resolve_dtype',
-           'data_stats', 'step_record', 'make_plots', 'throughput_report', 'run_job', 'finish', 'write_stage_record']
+__all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'PART_ORDER', 'parse_value', 'resolve_params',
+           'params_from_pairs', 'grad_accum_steps', 'data_streams', 'gpu_peak_flops', 'measure_cpu_peak', 'peak_flops',
+           'mfu', 'StepClock', 'data_wait_warning', 'MetricsWriter', 'metrics_lines', 'read_metrics', 'StopFlag',
+           'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job',
+           'close_job', 'resolve_dtype', 'data_stats', 'step_record', 'make_plots', 'live_default', 'Progress',
+           'next_round', 'window_size', 'part_means', 'step_windows', 'throughput_report', 'run_job', 'finish',
+           'write_stage_record']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -84,8 +85,10 @@ def data_streams(total_batch: int, device_batch: int, seq_len: int) -> int:
 # %% ../nbs/04d_loop.ipynb #1c40ed0a
 GPU_PEAK_FLOPS = {  # dense bf16, FLOP/s; matched as substrings of torch.cuda.get_device_name, first match wins
     'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 756e12, 'GH200': 989e12,
-    'B200': 2250e12, 'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12,
-    'RTX 5090': 209.5e12, 'RTX 4090': 165.2e12, 'RTX 3090': 71e12, 'RTX 6000 Ada': 364e12, 'A6000': 155e12, 'V100': 125e12,
+    'B200': 2250e12, 'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L40': 181e12,
+                  'L4': 121e12,
+    'RTX 5090': 209.5e12, 'RTX 4090': 165.2e12, 'RTX 3090': 71e12, 'RTX 6000 Ada': 364e12, 'A6000': 155e12,
+                  'V100': 125e12,
 }
 
 def gpu_peak_flops(name: str) -> float | None:
@@ -104,7 +107,9 @@ def measure_cpu_peak(seconds: float = 0.6, sizes=(512, 1024), bursts: int = 5) -
         torch.mm(a, b, out=c)
         for _ in range(bursts):
             k, t0 = 0, time.perf_counter()
-            while (dt := time.perf_counter() - t0) < seconds / (len(sizes) * bursts) or k == 0: torch.mm(a, b, out=c); k += 1
+            while (dt := time.perf_counter() - t0) < seconds / (len(sizes) * bursts) or k == 0:
+                torch.mm(a, b, out=c)
+                k += 1
             best = max(best, 2 * n**3 * k / dt)
     return best
 
@@ -112,10 +117,13 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     "(peak FLOP/s or None, a words description of where it came from) for `device`."
     device = torch.device(device)
     if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device); p = gpu_peak_flops(name)
-        return p, (f"{name}: {p/1e12:.0f} TFLOP/s bf16 dense (data sheet)" if p else f"{name}: peak unknown, MFU not reported")
+        name = torch.cuda.get_device_name(device)
+        p = gpu_peak_flops(name)
+        return p, (f"{name}: {p/1e12:.0f} TFLOP/s bf16 dense (data "
+                   "sheet)" if p else f"{name}: peak unknown, MFU not reported")
     if device.type == 'cpu':
-        p = measure_cpu_peak(); return p, f"CPU: measured fp32 matmul peak {p/1e9:.1f} GFLOP/s"
+        p = measure_cpu_peak()
+        return p, f"CPU: measured fp32 matmul peak {p/1e9:.1f} GFLOP/s"
     return None, f"{device.type}: peak unknown"
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world: int = 1) -> float | None:
@@ -131,12 +139,18 @@ class StepClock:
         self.cuda = torch.device(device).type == 'cuda'
     def _now(self):
         if self.cuda:
-            e = torch.cuda.Event(enable_timing=True); e.record(); return e
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
         return time.perf_counter()
     def start(self):
-        self.t_wall = time.perf_counter(); self.last = self._now(); self.marks = []
+        self.t_wall = time.perf_counter()
+        self.last = self._now()
+        self.marks = []
     def mark(self, part: str):
-        t = self._now(); self.marks.append((part, self.last, t)); self.last = t
+        t = self._now()
+        self.marks.append((part, self.last, t))
+        self.last = t
     def skip(self):
         "Start the next part from now (time since the last mark is not attributed)."
         self.last = self._now()
@@ -153,7 +167,8 @@ def data_wait_warning(data_s: float, step_s: float, threshold: float = 0.05) -> 
     "A warning naming likely causes when data wait is more than `threshold` of the step, else None."
     if step_s <= 0 or data_s / step_s <= threshold: return None
     return (f"data wait is {100*data_s/step_s:.0f}% of step time: the loader cannot keep up. Likely causes: too few "
-            "tokenizer threads or CPU cores per GPU, slow storage (network disk, first read of shards), small doc_batch, "
+            "tokenizer threads or CPU cores per GPU, slow storage (network disk, first read of shards), small "
+            "doc_batch, "
             "or other processes on the same CPUs; check `top` and the loader's stats()")
 
 # %% ../nbs/04d_loop.ipynb #94364d3f
@@ -164,18 +179,27 @@ class MetricsWriter:
         self.f = open(self.path, 'a') if enabled else None
     def write(self, **rec):
         if not self.enabled: return
-        self.f.write(json.dumps(rec, default=float) + '\n'); self.f.flush()
+        self.f.write(json.dumps(rec, default=float) + '\n')
+        self.f.flush()
     def close(self):
-        if self.f: self.f.close(); self.f = None
+        if self.f:
+            self.f.close()
+            self.f = None
+
+def metrics_lines(path) -> list[dict]:
+    "Every parseable line of a metrics.jsonl, in order (a line cut by a crash is skipped; no file, no lines)."
+    path = Path(path)
+    if not path.exists(): return []
+    out = []
+    for line in path.read_text().splitlines():
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError: continue
+    return out
 
 def read_metrics(path, kind: str | None = 'train') -> list[dict]:
     "Records of `kind` from a metrics.jsonl, the newest record per step kept (resumed runs read as one)."
     recs = {}
-    p = Path(path)
-    if not p.exists(): return []
-    for line in p.read_text().splitlines():
-        try: r = json.loads(line)
-        except json.JSONDecodeError: continue  # a line cut by a crash
+    for r in metrics_lines(path):
         if kind is None or r.get('kind') == kind: recs[(r.get('kind'), r.get('step'))] = r
     return sorted(recs.values(), key=lambda r: (r.get('step') or 0))
 
@@ -190,7 +214,8 @@ class StopFlag:
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT: raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signal = signum
-        if self.verbose: print(f"\nlmlit: got {signal.Signals(signum).name}; saving a checkpoint at the end of this step, then stopping", flush=True)
+        if self.verbose: print(f"\nlmlit: got {signal.Signals(signum).name}; saving a checkpoint at the end of this "
+                               "step, then stopping", flush=True)
     def restore(self):
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
@@ -227,7 +252,8 @@ class Job:
     raw_model: torch.nn.Module | None = None   # the module whose weights are saved (`model` before torch.compile)
     tokenizer: object = None
     loaders: dict = field(default_factory=dict)   # data stream -> loader; their state_dict()s go into every checkpoint
-    meta: dict = field(default_factory=dict)      # what every checkpoint's meta.json carries (model shape, tokenizer hash, …)
+    # what every checkpoint's meta.json carries (model shape, tokenizer hash, …)
+    meta: dict = field(default_factory=dict)
     loop: dict = field(default_factory=lambda: dict(tokens=0, train_time=0.0, smooth=None))
     plan: dict = field(default_factory=dict)      # the memory plan (lmlit.memory)
     memory: object = None                         # a PeakMemory, or None
@@ -241,7 +267,8 @@ class Job:
     last_ckpt: int | None = None
     t_start: float = field(default_factory=time.perf_counter)
     summary: dict = field(default_factory=dict)
-    val_batches: object = None                    # a callable giving fresh validation batches, for the stage's evaluation
+    # a callable giving fresh validation batches, for the stage's evaluation
+    val_batches: object = None
     progress: object = None                       # the progress display (below)
     def __post_init__(self):
         if self.raw_model is None: self.raw_model = self.model
@@ -259,15 +286,16 @@ def due(every: int, step: int, start: int, last: bool) -> bool:
 # %% ../nbs/04d_loop.ipynb #1db07e40
 def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tuple[float, bool]:
     "One optimizer step of `job` at `step`: (the loss averaged over micro-batches and ranks, whether any rank was asked to stop)."
-    O.set_lr(job.optimizer, lr_mult)
-    O.set_muon_momentum(job.optimizer, O.muon_momentum(step))
+    optim.set_lr(job.optimizer, lr_mult)
+    optim.set_muon_momentum(job.optimizer, optim.muon_momentum(step))
     loss_sum = torch.zeros((), device=job.device)
     job.clock.skip()
     batches = [next(it) for it in job.batches]   # the step's micro-batches, one per data stream this rank owns
     job.clock.mark('data')
     for k, batch in enumerate(batches):
         with job.autocast(): loss = job.model(*batch) if micro_loss is None else micro_loss(job, batches, k)
-        if k == job.accum - 1: job.optimizer.sync_in_backward()   # ranks > 1: gradient reductions start during this backward
+        # ranks > 1: gradient reductions start during this backward
+        if k == job.accum - 1: job.optimizer.sync_in_backward()
         (loss / job.accum).backward()
         loss_sum += loss.detach()
         job.clock.mark('fwdbwd')
@@ -286,7 +314,8 @@ def _last_good(job: Job) -> str:
 def check_loss(job: Job, loss: float, step: int) -> None:
     "Stop the job, keeping its checkpoints, when the loss is not a finite number."
     if not math.isfinite(loss):
-        raise LmlitError(f"loss became {loss} at step {step}: training stopped; the last good checkpoint ({_last_good(job)}) is kept. "
+        raise LmlitError(f"loss became {loss} at step {step}: training stopped; the last good checkpoint "
+                         f"({_last_good(job)}) is kept. "
                          "Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
 
 # %% ../nbs/04d_loop.ipynb #d6179aee
@@ -296,7 +325,8 @@ def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_ha
     checkpoints = complete_checkpoints(run_dir)
     if not cfg['resume']:
         if checkpoints:
-            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in {run_dir}: pass resume=True "
+            raise LmlitError(f"run {cfg['run']!r} already has checkpoints (newest step {checkpoints[-1][0]}) in "
+                             f"{run_dir}: pass resume=True "
                              "to continue it, or choose another run name (lmlit never overwrites a run's checkpoints)")
         return None
     if not checkpoints:
@@ -306,7 +336,8 @@ def resume_point(run_dir: Path, cfg: dict, total_steps: int, shape: dict, tok_ha
     meta = read_meta(path)
     check_compat(meta, shape, tok_hash, path)
     if total_steps < step:
-        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is below it: a run cannot "
+        raise LmlitError(f"run {cfg['run']!r} is at step {step} (checkpoint {path.name}) but steps={total_steps} is "
+                         "below it: a run cannot "
                          f"go back. Pass steps > {step} to continue it, or start a new run name")
     return meta
 
@@ -316,24 +347,28 @@ def save_job(job: Job, step: int) -> None:
     bad = torch.stack([(~torch.isfinite(p)).any() for p in job.raw_model.parameters()]).any().float()
     if job.world > 1: dist.all_reduce(bad)
     if bad.item():
-        raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the last good "
-                         f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, or dtype='float32'")
-    optim_state = O.optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
+        raise LmlitError(f"parameters became non-finite by step {step}: training stopped without saving them; the "
+                         "last good "
+                         f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, "
+                         "or dtype='float32'")
+    optim_state = optim.optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
     rank_state = dict(loaders={s: L.state_dict() for s, L in job.loaders.items()}, rng=rng_state())
     meta = {**job.meta, 'world_size': job.world, 'config': job.cfg, 'loop': job.loop}
-    save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state, meta,
+    save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state,
+                    meta,
                     job.cfg.get('keep_last', 2))
     job.last_ckpt = step
 
 def restore_job(job: Job, ck: dict) -> None:
     "Put model, optimizer, loop counters and (same world size) RNG back from checkpoint `ck` (04b's load_checkpoint)."
     load_weights(job.raw_model, ck['model'], ck['path'])
-    if ck['optim'] is not None: O.load_optimizer_state(job.optimizer, ck['optim'])
+    if ck['optim'] is not None: optim.load_optimizer_state(job.optimizer, ck['optim'])
     job.start_step = job.last_ckpt = ck['meta']['step']
     job.loop.update(ck['meta'].get('loop', {}))
     if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None: set_rng_state(ck['rank_state']['rng'])
     elif ck['meta'].get('world_size') != job.world:
-        print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: model, optimizer "
+        print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: "
+               "model, optimizer "
                "and the data streams resume exactly; only the (unused in training) RNG states start afresh")
     print0(f"resumed from {ck['path']} at step {job.start_step}")
 
@@ -352,7 +387,8 @@ def resolve_dtype(name: str, device) -> torch.dtype:
     return dict(bfloat16=torch.bfloat16, float32=torch.float32)[name]
 
 # %% ../nbs/04d_loop.ipynb #24e44684
-TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s', 'tok_per_s_avg',
+TRAIN_FIELDS = ('kind', 'step', 'time', 'elapsed', 'loss', 'loss_smooth', 'lr_mult', 'lr', 'tokens', 'tok_per_s',
+                'tok_per_s_avg',
                 'mfu', 'mfu_avg', 'mem_peak_gb', 'page_faults', 't_step', *(f't_{p}' for p in PARTS),
                 *(f't_{p}_avg' for p in PARTS), 't_step_avg')
 DATA_FIELDS = dict(docs_per_batch='docs_per_batch_last', cropped_frac='cropped_frac', padding_frac='padding_frac',
@@ -361,7 +397,8 @@ DATA_FIELDS = dict(docs_per_batch='docs_per_batch_last', cropped_frac='cropped_f
 def data_stats(job: Job) -> dict:
     "The loaders' packing figures for the record, averaged over this rank's data streams."
     stats = [loader.stats() for loader in job.loaders.values() if hasattr(loader, 'stats')]
-    return {name: sum(s[key] for s in stats) / len(stats) for name, key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
+    return {name: sum(s[key] for s in stats) / len(stats) for name,
+            key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
 
 def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_faults: int | None = None) -> dict:
     "The metrics record of one optimizer step (fields above); updates the job's counters and averages, warns once on data wait."
@@ -378,9 +415,12 @@ def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_
     job.loop['smooth'] = loss if job.loop['smooth'] is None else 0.9 * job.loop['smooth'] + 0.1 * loss
     if job.stats.seen >= 5 and not job.summary.get('warned_data'):
         warning = data_wait_warning(job.stats.avg('data'), job.stats.avg('step'))
-        if warning: warnings.warn(warning); job.summary['warned_data'] = True
+        if warning:
+            warnings.warn(warning)
+            job.summary['warned_data'] = True
     return dict(kind='train', step=step, time=time.time(), elapsed=time.perf_counter() - job.t_start, loss=loss,
-                loss_smooth=job.loop['smooth'], lr_mult=lr_mult, lr=lr_mult * job.cfg.get('matrix_lr', 1.0), tokens=job.loop['tokens'],
+                loss_smooth=job.loop['smooth'], lr_mult=lr_mult, lr=lr_mult * job.cfg.get('matrix_lr', 1.0),
+                tokens=job.loop['tokens'],
                 tok_per_s=tps, tok_per_s_avg=tps_avg, mfu=mfu(job.flops_per_token, tps, job.peak, job.world),
                 mfu_avg=mfu(job.flops_per_token, tps_avg, job.peak, job.world),
                 mem_peak_gb=peak_bytes / 2**30 if peak_bytes is not None else None, page_faults=page_faults,
@@ -397,30 +437,45 @@ def _smooth(xs, k=10):
 
 def make_plots(run_dir, out_dir=None) -> list[Path]:
     "Write loss.png, bpb.png, tok_s.png and breakdown.png from `run_dir/metrics.jsonl`; returns their paths."
-    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib
+    matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
-    run_dir = Path(run_dir); out = Path(out_dir or run_dir/'plots'); out.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    out = Path(out_dir or run_dir/'plots')
+    out.mkdir(parents=True, exist_ok=True)
     tr, ev = read_metrics(run_dir/'metrics.jsonl'), read_metrics(run_dir/'metrics.jsonl', 'eval')
     paths = []
     def fig(name, draw):
-        f, ax = plt.subplots(figsize=(6, 3.5)); draw(ax); ax.set_xlabel('step'); ax.grid(alpha=.3); f.tight_layout()
-        f.savefig(out/name, dpi=100); plt.close(f); paths.append(out/name)
+        f, ax = plt.subplots(figsize=(6, 3.5))
+        draw(ax)
+        ax.set_xlabel('step')
+        ax.grid(alpha=.3)
+        f.tight_layout()
+        f.savefig(out/name, dpi=100)
+        plt.close(f)
+        paths.append(out/name)
     steps = [r['step'] for r in tr]
     fig('loss.png', lambda ax: (ax.plot(steps, [r['loss'] for r in tr], alpha=.4, label='loss'),
-                                ax.plot(steps, _smooth([r['loss'] for r in tr]), label='smoothed'), ax.set_ylabel('train loss (nats)'), ax.legend()))
-    fig('bpb.png', lambda ax: (ax.plot([r['step'] for r in ev if 'val_bpb' in r], [r['val_bpb'] for r in ev if 'val_bpb' in r], 'o-'),
+                                ax.plot(steps, _smooth([r['loss'] for r in tr]), label='smoothed'),
+                                ax.set_ylabel('train loss (nats)'), ax.legend()))
+    fig('bpb.png',
+        lambda ax: (ax.plot([r['step'] for r in ev if 'val_bpb' in r], [r['val_bpb'] for r in ev if 'val_bpb' in r],
+                            'o-'),
                                ax.set_ylabel('validation bits per byte')))
     fig('tok_s.png', lambda ax: (ax.plot(steps, [r['tok_per_s'] for r in tr], alpha=.4, label='per step'),
-                                 ax.plot(steps, [r['tok_per_s_avg'] for r in tr], label='amortised'), ax.set_ylabel('tokens / s'), ax.legend()))
+                                 ax.plot(steps, [r['tok_per_s_avg'] for r in tr], label='amortised'),
+                                 ax.set_ylabel('tokens / s'), ax.legend()))
     def breakdown(ax):
         ys = [[r.get(f't_{p}', 0.0) for r in tr] for p in PARTS]
         other = [max(0.0, r['t_step'] - sum(r.get(f't_{p}', 0.0) for p in PARTS)) for r in tr]
-        ax.stackplot(steps, *ys, other, labels=[*PARTS, 'other'], alpha=.8); ax.set_ylabel('seconds per step'); ax.legend(fontsize=7, loc='upper right')
+        ax.stackplot(steps, *ys, other, labels=[*PARTS, 'other'], alpha=.8)
+        ax.set_ylabel('seconds per step')
+        ax.legend(fontsize=7, loc='upper right')
     fig('breakdown.png', breakdown)
     return paths
 
 # %% ../nbs/04d_loop.ipynb #756b21da
-def _live_default() -> bool:
+def live_default() -> bool:
     "True in a Jupyter frontend (live bar and plot), False in a headless job."
     if os.environ.get('LMLIT_HEADLESS'): return False
     try:
@@ -435,17 +490,23 @@ def _fmt_line(step, total, r) -> str:
     return (f"step {step:5d}/{total} · loss {r['loss']:.4f} · lr× {r['lr_mult']:.2f} · {r['tok_per_s']:,.0f} tok/s "
             f"(avg {r['tok_per_s_avg']:,.0f}) · MFU {mfu_s}{mem} · ms: {parts}")
 
-class _Progress:
+class Progress:
     def __init__(self, total, start, live):
         self.total, self.live, self.hist = total, live, []
         if live:
             from tqdm.auto import tqdm
-            import ipywidgets as W
+            import ipywidgets
             from IPython.display import display
-            self.bar = tqdm(total=total, initial=start, desc='train'); self.out = W.Output(); display(self.out)
+            self.bar = tqdm(total=total, initial=start, desc='train')
+            self.out = ipywidgets.Output()
+            display(self.out)
     def update(self, step, r):
-        if not self.live: print0(_fmt_line(step, self.total, r)); return
-        self.bar.n = step; self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}"); self.bar.refresh()
+        if not self.live:
+            print0(_fmt_line(step, self.total, r))
+            return
+        self.bar.n = step
+        self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}")
+        self.bar.refresh()
         self.hist.append((step, r['loss'], r['tok_per_s']))
         if len(self.hist) % 10 == 0 or step == self.total:
             import matplotlib.pyplot as plt
@@ -453,23 +514,76 @@ class _Progress:
             with self.out:
                 self.out.clear_output(wait=True)
                 f, (a, b) = plt.subplots(1, 2, figsize=(9, 2.8))
-                s, l, t = zip(*self.hist); a.plot(s, l); a.set_title('loss'); b.plot(s, t); b.set_title('tok/s')
-                display(f); plt.close(f)
+                s, l, t = zip(*self.hist)
+                a.plot(s, l)
+                a.set_title('loss')
+                b.plot(s, t)
+                b.set_title('tok/s')
+                display(f)
+                plt.close(f)
     def close(self):
         if self.live: self.bar.close()
+
+_Progress, _live_default = Progress, live_default   # the names train, sft and rl import until they import these
+
+# %% ../nbs/04d_loop.ipynb #b5cfc267
+def next_round(size: int) -> int:
+    "The round size after `size`: 1 → 2 → 5 → 10 → 20 → 50 → …"
+    digits = str(size)
+    return size * 2 if digits[0] == '1' else size * 5 // 2 if digits[0] == '2' else size * 2
+
+def window_size(last_step: int, n: int = 8) -> int:
+    "The smallest round size (1, 2, 5, 10, 20, 50, …) that cuts steps 1..last_step into at most `n` windows."
+    size = 1
+    while -(-last_step // size) > n:
+        size = next_round(size)
+    return size
+
+# %% ../nbs/04d_loop.ipynb #1b7ff537
+PART_ORDER = (*PARTS, 'other')
+
+def part_means(recs) -> dict:
+    "Mean seconds per step of each part (and 'step', 'other') over the metrics records `recs`."
+    n = max(1, len(recs))
+    out = {p: sum(r.get(f't_{p}') or 0.0 for r in recs) / n for p in PARTS}
+    out['step'] = sum(r.get('t_step') or 0.0 for r in recs) / n
+    out['other'] = max(0.0, out['step'] - sum(out[p] for p in PARTS))
+    return out
+
+def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: list | None = None,
+                 size: int | None = None) -> list[dict]:
+    "Consecutive windows of `recs` (`size` steps each, else a round size giving at most `n`): steps, tok/s, MFU, parts, evals."
+    if not recs: return []
+    size = size or window_size(recs[-1]['step'], n)
+    eval_steps = [e['step'] for e in evals or []]
+    groups = {}
+    for r in recs: groups.setdefault((r['step'] - 1) // size, []).append(r)
+    out = []
+    for _, w in sorted(groups.items()):
+        t = sum(r['t_step'] for r in w)
+        mfus = [r['mfu'] for r in w if r.get('mfu') is not None]
+        mfu_mean = sum(mfus) / len(mfus) if mfus else None
+        first, last = w[0]['step'], w[-1]['step']
+        out.append(dict(first_step=first, last_step=last, steps=len(w),
+                        tok_per_s=tokens_per_step * len(w) / t if t else None,
+                        mfu=mfu_mean if mfu_mean is None or mfu_mean <= 1 else None,
+                        mfu_over_100=bool(mfu_mean and mfu_mean > 1), parts=part_means(w),
+                        # an eval after step s is timed in step s+1
+                        evals=sum(first - 1 <= s < last for s in eval_steps)))
+    return out
 
 # %% ../nbs/04d_loop.ipynb #89f3bc28
 def throughput_report(run_dir, windows: int = 4) -> str:
     "A markdown table: for each window of the run's steps, tok/s and each part's share of step time."
     recs = read_metrics(Path(run_dir)/'metrics.jsonl')
     if not recs: return 'no training steps recorded'
-    n = len(recs); size = max(1, -(-n // windows)); rows = []
-    for i in range(0, n, size):
-        w = recs[i:i + size]; t = sum(r['t_step'] for r in w)
-        tok = sum(r['tok_per_s'] * r['t_step'] for r in w)
-        shares = ' | '.join(f"{100 * sum(r[f't_{p}'] for r in w) / t:.0f}%" for p in PARTS)
-        rows.append(f"| {w[0]['step']}–{w[-1]['step']} | {tok / t:,.0f} | {shares} | {100 * (1 - sum(r[f't_{p}'] for r in w for p in PARTS) / t):.0f}% |")
-    head = '| steps | tok/s | ' + ' | '.join(PARTS) + ' | other |\n|---|---:|' + '---:|' * (len(PARTS) + 1)
+    size = max(1, -(-len(recs) // windows))
+    tokens_per_step = recs[0]['tok_per_s'] * recs[0]['t_step']
+    rows = []
+    for w in step_windows(recs, tokens_per_step, size=size):
+        shares = ' | '.join(f"{100 * w['parts'][p] / w['parts']['step']:.0f}%" for p in PART_ORDER)
+        rows.append(f"| {w['first_step']}–{w['last_step']} | {w['tok_per_s']:,.0f} | {shares} |")
+    head = '| steps | tok/s | ' + ' | '.join(PART_ORDER) + ' |\n|---|---:|' + '---:|' * len(PART_ORDER)
     return head + '\n' + '\n'.join(rows)
 
 # %% ../nbs/04d_loop.ipynb #9621e25e
@@ -477,45 +591,53 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
     "Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's. Returns the summary."
     cfg = job.cfg
     step = job.start_step
-    while True:
-        last = step == job.total_steps
-        job.clock.start(); faults = minor_faults()
-        # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
-        missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
-        if due(cfg['eval_every'], step, job.start_step, last) or missed:
-            evaluate(job, step)
-            job.loop['evaluated'] = step
-        if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
-        job.clock.mark('eval')
-        if last:
-            if job.last_ckpt != step: save_job(job, step)
-            break
-        lr_mult = O.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'], cfg['final_lr_frac'])
-        loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
-        step += 1
-        check_loss(job, loss, step)
-        job.loop['tokens'] += job.tokens_per_step
-        if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
-            save_job(job, step)
-        job.clock.mark('ckpt')
-        t = job.clock.stop()
-        if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
-            t['data'] += job.summary.get('t_first_batch', 0.0); t['step'] += job.summary.get('t_first_batch', 0.0)
-        rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
-        job.metrics.write(**rec)
-        job.summary.setdefault('losses', []).append(loss)
-        if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
-        if stop_asked:
-            job.summary['stopped'] = 'signal'
-            print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
-            break
+    try:
+        while True:
+            last = step == job.total_steps
+            job.clock.start()
+            faults = minor_faults()
+            # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
+            missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
+            if due(cfg['eval_every'], step, job.start_step, last) or missed:
+                evaluate(job, step)
+                job.loop['evaluated'] = step
+            if due(cfg['sample_every'], step, job.start_step, last): sample(job, step)
+            job.clock.mark('eval')
+            if last:
+                if job.last_ckpt != step: save_job(job, step)
+                break
+            lr_mult = optim.lr_multiplier(step, job.total_steps, cfg['warmup_ratio'], cfg['warmdown_ratio'],
+                                    cfg['final_lr_frac'])
+            loss, stop_asked = optimizer_step(job, step, lr_mult, micro_loss)
+            step += 1
+            check_loss(job, loss, step)
+            job.loop['tokens'] += job.tokens_per_step
+            if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
+                save_job(job, step)
+            job.clock.mark('ckpt')
+            t = job.clock.stop()
+            if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
+                t['data'] += job.summary.get('t_first_batch', 0.0)
+                t['step'] += job.summary.get('t_first_batch', 0.0)
+            rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
+            job.metrics.write(**rec)
+            job.summary.setdefault('losses', []).append(loss)
+            if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
+            if stop_asked:
+                job.summary['stopped'] = 'signal'
+                print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
+                break
+    except Exception as error:   # the stage's record says it failed, and why, before the error goes on up
+        if job.is_main: write_stage_record(job, step, failed=error)
+        raise
     return finish(job, step)
 
 def finish(job: Job, step: int) -> dict:
     "The summary of a run that ended at `step`; plots (rank 0); every rank returns once rank 0's files are written."
     s = job.summary
     s['final_step'] = step
-    s['tok_per_s_avg'] = job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
+    s['tok_per_s_avg'] = job.tokens_per_step * max(1,
+                                                   job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
     s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
     if job.is_main and job.cfg.get('plots', True): s['plots'] = [str(p) for p in make_plots(job.run_dir)]
     if job.is_main: write_stage_record(job, step)
@@ -523,16 +645,21 @@ def finish(job: Job, step: int) -> dict:
     if job.progress is not None: job.progress.close()
     return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data', 'counts')}
 
-def write_stage_record(job: Job, step: int) -> None:
-    "The stage's record of its figures (`12_report` renders the run report from these), written when the loop ends."
+def write_stage_record(job: Job, step: int, failed: BaseException | None = None) -> None:
+    "The stage's record of its figures (`12_report` renders the run report from these): when the loop ends, or fails."
     s = job.summary
     evals = job.summary.get('val_bpb') or []
-    write_record(job.run_dir, job.meta.get('stage', 'base'), status='stopped' if s.get('stopped') == 'signal' else 'complete',
+    signalled = s.get('stopped') == 'signal'
+    status = 'failed' if failed is not None else 'stopped' if signalled else 'complete'
+    reason = f"{type(failed).__name__}: {failed}" if failed is not None else 'signal' if signalled else None
+    write_record(job.run_dir, job.meta.get('stage', 'base'), status=status,
                  started=time.time() - (time.perf_counter() - job.t_start), ended=time.time(),
-                 steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'], train_seconds=job.loop['train_time'],
-                 params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None, world_size=job.world,
+                 steps_done=step, steps_planned=job.total_steps, tokens=job.loop['tokens'],
+                 train_seconds=job.loop['train_time'],
+                 params=job.raw_model.num_params() if hasattr(job.raw_model, 'num_params') else None,
+                 world_size=job.world,
                  device=str(job.device), planned_peak_gb=job.plan['total'] / 2**30 if job.plan else None,
                  measured_peak_gb=s['measured_peak_bytes'] / 2**30 if s.get('measured_peak_bytes') else None,
                  final_loss=(s.get('losses') or [None])[-1], val_bpb=evals[-1][1] if evals else None,
                  started_from=job.meta.get('init'), resumed_at=[job.start_step] if job.start_step else [],
-                 stop_reason='signal' if s.get('stopped') == 'signal' else None)
+                 stop_reason=reason)

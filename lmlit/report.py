@@ -8,88 +8,51 @@ Docs: https://lmlit.github.io/lmlit/report.html.md"""
 
 # %% ../nbs/12_report.ipynb #8df5eb5e
 from __future__ import annotations
-import os, json, math, time, argparse, datetime, statistics
+import os, json, math, argparse, datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import LmlitError, runs_dir, write_json
+from .core import LmlitError, write_json
+from .checkpoint import STAGE_FOLDERS, RECORD_FILE, iso_time, jsonable, read_json, read_records, run_path
+from .loop import PART_ORDER, metrics_lines, step_windows
 
 # %% auto #0
-__all__ = ['RECORD_SCHEMA_VERSION', 'RECORD_FILE', 'STATUSES', 'STAGE_FOLDERS', 'PARTS', 'PART_ORDER', 'DROP_THRESHOLD',
-           'SIZEABLE_SHARE', 'REPORT_SCHEMA_VERSION', 'REPORT_SCHEMA', 'CONFIG_KEYS', 'PART_NAMES', 'TEXT',
-           'BASELINE_WHY', 'COMPARE_ROWS', 'SECTIONS', 'LABELS', 'write_record', 'read_records', 'Run', 'load_run',
-           'steady_steps', 'window_size', 'windows', 'throughput_drops', 'synthetic_metrics', 'accuracy_sigma',
-           'baseline_kind', 'core_table', 'param_split', 'training_table', 'core_over_steps', 'overview', 'part_names',
-           'headline', 'compare', 'chat_evals', 'resolve_run_dir', 'build_report', 'make_report_plots',
-           'render_markdown', 'write_report', 'cli_report']
+__all__ = ['DROP_THRESHOLD', 'SIZEABLE_SHARE', 'REPORT_SCHEMA_VERSION', 'REPORT_SCHEMA', 'CONFIG_KEYS', 'PART_NAMES', 'TEXT',
+           'BASELINE_WHY', 'COMPARE_ROWS', 'SECTIONS', 'LABELS', 'synthetic_metrics', 'Run', 'load_run', 'steady_steps',
+           'throughput_drops', 'accuracy_sigma', 'baseline_kind', 'core_table', 'param_split', 'core_over_steps',
+           'training_table', 'overview', 'part_names', 'chat_evals', 'build_report', 'headline', 'compare',
+           'make_report_plots', 'render_markdown', 'write_report', 'cli_report']
 
-# %% ../nbs/12_report.ipynb #ea6948a9
-RECORD_SCHEMA_VERSION = 1
-RECORD_FILE = 'record.json'
-STATUSES = ('complete', 'stopped', 'failed')
-STAGE_FOLDERS = {'base': '.', 'mid': 'mid', 'sft': 'sft', 'rl': 'rl'}   # training stages and where they live in a run folder
-
-def _iso(t=None) -> str:
-    "A time (epoch seconds, datetime, ISO string or None = now) as an ISO-8601 UTC string."
-    if t is None: t = time.time()
-    if isinstance(t, str): return t
-    if isinstance(t, datetime.datetime): return t.astimezone(datetime.timezone.utc).isoformat(timespec='seconds')
-    return datetime.datetime.fromtimestamp(float(t), datetime.timezone.utc).isoformat(timespec='seconds')
-
-def _jsonable(x):
-    "`x` with non-finite floats as strings ('nan', 'inf') and paths as strings: valid, strict JSON."
-    if isinstance(x, float) and not math.isfinite(x): return str(x)
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, os.PathLike): return str(x)
-    return x
-
-def write_record(stage_dir, stage: str, status: str = 'complete', started=None, ended=None, **figures) -> Path:
-    "Write (or replace) `stage`'s record in `stage_dir/record.json` atomically; returns the file's path."
-    if not isinstance(stage, str) or not stage.strip():
-        raise LmlitError(f"write_record: stage must be a non-empty name such as 'base' or 'sft', got {stage!r}")
-    if status not in STATUSES:
-        raise LmlitError(f"write_record: status must be one of {', '.join(STATUSES)}, got {status!r}")
-    path = Path(stage_dir)/RECORD_FILE
+# %% ../nbs/12_report.ipynb #d34cfca5
+def synthetic_metrics(path, steps: int = 80, tokens_per_step: int = 1024, eval_every: int = 20, eval_s: float = 0.05,
+                      base: dict | None = None, slow: tuple | None = None, dense_eval: tuple | None = None) -> Path:
+    """Write a `metrics.jsonl` with the training job's keys and chosen numbers (for tests and this chapter's examples).
+    `base`: seconds per step of each part; `slow=(first, last, {part: factor})` multiplies parts in those steps;
+    `dense_eval=(first, last)` runs an eval after every step there."""
+    base = dict(data=0.01, fwdbwd=0.06, optim=0.02, eval=0.0, ckpt=0.0, **(base or {}))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    old = _read_json(path) or {}
-    stages = old.get('stages', {}) if isinstance(old.get('stages'), dict) else {}
-    ended_iso = _iso(ended)
-    stages[stage] = dict(stage=stage, status=status, started=_iso(started) if started is not None else ended_iso,
-                         ended=ended_iso, figures=_jsonable(figures))
-    write_json(path, dict(schema_version=RECORD_SCHEMA_VERSION, stages=stages))
+    lines = [dict(kind='meta', step=0, time=1.0e9, params=229376, flops_per_token=1179648, world_size=1,
+                  total_steps=steps,
+                  plan=dict(total=15.0 * 2**20), mfu_basis='synthetic')]
+    t = 1.0e9
+    eval_after = lambda s: (s % eval_every == 0) or (dense_eval is not None and dense_eval[0] - 1 <= s < dense_eval[1])
+    for step in range(1, steps + 1):
+        parts = dict(base)
+        if eval_after(step - 1) and step > 1: parts['eval'] += eval_s
+        if slow and slow[0] <= step <= slow[1]:
+            for p, f in slow[2].items(): parts[p] *= f
+        t_step = sum(parts.values()) + 0.001
+        t += t_step
+        loss = 7.0 * math.exp(-step / 40) + 3.0
+        lines.append(dict(kind='train', step=step, time=t, loss=loss, loss_smooth=loss, lr_mult=1.0, lr=0.02,
+                          tokens=step * tokens_per_step,
+                          tok_per_s=tokens_per_step / t_step, mfu=0.01 * 0.1 / t_step, mem_peak_gb=0.02, t_step=t_step,
+                          **{f't_{p}': v for p, v in parts.items()}))
+        if eval_after(step): lines.append(dict(kind='eval', step=step, time=t, val_bpb=3.0 - step / 100))
+    path.write_text(''.join(json.dumps(r) + '\n' for r in lines))
     return path
 
-def _read_json(path):
-    "The JSON in `path`, or None when it is missing or unreadable (a file cut by a crash)."
-    try: return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError): return None
-
-# %% ../nbs/12_report.ipynb #6234bd0c
-def read_records(run_dir) -> dict:
-    "{'base'|'mid'|'sft'|'rl': {'dir': Path, 'records': {stage: record}}} for the stage folders of `run_dir` that exist."
-    run_dir = Path(run_dir)
-    out = {}
-    for label, sub in STAGE_FOLDERS.items():
-        d = run_dir if sub == '.' else run_dir/sub
-        if not d.is_dir(): continue
-        rec = _read_json(d/RECORD_FILE) or {}
-        stages = rec.get('stages') if isinstance(rec.get('stages'), dict) else {}
-        out[label] = dict(dir=d, records=stages)
-    return out
-
 # %% ../nbs/12_report.ipynb #b8d3b08f
-PARTS = ('data', 'fwdbwd', 'optim', 'eval', 'ckpt')   # the step-time breakdown the training job records (05_train)
-
-def _jsonl(path) -> list[dict]:
-    "Every parseable line of a JSON-lines file (a line cut by a crash is skipped)."
-    out = []
-    p = Path(path)
-    if not p.exists(): return out
-    for line in p.read_text().splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: continue
-    return out
-
 def _newest_per_step(lines, kind) -> list[dict]:
     recs = {}
     for r in lines:
@@ -111,78 +74,45 @@ class Run:
     core_steps: list = field(default_factory=list)
     notebook: dict = field(default_factory=dict)
 
+# %% ../nbs/12_report.ipynb #59516868
 def load_run(stage_dir, name: str | None = None, records: dict | None = None) -> Run:
     "Read one stage folder (the run folder itself, or its mid/, sft/, rl/)."
     d = Path(stage_dir)
-    lines = _jsonl(d/'metrics.jsonl')
-    core = _read_json(d/'eval'/'core.json')
-    core_steps = [c for c in (_read_json(p) for p in sorted((d/'eval').glob('core_step*.json'))) if c]
+    lines = metrics_lines(d/'metrics.jsonl')
+    core = read_json(d/'eval'/'core.json')
+    core_steps = [c for c in (read_json(p) for p in sorted((d/'eval').glob('core_step*.json'))) if c]
     nb = {}
     for p in sorted((d/'notebooks').glob('*.rank0.ipynb')):
-        nb_json = _read_json(p) or {}
+        nb_json = read_json(p) or {}
         pm = nb_json.get('metadata', {}).get('papermill', {})
         errors = [o for c in nb_json.get('cells', []) for o in c.get('outputs', []) if o.get('output_type') == 'error']
-        nb = dict(file=p.name, start_time=pm.get('start_time'), end_time=pm.get('end_time'), duration=pm.get('duration'),
+        nb = dict(file=p.name, start_time=pm.get('start_time'), end_time=pm.get('end_time'),
+                  duration=pm.get('duration'),
                   error=f"{errors[-1].get('ename')}: {errors[-1].get('evalue')}" if errors else None)
-    if records is None: records = (_read_json(d/RECORD_FILE) or {}).get('stages', {})
-    return Run(name=name or d.name, dir=d, config=_read_json(d/'config.json') or {}, provenance=_read_json(d/'provenance.json') or {},
+    if records is None: records = (read_json(d/RECORD_FILE) or {}).get('stages', {})
+    return Run(name=name or d.name, dir=d, config=read_json(d/'config.json') or {},
+               provenance=read_json(d/'provenance.json') or {},
                meta=[r for r in lines if r.get('kind') == 'meta'], train=_newest_per_step(lines, 'train'),
                evals=_newest_per_step([r for r in lines if r.get('kind') == 'eval' and ('val_bpb' in r or 'val_loss' in r)], 'eval'),   # BPB: base; held-out loss: SFT
                records=records or {}, core=core, core_steps=core_steps, notebook=nb)
 
 # %% ../nbs/12_report.ipynb #b1825e19
-PART_ORDER = (*PARTS, 'other')
 DROP_THRESHOLD = 0.20      # a window more than this far below the reference's tok/s is a drop
 SIZEABLE_SHARE = 0.10      # parts at least this share of the reference step count in the "the machine" test
 
-def _part_means(recs) -> dict:
-    "Mean seconds per step of each part (and 'step', 'other') over `recs`."
-    n = max(1, len(recs))
-    out = {p: sum(r.get(f't_{p}') or 0.0 for r in recs) / n for p in PARTS}
-    out['step'] = sum(r.get('t_step') or 0.0 for r in recs) / n
-    out['other'] = max(0.0, out['step'] - sum(out[p] for p in PARTS))
-    return out
-
+# %% ../nbs/12_report.ipynb #eb4f7317
 def steady_steps(run: Run) -> list[dict]:
     "The train records without the first step of each start (the first, and the first after each resume)."
     starts = {m.get('step', 0) for m in run.meta} or {0}
     return [r for r in run.train if (r['step'] - 1) not in starts and r.get('t_step')] or list(run.train)
 
-def window_size(last_step: int, n: int = 8) -> int:
-    "The smallest round size (1, 2, 5, 10, 20, 50, …) that cuts steps 1..last_step into at most `n` windows."
-    size = 1
-    while -(-last_step // size) > n:
-        size = _next_round(size)
-    return size
-
-def _next_round(size: int) -> int:
-    "1 → 2 → 5 → 10 → 20 → 50 → …"
-    digits = str(size)
-    return size * 2 if digits[0] == '1' else size * 5 // 2 if digits[0] == '2' else size * 2
-
-def windows(recs: list[dict], tokens_per_step: int, n: int = 8, evals: list | None = None) -> list[dict]:
-    "Consecutive windows of `recs`: first/last step, tok/s, MFU, mean seconds per step of each part, evals in it."
-    if not recs: return []
-    size = window_size(recs[-1]['step'], n)
-    eval_steps = [e['step'] for e in evals or []]
-    groups = {}
-    for r in recs: groups.setdefault((r['step'] - 1) // size, []).append(r)
-    out = []
-    for _, w in sorted(groups.items()):
-        t = sum(r['t_step'] for r in w)
-        mfus = [r['mfu'] for r in w if r.get('mfu') is not None]
-        mfu = sum(mfus) / len(mfus) if mfus else None
-        first, last = w[0]['step'], w[-1]['step']
-        out.append(dict(first_step=first, last_step=last, steps=len(w), tok_per_s=tokens_per_step * len(w) / t if t else None,
-                        mfu=mfu if mfu is None or mfu <= 1 else None, mfu_over_100=bool(mfu and mfu > 1), parts=_part_means(w),
-                        evals=sum(first - 1 <= s < last for s in eval_steps)))   # an eval after step s is timed in step s+1
-    return out
-
+# %% ../nbs/12_report.ipynb #28edb471
 def _cause(win_parts, ref_parts) -> tuple[str, dict]:
     "('machine' or the part that grew most, per-part growth in seconds per step)."
     grow = {p: win_parts[p] - ref_parts[p] for p in PART_ORDER}
     total = win_parts['step'] - ref_parts['step']
-    sizeable = [p for p in ('data', 'fwdbwd', 'optim', 'other') if ref_parts['step'] and ref_parts[p] >= SIZEABLE_SHARE * ref_parts['step']]
+    sizeable = [p for p in ('data', 'fwdbwd', 'optim', 'other')
+                if ref_parts['step'] and ref_parts[p] >= SIZEABLE_SHARE * ref_parts['step']]
     ratio_step = win_parts['step'] / ref_parts['step'] if ref_parts['step'] else 1.0
     if len(sizeable) >= 2 and total > 0 and all(win_parts[p] / ref_parts[p] - 1 >= 0.5 * (ratio_step - 1) for p in sizeable):
         return 'machine', grow
@@ -201,7 +131,9 @@ def throughput_drops(wins: list[dict], threshold: float = DROP_THRESHOLD) -> lis
     spans, cur = [], []
     for w, s in zip(good, slow):
         if s: cur.append(w)
-        elif cur: spans.append(cur); cur = []
+        elif cur:
+            spans.append(cur)
+            cur = []
     if cur: spans.append(cur)
     out = []
     for span in spans:
@@ -211,38 +143,12 @@ def throughput_drops(wins: list[dict], threshold: float = DROP_THRESHOLD) -> lis
         cause, grow = _cause(parts, ref_parts)
         total = parts['step'] - ref_parts['step']
         ref_eval_rate = sum(w['evals'] for w in ref_wins) / n_ref
-        out.append(dict(first_step=span[0]['first_step'], last_step=span[-1]['last_step'], tok_per_s=tps, ref_tok_per_s=ref_tps,
+        out.append(dict(first_step=span[0]['first_step'], last_step=span[-1]['last_step'], tok_per_s=tps,
+                        ref_tok_per_s=ref_tps,
                         drop=1 - tps / ref_tps, cause=cause, parts=parts, ref_parts=ref_parts, growth=grow,
                         cause_share=grow[cause] / total if cause != 'machine' and total > 0 else None,
                         evals=sum(w['evals'] for w in span), steps=n, ref_evals_per_step=ref_eval_rate))
     return out
-
-# %% ../nbs/12_report.ipynb #d34cfca5
-def synthetic_metrics(path, steps: int = 80, tokens_per_step: int = 1024, eval_every: int = 20, eval_s: float = 0.05,
-                      base: dict | None = None, slow: tuple | None = None, dense_eval: tuple | None = None) -> Path:
-    """Write a `metrics.jsonl` with the training job's keys and chosen numbers (for tests and this chapter's examples).
-    `base`: seconds per step of each part; `slow=(first, last, {part: factor})` multiplies parts in those steps;
-    `dense_eval=(first, last)` runs an eval after every step there."""
-    base = dict(data=0.01, fwdbwd=0.06, optim=0.02, eval=0.0, ckpt=0.0, **(base or {}))
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [dict(kind='meta', step=0, time=1.0e9, params=229376, flops_per_token=1179648, world_size=1, total_steps=steps,
-                  plan=dict(total=15.0 * 2**20), mfu_basis='synthetic')]
-    t = 1.0e9
-    eval_after = lambda s: (s % eval_every == 0) or (dense_eval is not None and dense_eval[0] - 1 <= s < dense_eval[1])
-    for step in range(1, steps + 1):
-        parts = dict(base)
-        if eval_after(step - 1) and step > 1: parts['eval'] += eval_s
-        if slow and slow[0] <= step <= slow[1]:
-            for p, f in slow[2].items(): parts[p] *= f
-        t_step = sum(parts.values()) + 0.001
-        t += t_step
-        loss = 7.0 * math.exp(-step / 40) + 3.0
-        lines.append(dict(kind='train', step=step, time=t, loss=loss, loss_smooth=loss, lr_mult=1.0, lr=0.02, tokens=step * tokens_per_step,
-                          tok_per_s=tokens_per_step / t_step, mfu=0.01 * 0.1 / t_step, mem_peak_gb=0.02, t_step=t_step,
-                          **{f't_{p}': v for p, v in parts.items()}))
-        if eval_after(step): lines.append(dict(kind='eval', step=step, time=t, val_bpb=3.0 - step / 100))
-    path.write_text(''.join(json.dumps(r) + '\n' for r in lines))
-    return path
 
 # %% ../nbs/12_report.ipynb #1034b70d
 def accuracy_sigma(accuracy: float, items: int) -> float:
@@ -251,22 +157,27 @@ def accuracy_sigma(accuracy: float, items: int) -> float:
     p = (accuracy * items + 1) / (items + 2)
     return math.sqrt(p * (1 - p) / items)
 
+# %% ../nbs/12_report.ipynb #56deae8d
 def baseline_kind(task: str, baseline: float) -> str:
     "Where a task's random baseline comes from: 'majority' (BoolQ: always *yes*), 'chance' (1 of k choices), 'zero' (generative)."
     if task == 'boolq': return 'majority'
     return 'chance' if baseline > 0 else 'zero'
 
+# %% ../nbs/12_report.ipynb #82717901
 def core_table(core: dict) -> dict:
     "CORE json (eval/core.json) → tasks with baseline kind and noise; CORE with its 2σ."
     tasks = []
     for name, t in (core.get('tasks') or {}).items():
         sigma = accuracy_sigma(t['accuracy'], t['items']) / (1 - t['baseline'])
         tasks.append(dict(name=name, kind=t.get('kind'), shots=t.get('shots'), items=t['items'], accuracy=t['accuracy'],
-                          baseline=t['baseline'], baseline_kind=baseline_kind(name, t['baseline']), centered=t['centered'],
+                          baseline=t['baseline'], baseline_kind=baseline_kind(name, t['baseline']),
+                          centered=t['centered'],
                           noise_2sigma=2 * sigma, bias=t.get('bias')))
     core_sigma = math.sqrt(sum((x['noise_2sigma'] / 2) ** 2 for x in tasks)) / len(tasks) if tasks else None
-    return dict(step=core.get('step'), core=core.get('core'), label=core.get('label'), max_per_task=core.get('max_per_task'),
-                noise_2sigma=2 * core_sigma if core_sigma is not None else None, tasks=tasks, missing=core.get('missing') or {})
+    return dict(step=core.get('step'), core=core.get('core'), label=core.get('label'),
+                max_per_task=core.get('max_per_task'),
+                noise_2sigma=2 * core_sigma if core_sigma is not None else None, tasks=tasks,
+                missing=core.get('missing') or {})
 
 # %% ../nbs/12_report.ipynb #542021ab
 REPORT_SCHEMA_VERSION = 1
@@ -274,49 +185,70 @@ _num = {'type': ['number', 'null']}
 _int = {'type': ['integer', 'null']}
 _str = {'type': ['string', 'null']}
 _obj = {'type': ['object', 'null']}
-_TRAINING = {'type': ['object', 'null'], 'required': ['loss', 'val_bpb', 'core', 'windows', 'tok_per_s', 'mfu', 'memory'], 'properties': {
-    'loss': {'type': 'object', 'required': ['initial', 'final', 'best', 'best_step'], 'properties': {k: _num for k in ('initial', 'final', 'best')} | {'best_step': _int}},
+_TRAINING = {'type': ['object', 'null'],
+             'required': ['loss', 'val_bpb', 'core', 'windows', 'tok_per_s', 'mfu', 'memory'], 'properties': {
+    'loss': {'type': 'object', 'required': ['initial', 'final', 'best', 'best_step'],
+             'properties': {k: _num for k in ('initial', 'final', 'best')} | {'best_step': _int}},
     'val_bpb': {'type': 'object', 'required': ['first', 'first_step', 'best', 'best_step', 'final', 'final_step']},
     'core': {'type': 'object', 'required': ['best', 'best_step']},
-    'windows': {'type': 'array', 'items': {'type': 'object', 'required': ['first_step', 'last_step', 'steps', 'tok_per_s', 'mfu', 'parts', 'evals']}},
+    'windows': {'type': 'array',
+                'items': {'type': 'object',
+                          'required': ['first_step', 'last_step', 'steps', 'tok_per_s', 'mfu', 'parts', 'evals']}},
     'tok_per_s': _num, 'mfu': _num,
     'memory': {'type': 'object', 'required': ['planned_gb', 'peak_gb', 'device_gb', 'basis']}}}
 REPORT_SCHEMA = {
     'type': 'object',
-    'required': ['schema_version', 'generated', 'run', 'run_dir', 'overview', 'stages', 'core', 'core_over_steps', 'chat_eval',
+    'required': ['schema_version', 'generated', 'run', 'run_dir', 'overview', 'stages', 'core', 'core_over_steps',
+                 'chat_eval',
                  'problems', 'comparison', 'plots', 'missing'],
     'properties': {
         'schema_version': {'const': REPORT_SCHEMA_VERSION},
         'generated': {'type': 'string'}, 'run': {'type': 'string'}, 'run_dir': {'type': 'string'},
-        'overview': {'type': 'object', 'required': ['started', 'ended', 'wall_s', 'train_s', 'hardware', 'params', 'tokens_seen',
-                                                   'tokens_per_step', 'steps_done', 'steps_planned', 'config', 'device_hours',
+        'overview': {'type': 'object',
+                     'required': ['started', 'ended', 'wall_s', 'train_s', 'hardware', 'params', 'tokens_seen',
+                                                   'tokens_per_step', 'steps_done', 'steps_planned', 'config',
+                                                    'device_hours',
                                                    'price_per_hour', 'cost', 'tokenizer'],
-                     'properties': {'started': _str, 'ended': _str, 'wall_s': _num, 'train_s': _num, 'device_hours': _num,
+                     'properties': {'started': _str, 'ended': _str, 'wall_s': _num, 'train_s': _num,
+                                    'device_hours': _num,
                                     'price_per_hour': _num, 'cost': _num, 'tokens_seen': _int, 'tokens_per_step': _int,
-                                    'steps_done': _int, 'steps_planned': _int, 'config': {'type': 'object'}, 'params': _obj,
-                                    'hardware': {'type': 'object', 'required': ['kind', 'devices', 'world_size']}, 'tokenizer': _obj}},
+                                    'steps_done': _int, 'steps_planned': _int, 'config': {'type': 'object'},
+                                    'params': _obj,
+                                    'hardware': {'type': 'object', 'required': ['kind', 'devices', 'world_size']},
+                                    'tokenizer': _obj}},
         'stages': {'type': 'object', 'required': list(STAGE_FOLDERS), 'additionalProperties': False, 'properties': {
             k: {'type': 'object', 'required': ['present', 'status', 'source', 'training'],
-                'properties': {'present': {'type': 'boolean'}, 'status': _str, 'source': {'enum': ['record', 'metrics', 'missing']},
+                'properties': {'present': {'type': 'boolean'}, 'status': _str,
+                               'source': {'enum': ['record', 'metrics', 'missing']},
                                'training': _TRAINING}} for k in STAGE_FOLDERS}},
-        'core': {'type': ['object', 'null'], 'required': ['core', 'label', 'noise_2sigma', 'tasks', 'missing'], 'properties': {
-            'tasks': {'type': 'array', 'items': {'type': 'object', 'required': ['name', 'items', 'accuracy', 'baseline', 'baseline_kind',
+        'core': {'type': ['object', 'null'], 'required': ['core', 'label', 'noise_2sigma', 'tasks', 'missing'],
+                 'properties': {
+            'tasks': {'type': 'array',
+                      'items': {'type': 'object', 'required': ['name', 'items', 'accuracy', 'baseline', 'baseline_kind',
                                                                                 'centered', 'noise_2sigma'],
-                                                 'properties': {'baseline_kind': {'enum': ['majority', 'chance', 'zero']}}}}}},
+                                                 'properties': {'baseline_kind': {'enum': ['majority', 'chance',
+                                                                                           'zero']}}}}}},
         'core_over_steps': {'type': 'array', 'items': {'type': 'object', 'required': ['step', 'core']}},
         'chat_eval': {'type': 'object', 'required': list(STAGE_FOLDERS), 'additionalProperties': _obj},
-        'problems': {'type': 'array', 'items': {'type': 'object', 'required': ['code', 'severity', 'stage', 'figures', 'text'],
-                                                'properties': {'severity': {'enum': ['problem', 'note', 'ok']}, 'code': {'type': 'string'}}}},
-        'comparison': {'type': 'array', 'items': {'type': 'object', 'required': ['run', 'rows', 'config_diff'], 'properties': {
-            'rows': {'type': 'array', 'items': {'type': 'object', 'required': ['key', 'this', 'other', 'delta', 'rel']}}}}},
+        'problems': {'type': 'array',
+                     'items': {'type': 'object', 'required': ['code', 'severity', 'stage', 'figures', 'text'],
+                                                'properties': {'severity': {'enum': ['problem', 'note', 'ok']},
+                                                               'code': {'type': 'string'}}}},
+        'comparison': {'type': 'array',
+                       'items': {'type': 'object', 'required': ['run', 'rows', 'config_diff'], 'properties': {
+            'rows': {'type': 'array',
+                     'items': {'type': 'object', 'required': ['key', 'this', 'other', 'delta', 'rel']}}}}},
         'plots': {'type': 'array', 'items': {'type': 'string'}},
         'missing': {'type': 'object', 'additionalProperties': {'type': 'string'}},
     }}
 
 # %% ../nbs/12_report.ipynb #436da9fb
-CONFIG_KEYS = ('source', 'vocab_size', 'depth', 'aspect_ratio', 'head_dim', 'seq_len', 'device_batch', 'total_batch', 'steps',
-               'matrix_lr', 'embedding_lr', 'unembedding_lr', 'weight_decay', 'warmup_ratio', 'warmdown_ratio', 'grad_clip',
-               'eval_every', 'checkpoint_every', 'core_every', 'dtype', 'compile', 'activation_checkpointing', 'loss_chunk', 'seed')
+CONFIG_KEYS = ('source', 'vocab_size', 'depth', 'aspect_ratio', 'head_dim', 'seq_len', 'device_batch', 'total_batch',
+               'steps',
+               'matrix_lr', 'embedding_lr', 'unembedding_lr', 'weight_decay', 'warmup_ratio', 'warmdown_ratio',
+               'grad_clip',
+               'eval_every', 'checkpoint_every', 'core_every', 'dtype', 'compile', 'activation_checkpointing',
+               'loss_chunk', 'seed')
 
 def _fig(run: Run, stage: str, key: str):
     "A figure from `stage`'s record in `run`, or None."
@@ -328,11 +260,26 @@ def param_split(run: Run, stage: str = 'base') -> dict | None:
     if isinstance(rec, dict): return rec
     shape = (run.config.get('resolved') or {}).get('model')
     if not shape: return None
-    import torch                                    # already loaded by lmlit.core; the model module only when a run lacks a record
+    # already loaded by lmlit.core; the model module only when a run lacks a record
+    import torch
     from lmlit.model import GPT, GPTConfig
     with torch.device('meta'): model = GPT(GPTConfig(**shape))
     return model.num_params()
 
+# %% ../nbs/12_report.ipynb #5009af6f
+def core_over_steps(run: Run) -> list[dict]:
+    "CORE at each step it was measured: during training (metrics eval lines) and by `lmlit eval` (eval/core*.json)."
+    pts = {}
+    for e in metrics_lines(run.dir/'metrics.jsonl'):
+        if e.get('kind') == 'eval' and e.get('core') is not None: pts[e['step']] = dict(step=e['step'], core=e['core'],
+                                                                                        source='training')
+    for c in [*run.core_steps, *([run.core] if run.core else [])]:
+        if c.get('step') is not None and c.get('core') is not None: pts[c['step']] = dict(step=c['step'],
+                                                                                          core=c['core'],
+                                                                                          source='lmlit eval')
+    return [pts[s] for s in sorted(pts)]
+
+# %% ../nbs/12_report.ipynb #3e5cb591
 def _epoch(iso):
     try: return datetime.datetime.fromisoformat(iso).timestamp()
     except (TypeError, ValueError): return None
@@ -341,7 +288,8 @@ def training_table(run: Run, stage: str) -> dict | None:
     "Loss, val BPB, CORE best, throughput windows, tok/s, MFU and memory of one training stage."
     if not run.train: return None
     tps_step = run.config.get('total_batch') or (run.train[1]['tokens'] - run.train[0]['tokens'] if len(run.train) > 1 else None)
-    losses = [(r['step'], r['loss']) for r in run.train if isinstance(r.get('loss'), (int, float)) and math.isfinite(r['loss'])]
+    losses = [(r['step'], r['loss']) for r in run.train if isinstance(r.get('loss'),
+                                                                      (int, float)) and math.isfinite(r['loss'])]
     best = min(losses, key=lambda x: x[1]) if losses else (None, None)
     bpbs = [(e['step'], e['val_bpb']) for e in run.evals if 'val_bpb' in e]
     best_bpb = min(bpbs, key=lambda x: x[1]) if bpbs else (None, None)
@@ -351,31 +299,27 @@ def training_table(run: Run, stage: str) -> dict | None:
     t = sum(r['t_step'] for r in steady)
     mfus = [r['mfu'] for r in steady if r.get('mfu') is not None]
     mfu = sum(mfus) / len(mfus) if mfus else None
-    wins = windows(steady, tps_step or 0, evals=run.evals)
+    wins = step_windows(steady, tps_step or 0, evals=run.evals)
     peaks = [r['mem_peak_gb'] for r in run.train if r.get('mem_peak_gb') is not None]
     plan = (run.meta[-1].get('plan') or {}).get('total') if run.meta else None
     on_gpu = bool((run.provenance.get('devices') or {}).get('gpus')) or 'cuda' in str((run.config.get('resolved') or {}).get('device', ''))
-    return dict(loss=dict(initial=run.train[0].get('loss'), final=run.train[-1].get('loss'), best=best[1], best_step=best[0]),
-                val_bpb=dict(first=bpbs[0][1] if bpbs else None, first_step=bpbs[0][0] if bpbs else None, best=best_bpb[1],
-                             best_step=best_bpb[0], final=bpbs[-1][1] if bpbs else None, final_step=bpbs[-1][0] if bpbs else None),
-                core=dict(best=best_core['core'] if best_core else None, best_step=best_core['step'] if best_core else None),
+    return dict(loss=dict(initial=run.train[0].get('loss'), final=run.train[-1].get('loss'), best=best[1],
+                          best_step=best[0]),
+                val_bpb=dict(first=bpbs[0][1] if bpbs else None, first_step=bpbs[0][0] if bpbs else None,
+                             best=best_bpb[1],
+                             best_step=best_bpb[0], final=bpbs[-1][1] if bpbs else None,
+                             final_step=bpbs[-1][0] if bpbs else None),
+                core=dict(best=best_core['core'] if best_core else None,
+                          best_step=best_core['step'] if best_core else None),
                 windows=wins, tok_per_s=tps_step * len(steady) / t if t and tps_step else None,
                 # an MFU over 100 % means the peak it is measured against was too low (a CPU peak measured once, on a busy machine): never a figure
-                mfu=mfu if mfu is None or mfu <= 1 else None, mfu_over_100=bool(mfu and mfu > 1) + sum(w['mfu_over_100'] for w in wins),
+                mfu=mfu if mfu is None or mfu <= 1 else None,
+                mfu_over_100=bool(mfu and mfu > 1) + sum(w['mfu_over_100'] for w in wins),
                 mfu_basis=(run.meta[-1].get('mfu_basis') if run.meta else None),
                 memory=dict(planned_gb=_fig(run, stage, 'planned_peak_gb') or (plan / 2**30 if plan else None),
                             peak_gb=_fig(run, stage, 'measured_peak_gb') or (max(peaks) if peaks else None),
                             device_gb=_fig(run, stage, 'device_memory_gb'),
                             basis='CUDA allocator peak' if on_gpu else 'growth of the process peak RSS (CPU)'))
-
-def core_over_steps(run: Run) -> list[dict]:
-    "CORE at each step it was measured: during training (metrics eval lines) and by `lmlit eval` (eval/core*.json)."
-    pts = {}
-    for e in _jsonl(run.dir/'metrics.jsonl'):
-        if e.get('kind') == 'eval' and e.get('core') is not None: pts[e['step']] = dict(step=e['step'], core=e['core'], source='training')
-    for c in [*run.core_steps, *([run.core] if run.core else [])]:
-        if c.get('step') is not None and c.get('core') is not None: pts[c['step']] = dict(step=c['step'], core=c['core'], source='lmlit eval')
-    return [pts[s] for s in sorted(pts)]
 
 # %% ../nbs/12_report.ipynb #9f4ed21a
 def overview(run: Run, stages: dict, price_per_hour: float | None = None) -> dict:
@@ -383,10 +327,13 @@ def overview(run: Run, stages: dict, price_per_hour: float | None = None) -> dic
     cfg, prov = run.config, run.provenance
     resolved = cfg.get('resolved') or {}
     devices = prov.get('devices') or {}
-    world = _fig(run, 'base', 'world_size') or resolved.get('world_size') or (run.meta[0].get('world_size') if run.meta else 1) or 1
+    world = _fig(run, 'base',
+                 'world_size') or resolved.get('world_size') or (run.meta[0].get('world_size') if run.meta else 1) or 1
     gpus = _fig(run, 'base', 'device_names') or devices.get('gpus') or []
     kind = 'gpu' if gpus or 'cuda' in str(resolved.get('device', '')) else 'cpu'
-    hardware = dict(kind=kind, devices=gpus[:world] if gpus else [f"CPU, {devices.get('cpus')} cores ({devices.get('torch_threads')} torch threads)"],
+    hardware = dict(kind=kind,
+                    devices=gpus[:world] if gpus else [f"CPU, {devices.get('cpus')} cores "
+                                                       f"({devices.get('torch_threads')} torch threads)"],
                     world_size=world, host=devices.get('host'), platform=devices.get('platform'))
     times, train_s = [], 0.0
     for label, st in stages.items():
@@ -402,38 +349,55 @@ def overview(run: Run, stages: dict, price_per_hour: float | None = None) -> dic
     last = run.train[-1] if run.train else {}
     tok = prov.get('tokenizer') or {}
     trec = (run.records.get('tokenizer') or {}).get('figures') or {}
-    return dict(started=_iso(started) if started else None, ended=_iso(ended) if ended else None, wall_s=wall, train_s=train_s or None,
-                hardware=hardware, params=param_split(run), tokens_seen=_fig(run, 'base', 'tokens') or last.get('tokens'),
+    return dict(started=iso_time(started) if started else None, ended=iso_time(ended) if ended else None, wall_s=wall,
+                train_s=train_s or None,
+                hardware=hardware, params=param_split(run),
+                tokens_seen=_fig(run, 'base', 'tokens') or last.get('tokens'),
                 tokens_per_step=cfg.get('total_batch'), steps_done=_fig(run, 'base', 'steps_done') or last.get('step'),
                 steps_planned=_fig(run, 'base', 'steps_planned') or resolved.get('total_steps'),
-                config={k: cfg[k] for k in CONFIG_KEYS if k in cfg} | {k: resolved[k] for k in ('grad_accum', 'world_size') if k in resolved},
+                config={k: cfg[k] for k in CONFIG_KEYS if k in cfg} | {k: resolved[k] for k in ('grad_accum',
+                                                                                                'world_size') if k in resolved},
                 device_hours=hours, price_per_hour=price_per_hour,
                 cost=hours * price_per_hour if hours is not None and price_per_hour is not None else None,
                 tokenizer=dict(vocab_size=trec.get('vocab_size') or tok.get('vocab_size'),
                                val_bytes_per_token=trec.get('val_bytes_per_token') or tok.get('val_bytes_per_token')) if (tok or trec) else None)
 
 # %% ../nbs/12_report.ipynb #cd01e4e5
-PART_NAMES = dict(en=dict(data='data wait', fwdbwd='forward+backward', optim='optimizer', eval='eval', ckpt='checkpoint',
+PART_NAMES = dict(en=dict(data='data wait', fwdbwd='forward+backward', optim='optimizer', eval='eval',
+                          ckpt='checkpoint',
                           other='other (logging, host work)', machine='the machine'),
-                  zh=dict(data='数据等待 (data wait)', fwdbwd='前向+反向 (forward+backward)', optim='优化器 (optimizer)', eval='评测 (eval)',
+                  zh=dict(data='数据等待 (data wait)', fwdbwd='前向+反向 (forward+backward)', optim='优化器 (optimizer)',
+                          eval='评测 (eval)',
                           ckpt='检查点 (checkpoint)', other='其他 (other)', machine='机器本身 (the machine)'))
 
 TEXT = dict(
     en=dict(
-        throughput_drop="{stage}: throughput fell in steps {first_step}–{last_step}: {tok_per_s:,.0f} tok/s vs {ref_tok_per_s:,.0f} in the "
+        throughput_drop="{stage}: throughput fell in steps {first_step}–{last_step}: {tok_per_s:,.0f} tok/s vs "
+                        "{ref_tok_per_s:,.0f} in the "
                         "faster half of the run ({drop:.0%} lower). Cause: **{cause_name}**. {why}",
-        why_part="Per step, {cause_name} grew {before:.3f} → {after:.3f} s (+{grow:.3f} s, {share:.0%} of the step's growth of {total:+.3f} s).",
-        why_eval=" Evals ran after {evals} of these {steps} steps (elsewhere about {ref_rate:.2f} per step): {verdict}.",
-        eval_denser="a denser eval cadence", eval_regular="the regular evaluation (eval_every) falls in this window; evaluate less often or on fewer batches to shrink it",
-        why_machine="Every sizeable part slowed together ({ratios}); nothing in the job changed — the machine got slower "
+        why_part="Per step, {cause_name} grew {before:.3f} → {after:.3f} s (+{grow:.3f} s, {share:.0%} of the step's "
+                 "growth of {total:+.3f} s).",
+        why_eval=" Evals ran after {evals} of these {steps} steps (elsewhere about {ref_rate:.2f} per step): "
+                 "{verdict}.",
+        eval_denser="a denser eval cadence",
+            eval_regular="the regular evaluation (eval_every) falls in this window; evaluate less often or on fewer "
+                         "batches to shrink it",
+        why_machine="Every sizeable part slowed together ({ratios}); nothing in the job changed — the machine got "
+                    "slower "
                     "(throttling, another job on the same devices, a slower node).",
-        throughput_ok="{stage}: no window's throughput fell more than {threshold:.0%} below the faster half of the run.",
-        warm_up="{stage}: steps {first_step}–{last_step} ran {drop:.0%} slower than the faster half of the run ({tok_per_s:,.0f} vs "
-                "{ref_tok_per_s:,.0f} tok/s): the run's first steps, where kernels, the allocator and caches warm up. Not a problem.",
-        mfu_over_100="{stage}: MFU came out above 100 % ({where}), so it is not shown: the peak it divides by ({basis}) was measured "
+        throughput_ok="{stage}: no window's throughput fell more than {threshold:.0%} below the faster half of the "
+                      "run.",
+        warm_up="{stage}: steps {first_step}–{last_step} ran {drop:.0%} slower than the faster half of the run "
+                "({tok_per_s:,.0f} vs "
+                "{ref_tok_per_s:,.0f} tok/s): the run's first steps, where kernels, the allocator and caches warm up. "
+                "Not a problem.",
+        mfu_over_100="{stage}: MFU came out above 100 % ({where}), so it is not shown: the peak it divides by "
+                     "({basis}) was measured "
                      "too low, as a CPU peak measured once at start on a busy machine is. Compare tok/s instead.",
-        negative_centered="{task}: accuracy {accuracy:.1%} is below its baseline {baseline:.0%} ({baseline_why}), so centered = "
-                          "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}. The gap ({gap:+.1%}) is {noise_word} "
+        negative_centered="{task}: accuracy {accuracy:.1%} is below its baseline {baseline:.0%} ({baseline_why}), so "
+                          "centered = "
+                          "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}. The gap "
+                          "({gap:+.1%}) is {noise_word} "
                           "the 2σ noise of {noise:.1%} for {items} items.{bias}",
         negative_ok="No CORE task scored below its baseline.",
         memory="{stage}: peak memory {peak_gb:.3f} GiB ({basis}) vs {planned_gb:.3f} GiB planned{device}.{verdict}",
@@ -449,12 +413,16 @@ TEXT = dict(
         noise_core="CORE {core:+.4f} has a 2σ noise of ±{noise:.4f} at {per_task} items per task: {verdict}",
         noise_core_small="differences between CORE values smaller than that are not measured by this eval.",
         noise_core_zero=" it cannot be told apart from 0 (chance).",
-        noise_compare="CORE differs from {other} by {delta:+.4f}, less than the 2σ noise of the difference ({noise:.4f}): this eval cannot tell the two runs apart; evaluate more items per task.",
-        noise_compare_ok="CORE differs from {other} by {delta:+.4f}, more than the 2σ noise of the difference ({noise:.4f}).",
-        noise_steps="CORE moved by at most {spread:.4f} between steps, less than its 2σ noise ({noise:.4f}): the curve is noise at this item count.",
+        noise_compare="CORE differs from {other} by {delta:+.4f}, less than the 2σ noise of the difference "
+                      "({noise:.4f}): this eval cannot tell the two runs apart; evaluate more items per task.",
+        noise_compare_ok="CORE differs from {other} by {delta:+.4f}, more than the 2σ noise of the difference "
+                         "({noise:.4f}).",
+        noise_steps="CORE moved by at most {spread:.4f} between steps, less than its 2σ noise ({noise:.4f}): the "
+                    "curve is noise at this item count.",
     ),
     zh=dict(
-        throughput_drop="{stage}：第 {first_step}–{last_step} 步吞吐量下降：{tok_per_s:,.0f} tok/s，而较快的一半窗口为 {ref_tok_per_s:,.0f}"
+        throughput_drop="{stage}：第 {first_step}–{last_step} 步吞吐量下降：{tok_per_s:,.0f} tok/s，而较快的一半窗口为 "
+                        "{ref_tok_per_s:,.0f}"
                         "（低 {drop:.0%}）。原因：**{cause_name}**。{why}",
         why_part="每步中 {cause_name} 由 {before:.3f} 增至 {after:.3f} 秒（+{grow:.3f} 秒，占每步增长 {total:+.3f} 秒的 {share:.0%}）。",
         why_eval="这 {steps} 步中有 {evals} 步之后运行了评测（其他窗口约每步 {ref_rate:.2f} 次）：{verdict}。",
@@ -466,7 +434,8 @@ TEXT = dict(
         mfu_over_100="{stage}：MFU 超过 100 %（{where}），因此不显示：作为分母的峰值（{basis}）测得偏低，"
                      "例如在繁忙机器上启动时只测一次的 CPU 峰值。请改为比较 tok/s。",
         negative_centered="{task}：准确率 {accuracy:.1%} 低于基线 {baseline:.0%}（{baseline_why}），因此 centered = "
-                          "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}。差距 {gap:+.1%} {noise_word} "
+                          "({accuracy:.3f} − {baseline:.2f}) / (1 − {baseline:.2f}) = {centered:+.3f}。差距 {gap:+.1%} "
+                          "{noise_word} "
                           "{items} 个样本的 2σ 噪声 {noise:.1%}。{bias}",
         negative_ok="没有 CORE 任务低于其基线。",
         memory="{stage}：峰值内存 {peak_gb:.3f} GiB（{basis}），计划 {planned_gb:.3f} GiB{device}。{verdict}",
@@ -487,15 +456,17 @@ TEXT = dict(
         noise_steps="CORE 在各步之间的变化最多 {spread:.4f}，小于其 2σ 噪声（{noise:.4f}）：在这个样本数下曲线只是噪声。",
     ))
 
-BASELINE_WHY = dict(en=dict(majority='the majority class: always answering *yes* scores it', chance='chance: 1 of {k} choices',
+BASELINE_WHY = dict(en=dict(majority='the majority class: always answering *yes* scores it',
+                            chance='chance: 1 of {k} choices',
                             zero='a generative task: any correct answer counts'),
                     zh=dict(majority='多数类基线：总是回答 *yes* 就能得到', chance='随机水平：{k} 选 1', zero='生成式任务'))
 
 def _problem(code, severity, stage, text_key=None, **figures) -> dict:
     "A problem entry: its code, severity, stage, the figures behind it and its text in `lang` (English kept beside it)."
     key = text_key or code
-    return dict(code=code, severity=severity, stage=stage, figures=_jsonable(figures), text_key=key,
-                text=TEXT['en'][key].format(stage=stage, **figures), text_zh=TEXT['zh'][key].format(stage=stage, **figures))
+    return dict(code=code, severity=severity, stage=stage, figures=jsonable(figures), text_key=key,
+                text=TEXT['en'][key].format(stage=stage, **figures),
+                text_zh=TEXT['zh'][key].format(stage=stage, **figures))
 
 # %% ../nbs/12_report.ipynb #cf032223
 def part_names(stage: str, lang: str) -> dict:
@@ -504,41 +475,54 @@ def part_names(stage: str, lang: str) -> dict:
     if stage == 'rl': names['data'] = 'sampling (generation)' if lang == 'en' else '采样（生成）(sampling)'
     return names
 
+# %% ../nbs/12_report.ipynb #c655deec
 def _is_warm_up(drop: dict, wins: list[dict]) -> bool:
     "A slow span that opens the run and ends within its first fifth: warm-up, not a problem."
-    return drop['first_step'] == wins[0]['first_step'] and drop['last_step'] <= max(wins[0]['last_step'], 0.2 * wins[-1]['last_step'])
+    return drop['first_step'] == wins[0]['first_step'] and drop['last_step'] <= max(wins[0]['last_step'],
+                                                                                    0.2 * wins[-1]['last_step'])
 
 def _throughput_problems(stage, table) -> list[dict]:
     out = []
     if table.get('mfu_over_100'):
         where = ', '.join(f"steps {w['first_step']}–{w['last_step']}" for w in table['windows'] if w.get('mfu_over_100')) or 'the run average'
-        out.append(_problem('mfu_over_100', 'note', stage, where=where, basis=table.get('mfu_basis') or 'the device peak'))
+        out.append(_problem('mfu_over_100', 'note', stage, where=where,
+                            basis=table.get('mfu_basis') or 'the device peak'))
     for d in throughput_drops(table['windows']):
         if _is_warm_up(d, table['windows']):
-            out.append(_problem('warm_up', 'note', stage, first_step=d['first_step'], last_step=d['last_step'], drop=d['drop'],
+            out.append(_problem('warm_up', 'note', stage, first_step=d['first_step'], last_step=d['last_step'],
+                                drop=d['drop'],
                                 tok_per_s=d['tok_per_s'], ref_tok_per_s=d['ref_tok_per_s']))
             continue
         c = d['cause']
-        f = dict(first_step=d['first_step'], last_step=d['last_step'], tok_per_s=d['tok_per_s'], ref_tok_per_s=d['ref_tok_per_s'],
-                 drop=d['drop'], cause=c, growth=d['growth'], parts=d['parts'], ref_parts=d['ref_parts'], evals=d['evals'], steps=d['steps'],
+        f = dict(first_step=d['first_step'], last_step=d['last_step'], tok_per_s=d['tok_per_s'],
+                 ref_tok_per_s=d['ref_tok_per_s'],
+                 drop=d['drop'], cause=c, growth=d['growth'], parts=d['parts'], ref_parts=d['ref_parts'],
+                 evals=d['evals'], steps=d['steps'],
                  ref_rate=d['ref_evals_per_step'])
         texts = {}
         for lang in ('en', 'zh'):
             names = part_names(stage, lang)
             if c == 'machine':
-                ratios = ', '.join(f"{names[p]} ×{d['parts'][p] / d['ref_parts'][p]:.2f}" for p in ('data', 'fwdbwd', 'optim')
+                ratios = ', '.join(f"{names[p]} ×{d['parts'][p] / d['ref_parts'][p]:.2f}" for p in ('data', 'fwdbwd',
+                                                                                                    'optim')
                                    if d['ref_parts'][p] >= SIZEABLE_SHARE * d['ref_parts']['step'])
                 why = TEXT[lang]['why_machine'].format(ratios=ratios)
             else:
-                why = TEXT[lang]['why_part'].format(cause_name=names[c], before=d['ref_parts'][c], after=d['parts'][c], grow=d['growth'][c],
-                                                    share=d['cause_share'] or 0, total=d['parts']['step'] - d['ref_parts']['step'])
+                why = TEXT[lang]['why_part'].format(cause_name=names[c], before=d['ref_parts'][c], after=d['parts'][c],
+                                                    grow=d['growth'][c],
+                                                    share=d['cause_share'] or 0,
+                                                    total=d['parts']['step'] - d['ref_parts']['step'])
                 if c == 'eval':
                     denser = d['ref_evals_per_step'] > 0 and d['evals'] / d['steps'] > 1.5 * d['ref_evals_per_step']
                     verdict = TEXT[lang]['eval_denser' if denser else 'eval_regular']
-                    why += TEXT[lang]['why_eval'].format(evals=d['evals'], steps=d['steps'], ref_rate=d['ref_evals_per_step'], verdict=verdict)
-            texts[lang] = TEXT[lang]['throughput_drop'].format(stage=stage, cause_name=names[c], why=why, **{k: f[k] for k in
-                                                               ('first_step', 'last_step', 'tok_per_s', 'ref_tok_per_s', 'drop')})
-        out.append(dict(code='throughput_drop', severity='problem', stage=stage, figures=_jsonable(f), text_key='throughput_drop',
+                    why += TEXT[lang]['why_eval'].format(evals=d['evals'], steps=d['steps'],
+                                                         ref_rate=d['ref_evals_per_step'], verdict=verdict)
+            texts[lang] = TEXT[lang]['throughput_drop'].format(stage=stage, cause_name=names[c], why=why,
+                                                               **{k: f[k] for k in
+                                                               ('first_step', 'last_step', 'tok_per_s',
+                                                                'ref_tok_per_s', 'drop')})
+        out.append(dict(code='throughput_drop', severity='problem', stage=stage, figures=jsonable(f),
+                        text_key='throughput_drop',
                         text=texts['en'], text_zh=texts['zh']))
     if not any(p['severity'] == 'problem' for p in out) and len(table['windows']) >= 2:
         out.append(_problem('throughput_ok', 'ok', stage, threshold=DROP_THRESHOLD))
@@ -553,13 +537,14 @@ def _core_problems(core: dict | None) -> list[dict]:
         gap = t['accuracy'] - b
         bias = f" {t['bias']}." if t.get('bias') else ''
         entry = dict(code='negative_centered', severity='note', stage='base', text_key='negative_centered')
-        figs = dict(task=t['name'], accuracy=t['accuracy'], baseline=b, centered=t['centered'], gap=gap, items=t['items'],
+        figs = dict(task=t['name'], accuracy=t['accuracy'], baseline=b, centered=t['centered'], gap=gap,
+                    items=t['items'],
                     noise=t['noise_2sigma'] * (1 - b), baseline_kind=t['baseline_kind'])
         for lang, key in (('en', 'text'), ('zh', 'text_zh')):
             why = BASELINE_WHY[lang][t['baseline_kind']].format(k=round(1 / b) if b else 0)
             word = ('beyond' if -gap > figs['noise'] else 'within') if lang == 'en' else ('超出' if -gap > figs['noise'] else '未超出')
             entry[key] = TEXT[lang]['negative_centered'].format(baseline_why=why, noise_word=word, bias=bias, **figs)
-        entry['figures'] = _jsonable(figs)
+        entry['figures'] = jsonable(figs)
         out.append(entry)
     if not out: out.append(_problem('negative_ok', 'ok', 'base'))
     return out
@@ -570,10 +555,12 @@ def _memory_problem(stage, table) -> dict:
     figs = dict(peak_gb=m['peak_gb'], planned_gb=m['planned_gb'], device_gb=m['device_gb'], basis=m['basis'])
     headroom = 1 - m['peak_gb'] / m['device_gb'] if m['device_gb'] else None
     ratio = m['peak_gb'] / m['planned_gb'] if m['planned_gb'] else None
-    entry = dict(code='memory', stage=stage, text_key='memory', figures=_jsonable(dict(figs, headroom=headroom, ratio_to_plan=ratio)))
+    entry = dict(code='memory', stage=stage, text_key='memory',
+                 figures=jsonable(dict(figs, headroom=headroom, ratio_to_plan=ratio)))
     entry['severity'] = 'problem' if headroom is not None and headroom < 0.10 else 'note' if ratio and ratio > 1.25 else 'ok'
     for lang, key in (('en', 'text'), ('zh', 'text_zh')):
-        device = (f" of {m['device_gb']:.1f} GiB on the device" if lang == 'en' else f"，设备共 {m['device_gb']:.1f} GiB") if m['device_gb'] else \
+        device = (f" of {m['device_gb']:.1f} GiB on the "
+                  "device" if lang == 'en' else f"，设备共 {m['device_gb']:.1f} GiB") if m['device_gb'] else \
                  (" (device memory not recorded)" if lang == 'en' else "（未记录设备内存）")
         verdict = ''
         if headroom is not None: verdict += TEXT[lang]['memory_tight' if headroom < 0.10 else 'memory_fine'].format(headroom=headroom)
@@ -596,7 +583,8 @@ def _run_problems(stage, run: Run, table) -> list[dict]:
         out.append(_problem('stopped', 'problem', stage, step=step, planned=planned, reason=reason_en))
     resumes = figs.get('resumed_at') or [m['step'] for m in run.meta if m.get('step')]
     if resumes:
-        out.append(_problem('resumed', 'note', stage, steps=', '.join(map(str, resumes)), s='s' if len(resumes) > 1 else ''))
+        out.append(_problem('resumed', 'note', stage, steps=', '.join(map(str, resumes)),
+                            s='s' if len(resumes) > 1 else ''))
     bad = [r['step'] for r in run.train if not (isinstance(r.get('loss'), (int, float)) and math.isfinite(r['loss']))]
     if bad: out.append(_problem('nonfinite', 'problem', stage, step=bad[0]))
     if not out: out.append(_problem('run_ok', 'ok', stage, step=step, planned=planned))
@@ -608,53 +596,22 @@ def _noise_problems(core, cores, comparisons) -> list[dict]:
         zero = abs(core['core']) < core['noise_2sigma']
         for_lang = {lang: TEXT[lang]['noise_core_small'] + (TEXT[lang]['noise_core_zero'] if zero else '') for lang in ('en', 'zh')}
         figs = dict(core=core['core'], noise=core['noise_2sigma'], per_task=core.get('max_per_task') or 'all')
-        out.append(dict(code='noise_core', severity='note' if zero else 'ok', stage='base', text_key='noise_core', figures=_jsonable(figs),
+        out.append(dict(code='noise_core', severity='note' if zero else 'ok', stage='base', text_key='noise_core',
+                        figures=jsonable(figs),
                         text=TEXT['en']['noise_core'].format(verdict=for_lang['en'], **figs),
                         text_zh=TEXT['zh']['noise_core'].format(verdict=for_lang['zh'], **figs)))
         if len(cores) >= 2:
             spread = max(c['core'] for c in cores) - min(c['core'] for c in cores)
-            if spread < core['noise_2sigma']: out.append(_problem('noise_steps', 'note', 'base', spread=spread, noise=core['noise_2sigma']))
+            if spread < core['noise_2sigma']: out.append(_problem('noise_steps', 'note', 'base', spread=spread,
+                                                                  noise=core['noise_2sigma']))
     for comp in comparisons:
         n = comp.get('core_noise_2sigma')
         row = next((r for r in comp['rows'] if r['key'] == 'core'), None)
         if n is None or not row or row['delta'] is None: continue
         code = 'noise_compare' if abs(row['delta']) < n else 'noise_compare_ok'
-        out.append(_problem(code, 'problem' if code == 'noise_compare' else 'ok', 'base', other=comp['run'], delta=row['delta'], noise=n))
+        out.append(_problem(code, 'problem' if code == 'noise_compare' else 'ok', 'base', other=comp['run'],
+                            delta=row['delta'], noise=n))
     return out
-
-# %% ../nbs/12_report.ipynb #4db558eb
-COMPARE_ROWS = ('params', 'tokens_seen', 'tokens_per_step', 'steps_done', 'wall_s', 'train_s', 'loss_initial', 'loss_final',
-                'loss_best', 'val_bpb_first', 'val_bpb_best', 'val_bpb_final', 'core', 'tok_per_s', 'mfu', 'peak_gb')
-
-def headline(rep: dict) -> dict:
-    "The comparable figures of a report (`report.json`)."
-    ov, tr = rep['overview'], rep['stages']['base']['training'] or {}
-    g = lambda *ks: _dig(tr, *ks)
-    return dict(params=(ov.get('params') or {}).get('total'), tokens_seen=ov['tokens_seen'], tokens_per_step=ov['tokens_per_step'],
-                steps_done=ov['steps_done'], wall_s=ov['wall_s'], train_s=ov['train_s'], loss_initial=g('loss', 'initial'),
-                loss_final=g('loss', 'final'), loss_best=g('loss', 'best'), val_bpb_first=g('val_bpb', 'first'),
-                val_bpb_best=g('val_bpb', 'best'), val_bpb_final=g('val_bpb', 'final'), core=(rep.get('core') or {}).get('core'),
-                tok_per_s=g('tok_per_s'), mfu=g('mfu'), peak_gb=g('memory', 'peak_gb'))
-
-def _dig(d, *ks):
-    for k in ks:
-        if not isinstance(d, dict): return None
-        d = d.get(k)
-    return d
-
-def compare(rep: dict, other: dict) -> dict:
-    "Rows this / other / delta / rel between two reports' headline figures, and the config keys that differ."
-    a, b = headline(rep), headline(other)
-    rows = []
-    for k in COMPARE_ROWS:
-        x, y = a[k], b[k]
-        delta = x - y if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None
-        rows.append(dict(key=k, this=x, other=y, delta=delta, rel=delta / y if delta is not None and y else None))
-    ca, cb = rep['overview']['config'], other['overview']['config']
-    diff = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
-    na, nb = _dig(rep, 'core', 'noise_2sigma'), _dig(other, 'core', 'noise_2sigma')
-    noise = math.sqrt(na**2 + nb**2) if na is not None and nb is not None else None
-    return dict(run=other['run'], rows=rows, config_diff=diff, core_noise_2sigma=noise)
 
 # %% ../nbs/12_report.ipynb #1b5ce251
 def chat_evals(stages: dict) -> dict:
@@ -665,31 +622,23 @@ def chat_evals(stages: dict) -> dict:
         rec = (st['run'].records.get('chat_eval') or {}) if st else {}
         fig = rec.get('figures') if rec else None
         if fig is None and st:
-            f = _read_json(st['dir']/'eval'/'chat.json')   # what `lmlit chat-eval` writes (11_chat_eval's save_chat)
+            f = read_json(st['dir']/'eval'/'chat.json')   # what `lmlit chat-eval` writes (11_chat_eval's save_chat)
             fig = f if isinstance(f, dict) and isinstance(f.get('tasks'), dict) else None
         out[label] = fig
     return out
 
 # %% ../nbs/12_report.ipynb #3108b0e1
-def resolve_run_dir(name_or_path) -> Path:
-    "A run folder from a name under $LMLIT_RUNS or a path; a clear error when neither exists."
-    p = Path(name_or_path)
-    if p.is_dir() and (p/'config.json').exists() or (p.is_dir() and (p/'metrics.jsonl').exists()): return p
-    q = runs_dir()/str(name_or_path)
-    if q.is_dir(): return q
-    if p.is_dir(): return p
-    raise LmlitError(f"no run folder {str(name_or_path)!r} (looked for {p} and {q}); pass a run name under $LMLIT_RUNS "
-                     f"(now {runs_dir()}) or a path to a run folder")
-
 def build_report(run_dir, compare_with=(), price_per_hour: float | None = None) -> dict:
     "The report of `run_dir` as a dictionary following `REPORT_SCHEMA`."
     run_dir = Path(run_dir)
     found = read_records(run_dir)
-    stages = {label: dict(dir=st['dir'], run=load_run(st['dir'], run_dir.name if label == 'base' else label, st['records']))
+    stages = {label: dict(dir=st['dir'],
+                          run=load_run(st['dir'], run_dir.name if label == 'base' else label, st['records']))
               for label, st in found.items()}
     base = stages['base']['run']
     if not (base.train or base.config or base.records):
-        raise LmlitError(f"{run_dir} holds no config.json, metrics.jsonl or record.json: not a run folder lmlit made (train one with lmlit train)")
+        raise LmlitError(f"{run_dir} holds no config.json, metrics.jsonl or record.json: not a run folder lmlit made "
+                         "(train one with lmlit train)")
     stage_out, problems, missing = {}, [], {}
     for label in STAGE_FOLDERS:
         st = stages.get(label)
@@ -712,20 +661,58 @@ def build_report(run_dir, compare_with=(), price_per_hour: float | None = None) 
     if core is None: missing['core'] = "no eval/core.json: run `lmlit eval --run NAME`"
     problems += _core_problems(core)
     cores = core_over_steps(base)
-    rep = dict(schema_version=REPORT_SCHEMA_VERSION, generated=_iso(), run=run_dir.name, run_dir=str(run_dir),
+    rep = dict(schema_version=REPORT_SCHEMA_VERSION, generated=iso_time(), run=run_dir.name, run_dir=str(run_dir),
                overview=overview(base, stages, price_per_hour), stages=stage_out, core=core, core_over_steps=cores,
                chat_eval=chat_evals(stages), problems=[], comparison=[], plots=[], missing=missing)
     for label, v in rep['chat_eval'].items():
         if v is None and stage_out[label]['present']: missing[f'chat_eval:{label}'] = f"no chat eval record for the {label} stage"
     for other in compare_with:
-        other_dir = resolve_run_dir(other)
-        other_rep = _read_json(other_dir/'report.json') if (other_dir/'report.json').exists() else None
+        other_dir = run_path(other)
+        other_rep = read_json(other_dir/'report.json') if (other_dir/'report.json').exists() else None
         if not other_rep or other_rep.get('schema_version') != REPORT_SCHEMA_VERSION: other_rep = build_report(other_dir)
         rep['comparison'].append(compare(rep, other_rep))
     if not compare_with: missing['comparison'] = 'no earlier run given (--compare OTHER)'
     problems += _noise_problems(core, cores, rep['comparison'])
     rep['problems'] = problems
-    return _jsonable(rep)
+    return jsonable(rep)
+
+# %% ../nbs/12_report.ipynb #4db558eb
+COMPARE_ROWS = ('params', 'tokens_seen', 'tokens_per_step', 'steps_done', 'wall_s', 'train_s', 'loss_initial',
+                'loss_final',
+                'loss_best', 'val_bpb_first', 'val_bpb_best', 'val_bpb_final', 'core', 'tok_per_s', 'mfu', 'peak_gb')
+
+def headline(rep: dict) -> dict:
+    "The comparable figures of a report (`report.json`)."
+    ov, tr = rep['overview'], rep['stages']['base']['training'] or {}
+    def g(*keys): return _dig(tr, *keys)
+    return dict(params=(ov.get('params') or {}).get('total'), tokens_seen=ov['tokens_seen'],
+                tokens_per_step=ov['tokens_per_step'],
+                steps_done=ov['steps_done'], wall_s=ov['wall_s'], train_s=ov['train_s'],
+                loss_initial=g('loss', 'initial'),
+                loss_final=g('loss', 'final'), loss_best=g('loss', 'best'), val_bpb_first=g('val_bpb', 'first'),
+                val_bpb_best=g('val_bpb', 'best'), val_bpb_final=g('val_bpb', 'final'),
+                core=(rep.get('core') or {}).get('core'),
+                tok_per_s=g('tok_per_s'), mfu=g('mfu'), peak_gb=g('memory', 'peak_gb'))
+
+def _dig(d, *ks):
+    for k in ks:
+        if not isinstance(d, dict): return None
+        d = d.get(k)
+    return d
+
+def compare(rep: dict, other: dict) -> dict:
+    "Rows this / other / delta / rel between two reports' headline figures, and the config keys that differ."
+    a, b = headline(rep), headline(other)
+    rows = []
+    for k in COMPARE_ROWS:
+        x, y = a[k], b[k]
+        delta = x - y if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None
+        rows.append(dict(key=k, this=x, other=y, delta=delta, rel=delta / y if delta is not None and y else None))
+    ca, cb = rep['overview']['config'], other['overview']['config']
+    diff = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
+    na, nb = _dig(rep, 'core', 'noise_2sigma'), _dig(other, 'core', 'noise_2sigma')
+    noise = math.sqrt(na**2 + nb**2) if na is not None and nb is not None else None
+    return dict(run=other['run'], rows=rows, config_diff=diff, core_noise_2sigma=noise)
 
 # %% ../nbs/12_report.ipynb #099370f5
 def make_report_plots(rep: dict, run_dir) -> list[str]:
@@ -743,9 +730,12 @@ def make_report_plots(rep: dict, run_dir) -> list[str]:
     def save(name, draw, xlabel='step'):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         draw(ax)
-        ax.set_xlabel(xlabel); ax.grid(alpha=.3)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=.3)
         if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
-        fig.tight_layout(); fig.savefig(out_dir/name, dpi=100); plt.close(fig)
+        fig.tight_layout()
+        fig.savefig(out_dir/name, dpi=100)
+        plt.close(fig)
         paths.append(f'plots/{name}')
     def per_stage(ax, key, ylabel, kind='train'):
         for label, r in runs.items():
@@ -771,34 +761,51 @@ def make_report_plots(rep: dict, run_dir) -> list[str]:
             ys = [w['parts'][p] for w in wins]
             ax.bar(labels, ys, bottom=bottom, label=p)
             bottom = [a + b for a, b in zip(bottom, ys)]
-        ax.set_ylabel('seconds per step (mean)'); ax.tick_params(axis='x', labelrotation=45, labelsize=7)
+        ax.set_ylabel('seconds per step (mean)')
+        ax.tick_params(axis='x', labelrotation=45, labelsize=7)
     save('report_breakdown.png', breakdown, 'window of steps')
     def core_curve(ax):
         pts = rep['core_over_steps']
         if pts: ax.plot([p['step'] for p in pts], [p['core'] for p in pts], 'o-')
         else: ax.text(0.5, 0.5, 'no CORE measured', ha='center', transform=ax.transAxes)
-        ax.axhline(0, color='k', lw=.6); ax.set_ylabel('CORE (mean centered accuracy)')
+        ax.axhline(0, color='k', lw=.6)
+        ax.set_ylabel('CORE (mean centered accuracy)')
     save('report_core.png', core_curve)
     return paths
 
 # %% ../nbs/12_report.ipynb #aca03218
 SECTIONS = ('overview', 'training', 'throughput', 'curves', 'core', 'chat_eval', 'problems', 'comparison', 'stages')
 LABELS = dict(
-    en=dict(title='Run report: {run}', overview='Overview', training='Training', throughput='Throughput by window', curves='Curves',
-            core='CORE per task', chat_eval='Chat eval per stage', problems='Problems found', comparison='Comparison with earlier runs',
-            stages='Stages', item='item', value='value', started='started', ended='ended', wall='wall time', train_time='training time',
-            hardware='hardware', params='parameters', tokens_seen='tokens seen', tokens_per_step='tokens per step', steps='steps',
-            device_hours='device-hours', cost='cost', tokenizer='tokenizer', config='config that mattered', missing='missing',
-            metric='metric', initial='initial', final='final', best='best', at_step='at step', first='first', loss='loss',
-            val_bpb='val BPB', core_best='CORE best', tok_s='tok/s', mfu='MFU', memory='peak memory', planned='planned', device='device',
-            window='steps', evals='evals', task='task', kind='kind', shots='shots', items='items', accuracy='accuracy', baseline='baseline',
-            baseline_kind='baseline kind', centered='centered', noise='2σ noise', bias='answers', stage='stage', present='present', status='status',
-            source='figures from', this='this run', other='other', delta='delta', rel='rel.', setting='setting', yes='yes', no='no',
-            price_hint='pass --price-per-gpu-hour X for a cost', none_found='nothing found', severity='severity', notes='notes',
-            not_run='not run', chatcore='lmlit-ChatCORE', generated='Generated {generated} from the run folder\'s records, metrics.jsonl and eval/.',
-            missing_stage='missing: {why}', majority='majority', chance='chance', zero='zero', problem='problem', note='note', ok='ok',
-            record='record', metrics='metrics', plot_names=dict(loss='loss', bpb='val BPB', lr='LR schedule', tok_s='tok/s',
-                                                                 breakdown='step-time breakdown', core='CORE over steps')),
+    en=dict(title='Run report: {run}', overview='Overview', training='Training', throughput='Throughput by window',
+            curves='Curves',
+            core='CORE per task', chat_eval='Chat eval per stage', problems='Problems found',
+            comparison='Comparison with earlier runs',
+            stages='Stages', item='item', value='value', started='started', ended='ended', wall='wall time',
+            train_time='training time',
+            hardware='hardware', params='parameters', tokens_seen='tokens seen', tokens_per_step='tokens per step',
+            steps='steps',
+            device_hours='device-hours', cost='cost', tokenizer='tokenizer', config='config that mattered',
+            missing='missing',
+            metric='metric', initial='initial', final='final', best='best', at_step='at step', first='first',
+            loss='loss',
+            val_bpb='val BPB', core_best='CORE best', tok_s='tok/s', mfu='MFU', memory='peak memory',
+            planned='planned', device='device',
+            window='steps', evals='evals', task='task', kind='kind', shots='shots', items='items', accuracy='accuracy',
+            baseline='baseline',
+            baseline_kind='baseline kind', centered='centered', noise='2σ noise', bias='answers', stage='stage',
+            present='present', status='status',
+            source='figures from', this='this run', other='other', delta='delta', rel='rel.', setting='setting',
+            yes='yes', no='no',
+            price_hint='pass --price-per-gpu-hour X for a cost', none_found='nothing found', severity='severity',
+            notes='notes',
+            not_run='not run', chatcore='lmlit-ChatCORE',
+            generated='Generated {generated} from the run folder\'s records, metrics.jsonl and eval/.',
+            missing_stage='missing: {why}', majority='majority', chance='chance', zero='zero', problem='problem',
+            note='note', ok='ok',
+            record='record', metrics='metrics',
+            plot_names=dict(loss='loss', bpb='val BPB', lr='LR schedule', tok_s='tok/s',
+                                                                 breakdown='step-time breakdown',
+                                                                core='CORE over steps')),
     zh=dict(title='训练报告：{run}', overview='训练概况', training='训练指标', throughput='分窗口吞吐量', curves='曲线',
             core='CORE 分任务结果', chat_eval='各阶段对话评测', problems='发现的问题', comparison='与历史运行对比', stages='阶段',
             item='项目', value='数值', started='开始', ended='结束', wall='总时长', train_time='训练时长', hardware='硬件', params='参数量',
@@ -824,7 +831,8 @@ def _f(x, spec=',.4g'):
 
 def _table(head, rows) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    lines += ['| ' + ' | '.join(_f(c) if not isinstance(c, str) else c.replace('|', '\\|').replace('\n', ' ') for c in r) + ' |' for r in rows]
+    lines += ['| ' + ' | '.join(_f(c) if not isinstance(c, str) else c.replace('|', '\\|').replace('\n',
+                                                                                                   ' ') for c in r) + ' |' for r in rows]
     return '\n'.join(lines)
 
 def _hms(s):
@@ -845,30 +853,45 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
     hw = ov['hardware']
     params = ov['params'] or {}
     split = ', '.join(f"{k} {_f(v)}" for k, v in params.items() if k != 'total')
-    cost = (f"{_f(ov['cost'], ',.2f')} ({_f(ov['price_per_hour'], ',.2f')} / h)" if ov['cost'] is not None else L['price_hint'])
+    cost = (f"{_f(ov['cost'], ',.2f')} ({_f(ov['price_per_hour'], ',.2f')} / "
+            "h)" if ov['cost'] is not None else L['price_hint'])
     tok = ov['tokenizer'] or {}
-    rows = [(L['started'], _f(ov['started'])), (L['ended'], _f(ov['ended'])), (L['wall'], _hms(ov['wall_s'])), (L['train_time'], _hms(ov['train_s'])),
-            (L['hardware'], f"{hw['world_size']} × {', '.join(dict.fromkeys(hw['devices']))}" + (f" on {hw['host']}" if hw.get('host') else '')),
-            (L['params'], f"{_f(params.get('total'))} ({split})" if params else '—'), (L['tokens_seen'], _f(ov['tokens_seen'])),
-            (L['tokens_per_step'], _f(ov['tokens_per_step'])), (L['steps'], f"{_f(ov['steps_done'])} / {_f(ov['steps_planned'])}"),
+    rows = [(L['started'], _f(ov['started'])), (L['ended'], _f(ov['ended'])), (L['wall'], _hms(ov['wall_s'])),
+            (L['train_time'], _hms(ov['train_s'])),
+            (L['hardware'],
+             f"{hw['world_size']} × "
+             f"{', '.join(dict.fromkeys(hw['devices']))}" + (f" on {hw['host']}" if hw.get('host') else '')),
+            (L['params'], f"{_f(params.get('total'))} ({split})" if params else '—'),
+            (L['tokens_seen'], _f(ov['tokens_seen'])),
+            (L['tokens_per_step'], _f(ov['tokens_per_step'])),
+            (L['steps'], f"{_f(ov['steps_done'])} / {_f(ov['steps_planned'])}"),
             (L['device_hours'], _f(ov['device_hours'], ',.4f')), (L['cost'], cost),
-            (L['tokenizer'], f"vocab {_f(tok.get('vocab_size'))}, {_f(tok.get('val_bytes_per_token'))} bytes/token" if tok else '—')]
+            (L['tokenizer'],
+             f"vocab {_f(tok.get('vocab_size'))}, {_f(tok.get('val_bytes_per_token'))} bytes/token" if tok else '—')]
     out += [_table([L['item'], L['value']], rows), '', f"**{L['config']}**: " +
             ', '.join(f"`{k}={v}`" for k, v in ov['config'].items()), '']
     # -- training, per stage
     section('training')
     for label, st in rep['stages'].items():
         tr = st['training']
-        out.append(f"### {label}"); out.append('')
+        out.append(f"### {label}")
+        out.append('')
         if not tr:
-            missing_line(rep['missing'].get(f'stage:{label}', label)); continue
+            missing_line(rep['missing'].get(f'stage:{label}', label))
+            continue
         m = tr['memory']
-        rows = [(L['loss'], _f(tr['loss']['initial']), _f(tr['loss']['final']), _f(tr['loss']['best']), _f(tr['loss']['best_step'])),
-                (L['val_bpb'], _f(tr['val_bpb']['first']), _f(tr['val_bpb']['final']), _f(tr['val_bpb']['best']), _f(tr['val_bpb']['best_step'])),
+        rows = [(L['loss'], _f(tr['loss']['initial']), _f(tr['loss']['final']), _f(tr['loss']['best']),
+                 _f(tr['loss']['best_step'])),
+                (L['val_bpb'], _f(tr['val_bpb']['first']), _f(tr['val_bpb']['final']), _f(tr['val_bpb']['best']),
+                 _f(tr['val_bpb']['best_step'])),
                 (L['core_best'], '—', '—', _f(tr['core']['best']), _f(tr['core']['best_step'])),
                 (L['tok_s'], '—', '—', _f(tr['tok_per_s'], ',.0f'), '—'),
-                (L['mfu'], '—', '—', f"{100 * tr['mfu']:.2f}%" if tr['mfu'] is not None else ('> 100 %: not shown' if tr.get('mfu_over_100') else '—'), '—'),
-                (L['memory'], f"{L['planned']} {_f(m['planned_gb'])} GiB", f"{L['device']} {_f(m['device_gb'])} GiB", f"{_f(m['peak_gb'])} GiB", m['basis'])]
+                (L['mfu'], '—', '—',
+                 f"{100 * tr['mfu']:.2f}%" if tr['mfu'] is not None else ('> 100 %: not '
+                                                                          'shown' if tr.get('mfu_over_100') else '—'),
+                 '—'),
+                (L['memory'], f"{L['planned']} {_f(m['planned_gb'])} GiB", f"{L['device']} {_f(m['device_gb'])} GiB",
+                 f"{_f(m['peak_gb'])} GiB", m['basis'])]
         out += [_table([L['metric'], L['initial'], L['final'], L['best'], L['at_step']], rows), '']
     # -- throughput windows
     section('throughput')
@@ -878,7 +901,8 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
         out += [f"### {label}", '']
         def mfu_cell(w): return f"{100 * w['mfu']:.2f}%" if w['mfu'] is not None else ('> 100 %' if w.get('mfu_over_100') else '—')
         rows = [(f"{w['first_step']}–{w['last_step']}", _f(w['tok_per_s'] or None, ',.0f'), mfu_cell(w),
-                 *[f"{1e3 * w['parts'][p]:.1f}" for p in (*PART_ORDER, 'step')], str(w['evals'])) for w in tr['windows']]
+                 *[f"{1e3 * w['parts'][p]:.1f}" for p in (*PART_ORDER, 'step')],
+                 str(w['evals'])) for w in tr['windows']]
         heads = [('sampling' if label == 'rl' and p == 'data' else p) + ' ms' for p in (*PART_ORDER, 'step')]
         out += [_table([L['window'], L['tok_s'], L['mfu'], *heads, L['evals']], rows), '']
     if not any(st['training'] for st in rep['stages'].values()): missing_line('no training steps')
@@ -895,19 +919,26 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
     if core:
         out += [f"**{core['label']}**: {_f(core['core'], '+.4f')} ± {_f(core['noise_2sigma'], '.4f')} (2σ)"
                 + (f", {core['max_per_task']} items per task" if core.get('max_per_task') else ''), '']
-        rows = [(t['name'], _f(t['kind']), _f(t['shots']), _f(t['items']), f"{100 * t['accuracy']:.1f}%", f"{100 * t['baseline']:.0f}%",
-                 L[t['baseline_kind']], _f(t['centered'], '+.3f'), _f(t['noise_2sigma'], '.3f'), _f(t.get('bias'))) for t in core['tasks']]
-        rows += [(n, '—', '—', '0', L['not_run'], '—', '—', '—', '—', _f(why)) for n, why in core['missing'].items() if why != 'not requested']
-        out += [_table([L['task'], L['kind'], L['shots'], L['items'], L['accuracy'], L['baseline'], L['baseline_kind'], L['centered'],
+        rows = [(t['name'], _f(t['kind']), _f(t['shots']), _f(t['items']), f"{100 * t['accuracy']:.1f}%",
+                 f"{100 * t['baseline']:.0f}%",
+                 L[t['baseline_kind']], _f(t['centered'], '+.3f'), _f(t['noise_2sigma'], '.3f'),
+                 _f(t.get('bias'))) for t in core['tasks']]
+        rows += [(n, '—', '—', '0', L['not_run'], '—', '—', '—', '—', _f(why)) for n,
+                 why in core['missing'].items() if why != 'not requested']
+        out += [_table([L['task'], L['kind'], L['shots'], L['items'], L['accuracy'], L['baseline'], L['baseline_kind'],
+                        L['centered'],
                         L['noise'], L['bias']], rows), '']
     else: missing_line(rep['missing'].get('core', 'no CORE'))
     # -- chat eval
     section('chat_eval')
     rows = []
     for label, ce in rep['chat_eval'].items():
-        if ce is None: rows.append((label, L['missing'], '—', '—')); continue
+        if ce is None:
+            rows.append((label, L['missing'], '—', '—'))
+            continue
         tasks = ce.get('tasks') or {}
-        rows.append((label, _f(ce.get('chatcore'), '+.4f'), ', '.join(f"{n} {100 * (t.get('accuracy') or 0):.1f}%" for n, t in tasks.items()) or '—',
+        rows.append((label, _f(ce.get('chatcore'), '+.4f'),
+                     ', '.join(f"{n} {100 * (t.get('accuracy') or 0):.1f}%" for n, t in tasks.items()) or '—',
                      _f(ce.get('step'))))
     out += [_table([L['stage'], L['chatcore'], L['accuracy'], L['at_step']], rows), '']
     # -- problems
@@ -922,31 +953,36 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
     if rep['comparison']:
         for comp in rep['comparison']:
             out += [f"### {rep['run']} vs {comp['run']}", '']
-            rows = [(r['key'], _f(r['this']), _f(r['other']), _f(r['delta'], '+,.4g'), f"{100 * r['rel']:+.1f}%" if r['rel'] is not None else '—')
+            rows = [(r['key'], _f(r['this']), _f(r['other']), _f(r['delta'], '+,.4g'),
+                     f"{100 * r['rel']:+.1f}%" if r['rel'] is not None else '—')
                     for r in comp['rows']]
             out += [_table([L['metric'], L['this'], L['other'], L['delta'], L['rel']], rows), '']
             if comp['config_diff']:
-                out += [_table([L['setting'], L['this'], L['other']], [(k, _f(a), _f(b)) for k, (a, b) in comp['config_diff'].items()]), '']
+                out += [_table([L['setting'], L['this'], L['other']],
+                               [(k, _f(a), _f(b)) for k, (a, b) in comp['config_diff'].items()]), '']
     else: missing_line(rep['missing'].get('comparison', ''))
     # -- stages
     section('stages')
-    rows = [(label, L['yes'] if st['present'] else L['no'], _f(st['status']), L.get(st['source'], st['source']) if st['source'] != 'missing' else L['missing'])
+    rows = [(label, L['yes'] if st['present'] else L['no'], _f(st['status']),
+             L.get(st['source'], st['source']) if st['source'] != 'missing' else L['missing'])
             for label, st in rep['stages'].items()]
     out += [_table([L['stage'], L['present'], L['status'], L['source']], rows), '']
     return '\n'.join(out)
 
 # %% ../nbs/12_report.ipynb #5ccb8c0e
-def write_report(run, compare_with=(), price_per_hour: float | None = None, lang: str = 'en', plots: bool = True) -> dict:
+def write_report(run, compare_with=(), price_per_hour: float | None = None, lang: str = 'en',
+                 plots: bool = True) -> dict:
     "Build the report of run `run` (name or path) and write report.md, report.json and plots/report_*.png into its folder."
     if lang not in LABELS: raise LmlitError(f"--lang {lang!r}: expected one of {', '.join(LABELS)}")
     if price_per_hour is not None and not (price_per_hour >= 0 and math.isfinite(price_per_hour)):
         raise LmlitError(f"--price-per-gpu-hour must be a number ≥ 0 (e.g. 2.5), got {price_per_hour}")
-    run_dir = resolve_run_dir(run)
+    run_dir = run_path(run)
     rep = build_report(run_dir, compare_with, price_per_hour)
     rep['lang'] = lang
     if plots: rep['plots'] = make_report_plots(rep, run_dir)
     else: rep['missing']['curves'] = 'plots off'
-    stem = 'report' if lang == 'en' else f'report.{lang}'   # another language is written beside the English report, never over it
+    # another language is written beside the English report, never over it
+    stem = 'report' if lang == 'en' else f'report.{lang}'
     write_json(run_dir/f'{stem}.json', rep)
     md = render_markdown(rep, lang)
     tmp = run_dir/f'{stem}.md.tmp'
@@ -957,15 +993,20 @@ def write_report(run, compare_with=(), price_per_hour: float | None = None, lang
 
 def cli_report(argv=None) -> int:
     "`lmlit report --run NAME [--compare OTHER …] [--price-per-gpu-hour X] [--lang zh]`"
-    ap = argparse.ArgumentParser(prog='lmlit report', description='Write runs/NAME/report.md, report.json and plots/report_*.png.')
+    ap = argparse.ArgumentParser(prog='lmlit report',
+                                 description='Write runs/NAME/report.md, report.json and plots/report_*.png.')
     ap.add_argument('--run', required=True, help='run folder name under $LMLIT_RUNS (or a path)')
-    ap.add_argument('--compare', nargs='+', default=[], metavar='OTHER', help='earlier runs to compare with, side by side')
-    ap.add_argument('--price-per-gpu-hour', type=float, default=None, help='price of one device-hour, for the cost line')
-    ap.add_argument('--lang', default='en', choices=list(LABELS), help='language of the labels and texts (numbers are the same)')
+    ap.add_argument('--compare', nargs='+', default=[], metavar='OTHER',
+                    help='earlier runs to compare with, side by side')
+    ap.add_argument('--price-per-gpu-hour', type=float, default=None,
+                    help='price of one device-hour, for the cost line')
+    ap.add_argument('--lang', default='en', choices=list(LABELS),
+                    help='language of the labels and texts (numbers are the same)')
     ap.add_argument('--no-plots', action='store_true')
     a = ap.parse_args(argv)
     rep = write_report(a.run, a.compare, a.price_per_gpu_hour, a.lang, plots=not a.no_plots)
     run_dir = Path(rep['run_dir'])
     n = sum(p['severity'] == 'problem' for p in rep['problems'])
-    print(f"lmlit report: {rep['report_file']} ({n} problem{'s' if n != 1 else ''} found; report.json and {len(rep['plots'])} plots beside it)")
+    print(f"lmlit report: {rep['report_file']} ({n} problem{'s' if n != 1 else ''} found; report.json and "
+          f"{len(rep['plots'])} plots beside it)")
     return 0
