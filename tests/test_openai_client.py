@@ -126,7 +126,7 @@ def test_429_is_a_rate_limit_error_with_retry_after(openai):
         with httpx.stream('POST', f"{server.url}/v1/chat/completions", json=body, timeout=30) as running:
             running_lines = running.iter_lines()             # kept: a dropped iterator closes the stream
             next(running_lines)
-            while not model.calls: time.sleep(0.02)            # the first is generating: the worker is busy
+            while httpx.get(f"{server.url}/health").json()['running'] < 1: time.sleep(0.02)   # the first is generating
             with httpx.stream('POST', f"{server.url}/v1/chat/completions", json=body, timeout=30) as queued:
                 queued_lines = queued.iter_lines()
                 next(queued_lines)                               # the second waits in the queue (1 row: full)

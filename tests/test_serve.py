@@ -199,7 +199,7 @@ def test_bounded_queue_429_with_retry_after():
         with httpx.stream('POST', url, json=body, timeout=30) as running:
             running_lines = running.iter_lines()
             next(running_lines)
-            while not model.calls: time.sleep(0.02)
+            while httpx.get(f"{server.url}/health").json()['running'] < 1: time.sleep(0.02)   # its first step is done
             with httpx.stream('POST', url, json=dict(body, n=2), timeout=30) as queued:
                 queued_lines = queued.iter_lines()
                 opening = next(queued_lines)
