@@ -34,7 +34,8 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
         y = y.view(-1)
         tb = token_bytes.to(y.device)[y.clamp(min=0)] * (y >= 0)
         if nats is None: nats, nbytes = torch.zeros((), device=loss.device, dtype=torch.float64), torch.zeros((), device=loss.device, dtype=torch.float64)
-        nats += (loss * (tb > 0)).sum().double(); nbytes += tb.sum().double()
+        nats += (loss * (tb > 0)).sum().double()
+        nbytes += tb.sum().double()
     if nats is None: raise ValueError("evaluate_bpb got no batches: is the validation split empty?")
     nats, nbytes = _all_reduce_sum(nats, nbytes)
     if nbytes.item() == 0: raise ValueError("evaluate_bpb saw no target bytes (all targets masked or special)")
@@ -43,7 +44,8 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
 # %% ../nbs/04a_bpb.ipynb #0ad25c7a
 def unigram_bpb(train_ids, val_ids, token_bytes: torch.Tensor, vocab_size: int | None = None) -> float:
     "BPB on `val_ids` of an add-one-smoothed unigram model counted on `train_ids` (1-D int sequences)."
-    train = torch.as_tensor(train_ids, dtype=torch.long).view(-1); val = torch.as_tensor(val_ids, dtype=torch.long).view(-1)
+    train = torch.as_tensor(train_ids, dtype=torch.long).view(-1)
+    val = torch.as_tensor(val_ids, dtype=torch.long).view(-1)
     V = vocab_size or len(token_bytes)
     counts = torch.bincount(train, minlength=V).double() + 1.0
     logp = counts.log() - counts.sum().log()

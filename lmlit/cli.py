@@ -43,15 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     "Run `lmlit <command> …`; returns (and, from the console script, exits with) the command's status."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(_usage()); return 0
+        print(_usage())
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"lmlit: unknown command {cmd!r}; known: {', '.join(COMMANDS)}", file=sys.stderr); return 2
+        print(f"lmlit: unknown command {cmd!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try: return int(_resolve(COMMANDS[cmd][0])(rest) or 0)
     except LmlitError as e:
-        print(f"lmlit {cmd}: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit {cmd}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"lmlit {cmd}: interrupted", file=sys.stderr); return 130
+        print(f"lmlit {cmd}: interrupted", file=sys.stderr)
+        return 130
 
 # %% ../nbs/00b_cli.ipynb #b209d3da
 if __name__ == '__main__': sys.exit(main())

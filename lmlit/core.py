@@ -143,7 +143,8 @@ def seed_all(seed: int) -> None:
     "Seed python, numpy and torch (all devices) with `seed`."
     random.seed(seed)
     try:
-        import numpy as np; np.random.seed(seed % 2**32)
+        import numpy as np
+        np.random.seed(seed % 2**32)
     except ImportError: pass
     torch.manual_seed(seed)
 
@@ -226,8 +227,10 @@ def provenance(**extra) -> dict:
 
 def write_json(path: str | Path, obj, indent=2) -> Path:
     "Write `obj` as JSON atomically (temp file then rename), so a crash never leaves half a file."
-    path = Path(path); tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=indent, default=str)); os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=indent, default=str))
+    os.replace(tmp, path)
     return path
 
 def write_provenance(run_dir: str | Path, **extra) -> dict:
@@ -242,5 +245,6 @@ def update_provenance(run_dir: str | Path, **items) -> dict:
     "Merge `items` into `run_dir/provenance.json`."
     p = Path(run_dir)/'provenance.json'
     d = json.loads(p.read_text()) if p.exists() else provenance()
-    d.update(items); write_json(p, d)
+    d.update(items)
+    write_json(p, d)
     return d

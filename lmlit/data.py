@@ -29,8 +29,10 @@ def pack_reference(docs: list, row_len: int, n_rows: int, requeue: bool = False)
             space = row_len - len(row)
             fits = [i for i, d in enumerate(buf) if len(d) <= space]
             if fits: i = max(fits, key=lambda i: (len(buf[i]), -i))      # longest that fits; oldest on ties
-            elif requeue: i = 0                                          # nothing fits, the tail comes back: crop the oldest
-            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))  # nothing fits, the tail is lost: crop the shortest
+            # nothing fits, the tail comes back: crop the oldest
+            elif requeue: i = 0
+            # nothing fits, the tail is lost: crop the shortest
+            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))
             d = buf.pop(i)
             row += list(d[:space])
             if len(d) > space:
@@ -46,7 +48,9 @@ class DocBuffer:
     def __len__(self): return len(self._keys)
     def add(self, doc_id, tokens):
         "Buffer `tokens` under `doc_id` (a JSON-able list)."
-        bisect.insort(self._keys, (len(tokens), self._n)); self._docs[self._n] = (doc_id, tokens); self._n += 1
+        bisect.insort(self._keys, (len(tokens), self._n))
+        self._docs[self._n] = (doc_id, tokens)
+        self._n += 1
     def _pop(self, i): return self._docs.pop(self._keys.pop(i)[1])
     def pop_fit(self, space: int):
         "Remove and return (id, tokens) of the longest document of length <= `space` (oldest on ties), or None."
@@ -89,7 +93,8 @@ def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False, use
             d = d[:space]
         else: i, d = got
         if used is not None: used.add((i[0], i[1]))
-        out.extend(d); placed += len(d)
+        out.extend(d)
+        placed += len(d)
     return placed, dropped
 
 # %% ../nbs/04_data.ipynb #50d256ef
@@ -136,7 +141,8 @@ class PackStream:
         self.threads, self.doc_batch, self.buffer_docs, self.seed, self.shuffle, self.epochs = tokenizer_threads, doc_batch, buffer_docs, seed, shuffle, epochs
         self.requeue, self._order = bool(requeue), None
         self.crop = 'oldest' if self.requeue else 'shortest'             # which document a row crops when none fits
-        cap = max(1, sum(n for *_, n in self.units) // world_size // 4)   # a small corpus: don't buffer several epochs at once
+        # a small corpus: don't buffer several epochs at once
+        cap = max(1, sum(n for *_, n in self.units) // world_size // 4)
         self.buffer_docs, self.doc_batch = min(buffer_docs, cap), min(doc_batch, cap)
 
     def order(self, epoch):
@@ -152,12 +158,14 @@ class PackStream:
 
     def read_docs(self, cursor: tuple, n: int, cache: dict) -> tuple[list, tuple, bool]:
         "The next `n` documents after `cursor` = (epoch, pos, row): ([(id, text)], cursor after them, stream ended)."
-        epoch, pos, row = cursor; out = []
+        epoch, pos, row = cursor
+        out = []
         while len(out) < n:
             order = self.order(epoch)
             if pos >= len(order):
                 if self.epochs is not None and epoch + 1 >= self.epochs: return out, (epoch, pos, row), True
-                epoch, pos, row = epoch + 1, 0, 0; continue
+                epoch, pos, row = epoch + 1, 0, 0
+                continue
             u = order[pos]
             if cache.get('u') != u: cache.update(u=u, texts=self.read_unit(u))
             got = cache['texts'][row:row + n - len(out)]
@@ -183,11 +191,13 @@ class PackStream:
         for i in st['buffer']: by_unit.setdefault(i[0], set()).add(i[1])
         texts = {}
         for u, rs in by_unit.items():
-            t = self.read_unit(u); texts.update({(u, r): t[r] for r in rs})
+            t = self.read_unit(u)
+            texts.update({(u, r): t[r] for r in rs})
         for i, ids in zip(st['buffer'], self.encode([texts[(i[0], i[1])] for i in st['buffer']])):
             buf.add(list(i), ids[:1] + ids[i[2]:] if len(i) > 2 else ids)   # a requeued tail: BOS + doc[k:]
         cursor, done, cache = (st['epoch'], st['pos'], st['row']), False, {}
-        ex = ThreadPoolExecutor(1, thread_name_prefix='lmlit-read')      # reads + tokenizes the next chunk while we pack
+        # reads + tokenizes the next chunk while we pack
+        ex = ThreadPoolExecutor(1, thread_name_prefix='lmlit-read')
         ahead = ex.submit(self.fetch, cursor, cache)
         try:
             while True:
@@ -198,23 +208,33 @@ class PackStream:
                         if len(buf) < self.buffer_docs and not done:
                             ids, toks, cursor, done = ahead.result()
                             if not done: ahead = ex.submit(self.fetch, cursor, cache)
-                            for i, t in zip(ids, toks): buf.add(i, t); st['tokens_in'] += len(t)
+                            for i, t in zip(ids, toks):
+                                buf.add(i, t)
+                                st['tokens_in'] += len(t)
                             st['docs'] += len(ids)
                         if not len(buf): break
                         p, c = fill_row(buf, R - placed, flat, self.requeue, used)
-                        placed += p; st['cropped'] += c
+                        placed += p
+                        st['cropped'] += c
                     if placed < R:                         # a finite stream ran dry inside this row
                         flat += [-1] * (R - placed)
                         if n_placed == 0 and placed == 0: return
                     n_placed += placed
                     if not len(buf) and done:
-                        flat += [-1] * (R * self.B - len(flat)); break
-                if cursor[0] != st['epoch']: st.update(epoch_batches=0, epoch_batch_docs_sum=0)   # the reader began a new epoch
-                st.update(epoch=cursor[0], pos=cursor[1], row=cursor[2], buffer=buf.ids())   # ids are never mutated: a shallow copy is a snapshot
-                st['batches'] += 1; st['placed'] += n_placed
-                st['batch_docs'] = len(used); st['batch_docs_sum'] += len(used)
-                st['epoch_batches'] += 1; st['epoch_batch_docs_sum'] += len(used)
-                yield torch.from_numpy(np.fromiter(flat, np.int64, len(flat))).view(self.B, R), dict(st)   # ~4x faster than torch.tensor(list)
+                        flat += [-1] * (R * self.B - len(flat))
+                        break
+                # the reader began a new epoch
+                if cursor[0] != st['epoch']: st.update(epoch_batches=0, epoch_batch_docs_sum=0)
+                # ids are never mutated: a shallow copy is a snapshot
+                st.update(epoch=cursor[0], pos=cursor[1], row=cursor[2], buffer=buf.ids())
+                st['batches'] += 1
+                st['placed'] += n_placed
+                st['batch_docs'] = len(used)
+                st['batch_docs_sum'] += len(used)
+                st['epoch_batches'] += 1
+                st['epoch_batch_docs_sum'] += len(used)
+                # ~4x faster than torch.tensor(list)
+                yield torch.from_numpy(np.fromiter(flat, np.int64, len(flat))).view(self.B, R), dict(st)
                 if done and not len(buf): return
         finally: ex.shutdown(wait=False, cancel_futures=True)
 
@@ -247,7 +267,9 @@ class TokenLoader:
         pin = self.device.type == 'cuda'
         def put(item):
             while not stop.is_set():
-                try: q.put(item, timeout=0.1); return True
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
                 except queue.Full: pass
             return False
         try:
@@ -276,8 +298,12 @@ class TokenLoader:
     def __next__(self):
         if self.delay_s: time.sleep(self.delay_s)
         item = self._next_cpu()
-        if item is _END: self.close(); raise StopIteration        # a later next() restarts at the end: StopIteration again
-        if isinstance(item, BaseException): self.close(); raise item
+        if item is _END:  # a later next() restarts at the end: StopIteration again
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
         x, self._state = item
         if self.device.type != 'cpu': x = x.to(self.device, non_blocking=True)
         inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
@@ -295,7 +321,8 @@ class TokenLoader:
         of which `placed` went into rows and `cropped` were dropped (`cropped_frac` = cropped / consumed); `epochs` completed;
         distinct documents in a batch (a requeued tail counts as its document): `docs_per_batch` (mean over all batches),
         `docs_per_batch_last` (the last batch), `docs_per_batch_epoch` (mean over the batches of the reader's current epoch)."""
-        st = self._state; used = st['placed'] + st['cropped']
+        st = self._state
+        used = st['placed'] + st['cropped']
         return dict(batches=st['batches'], tokens=st['batches'] * self.stream.B * self.stream.T, docs=st['docs'],
                     tokens_in=st['tokens_in'], consumed=used, placed=st['placed'], cropped=st['cropped'],
                     cropped_frac=st['cropped'] / used if used else 0.0, epochs=st['epoch'],
@@ -306,7 +333,9 @@ class TokenLoader:
     def close(self):
         "Stop the prefetch thread (safe to call twice; the loader restarts it on the next `next()`)."
         if self._thread is not None:
-            self._stop.set(); self._thread.join(timeout=10); self._thread = None
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
         self._gen = None
 
     def __enter__(self): return self

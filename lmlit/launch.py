@@ -74,7 +74,8 @@ def parent_death_signal() -> int:
     except (OSError, AttributeError): return 0
     return value.value
 
-KERNEL_DIES_WITH_RANK = "__import__('ctypes').CDLL(None).prctl(1, 9, 0, 0, 0)"   # run in each kernel at start: SIGKILL with its rank
+# run in each kernel at start: SIGKILL with its rank
+KERNEL_DIES_WITH_RANK = "__import__('ctypes').CDLL(None).prctl(1, 9, 0, 0, 0)"
 
 # %% ../nbs/04e_launch.ipynb #a203304e
 def _children(pid: int) -> list[int]:
@@ -88,11 +89,15 @@ def _children(pid: int) -> list[int]:
     except OSError:
         try:
             for line in subprocess.run(['ps', '-A', '-o', 'pid=,ppid='], capture_output=True, text=True).stdout.splitlines():
-                a, b = line.split(); par[int(a)] = int(b)
+                a, b = line.split()
+                par[int(a)] = int(b)
         except (OSError, ValueError): return []
     out, todo = [], [pid]
     while todo:
-        p = todo.pop(); kids = [c for c, pp in par.items() if pp == p]; out += kids; todo += kids
+        p = todo.pop()
+        kids = [c for c, pp in par.items() if pp == p]
+        out += kids
+        todo += kids
     return out
 
 def _kill_tree(pid: int, sig=signal.SIGKILL):
@@ -126,15 +131,22 @@ def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.
             return bool(record.msg.strip()) and not record.msg.startswith(
                 ('Executing Cell', 'Ending Cell', 'Executing notebook', 'Input Notebook', 'Output Notebook', 'Working directory'))
         handler.addFilter(keep)
-        log = logging.getLogger('papermill'); log.addHandler(handler); log.setLevel(logging.INFO); log.propagate = False
+        log = logging.getLogger('papermill')
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     out = segment_notebook(out_dir, stage, rank, start_step)
     os.environ['LMLIT_HEADLESS'] = '1'
     me = os.getpid()
     def on_term(signum, frame):
         _kill_tree(me, signal.SIGTERM)  # the kernel's handler saves a checkpoint at the next step boundary
-        def later(): time.sleep(grace_s); _kill_tree(me, signal.SIGKILL); os._exit(128 + signum)
+        def later():
+            time.sleep(grace_s)
+            _kill_tree(me, signal.SIGKILL)
+            os._exit(128 + signum)
         threading.Thread(target=later, daemon=True).start()
-    signal.signal(signal.SIGTERM, on_term); signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=json.loads(params_json), kernel_name='python3',
                             log_output=(rank == 0), progress_bar=False, cwd=os.getcwd(),
@@ -171,7 +183,8 @@ class RunLock:
     def _holder(self) -> dict | None:
         try: holder = json.loads(self.path.read_text())
         except FileNotFoundError: return {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None   # being written this instant, or damaged
+        # being written this instant, or damaged
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None
         return holder if isinstance(holder, dict) else None
     def acquire(self) -> 'RunLock':
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,10 +293,12 @@ def run_here(stage: str, job, argv=None) -> int:
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     try: job(**params_from_pairs(ap.parse_args(argv).param))
     except LmlitError as e:
-        print(f"lmlit {stage}: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit {stage}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 # %% ../nbs/04e_launch.ipynb #5fd36733
-if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:   # a rank process, not this notebook's kernel
+# a rank process, not this notebook's kernel
+if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:
     sys.exit(run_rank(*sys.argv[2:5], grace_s=float(sys.argv[5]) if len(sys.argv) > 5 else 30.0,
                       start_step=int(sys.argv[6]) if len(sys.argv) > 6 else 0))

@@ -116,7 +116,8 @@ class MuonAdamW(torch.optim.Optimizer):
         self._armed, self._started, self._ready, self._order = False, {}, [], None
         if self.overlap:
             import weakref
-            me = weakref.ref(self)                        # the parameters' hooks must not keep a dropped optimizer alive
+            # the parameters' hooks must not keep a dropped optimizer alive
+            me = weakref.ref(self)
             for i, (kind, group, ps, info) in enumerate(self.units):
                 for p in ps: p.register_post_accumulate_grad_hook(lambda p, i=i: me() is not None and me()._grad_ready(i))
 
@@ -162,7 +163,8 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == 'muon':
                 for j, i in enumerate(info['own']):
                     st = self.state[ps[i]]
-                    info['buf'][j].copy_(st['momentum_buffer']); st['momentum_buffer'] = info['buf'][j]
+                    info['buf'][j].copy_(st['momentum_buffer'])
+                    st['momentum_buffer'] = info['buf'][j]
 
     def sync_in_backward(self):
         "Call right before the step's last backward: each bucket's reduction then starts once its gradients are complete."
@@ -177,7 +179,8 @@ class MuonAdamW(torch.optim.Optimizer):
         self._seen.append(i)
         if self._order is None: return            # first armed step: only record the order buckets complete in
         while len(self._started) < len(self._order) and self._order[len(self._started)] in self._seen:
-            j = self._order[len(self._started)]; self._started[j] = self._start_reduction(j)
+            j = self._order[len(self._started)]
+            self._started[j] = self._start_reduction(j)
 
     @torch.no_grad()
     def _start_reduction(self, i):
@@ -194,7 +197,8 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 out, h = g, (dist.all_reduce(g, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None)
         else:
-            p = ps[0]; g = self._grad(p)
+            p = ps[0]
+            g = self._grad(p)
             if info['sharded']:
                 out = g.new_empty(info['rows'], *g.shape[1:])
                 h = _reduce_scatter(out, g.contiguous(), op=dist.ReduceOp.AVG, async_op=True)
@@ -211,7 +215,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if self._armed and self._order is None:
             seen = self._seen + [i for i in range(len(self.units)) if i not in self._seen]
             t = torch.tensor(seen, device=self.units[0][2][0].device)
-            dist.broadcast(t, 0); self._order = t.tolist()
+            dist.broadcast(t, 0)
+            self._order = t.tolist()
         for j in (self._order if self._armed else range(len(self.units))):
             if j not in self._started: self._started[j] = self._start_reduction(j)
         work = [self._started.pop(i) for i in range(len(self.units))]
@@ -289,7 +294,8 @@ def lr_multiplier(step: int, total_steps: int, warmup_ratio: float = 0.0, warmdo
     warmup, warmdown = round(warmup_ratio * total_steps), round(warmdown_ratio * total_steps)
     if step < warmup: return (step + 1) / warmup
     if step <= total_steps - warmdown: return 1.0
-    frac = min(max((total_steps - step) / warmdown, 0.0), 1.0)   # a step past the horizon stays at the floor, never below
+    # a step past the horizon stays at the floor, never below
+    frac = min(max((total_steps - step) / warmdown, 0.0), 1.0)
     return frac + (1 - frac) * final_lr_frac
 
 def muon_momentum(step: int, start: float = 0.85, end: float = 0.95, ramp_steps: int = 300) -> float:
@@ -327,15 +333,19 @@ def optimizer_state_for_checkpoint(opt: MuonAdamW) -> dict:
             buf = info['buf']
             full = buf
             if opt.shard:
-                full = buf.new_empty(info['chunk'] * W, *buf.shape[1:]); _all_gather(full, buf.contiguous())
+                full = buf.new_empty(info['chunk'] * W, *buf.shape[1:])
+                _all_gather(full, buf.contiguous())
             for i, p in enumerate(ps): state[index[id(p)]] = dict(momentum_buffer=full[i].clone())
         else:
-            p = ps[0]; st = opt.state[p]
+            p = ps[0]
+            st = opt.state[p]
             out = dict(step=int(st['step']))
             for k in ('exp_avg', 'exp_avg_sq'):
                 t = st[k]
                 if info['sharded']:
-                    full = torch.empty_like(p.data); _all_gather(full, t.contiguous()); t = full
+                    full = torch.empty_like(p.data)
+                    _all_gather(full, t.contiguous())
+                    t = full
                 out[k] = t.clone()
             state[index[id(p)]] = out
     groups = [{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups]
@@ -358,7 +368,9 @@ def load_optimizer_state(opt: MuonAdamW, full: dict):
             for j, i in enumerate(info['own']):
                 info['buf'][j].copy_(full['state'][index[id(ps[i])]]['momentum_buffer'])
         else:
-            p = ps[0]; st = opt.state[p]; saved = full['state'][index[id(p)]]
+            p = ps[0]
+            st = opt.state[p]
+            saved = full['state'][index[id(p)]]
             if saved['exp_avg'].shape != p.shape:
                 raise ValueError(f"optimizer state of shape {tuple(saved['exp_avg'].shape)} for a parameter of shape {tuple(p.shape)}")
             st['step'] = saved['step']

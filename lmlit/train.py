@@ -55,7 +55,8 @@ def _warm_up_kernels(seq_len: int, vocab: int):
     net = M.build_model(M.GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32), 'cpu')
     opt = O.setup_optimizer(net)
     x = torch.zeros(1, seq_len, dtype=torch.long)
-    net(x, x).backward(); opt.step()
+    net(x, x).backward()
+    opt.step()
 
 def _get_source(cfg):
     kw = dict(n_shards=cfg['source_shards']) if cfg['source_shards'] and str(cfg['source']).startswith('hub:') else {}
@@ -92,7 +93,8 @@ def setup_job(cfg: dict) -> Job | None:
     "Everything before the first step, checks first (text above); None when the run is already complete."
     info = dist_setup(cfg['device'])
     device = info.device
-    if device.type == 'cpu': keep_freed_memory()   # reuse freed memory instead of page-faulting it in every step (00_core)
+    # reuse freed memory instead of page-faulting it in every step (00_core)
+    if device.type == 'cpu': keep_freed_memory()
     run_dir = make_run_dir(cfg['run'])
     source, tok = open_data(cfg, run_dir, info.rank, info.world_size)
     mcfg = model_config(cfg, tok.vocab_size)
@@ -109,10 +111,13 @@ def setup_job(cfg: dict) -> Job | None:
     loaders = {s: D.TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s, world_size=streams, device=device,
                                 seed=cfg['seed'], requeue=cfg['requeue'], delay_s=cfg['loader_delay_s'] or None)
                for s in range(info.rank * accum, (info.rank + 1) * accum)}
-    if ck is not None and ck['loader_states']:   # same streams: exact; a changed batch shape: approximate, with a warning
+    # same streams: exact; a changed batch shape: approximate, with a warning
+    if ck is not None and ck['loader_states']:
         for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'].get(s) or ck['loader_states'][min(ck['loader_states'])])
     first_loader = next(iter(loaders.values()))
-    t0 = time.perf_counter(); first = next(iter(first_loader)); t_first_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = next(iter(first_loader))
+    t_first_batch = time.perf_counter() - t0
     batches = [itertools.chain([first], first_loader), *list(loaders.values())[1:]]
     if device.type == 'cpu': _warm_up_kernels(cfg['seq_len'], tok.vocab_size)
     memory = PeakMemory(device)
@@ -123,7 +128,8 @@ def setup_job(cfg: dict) -> Job | None:
     dtype = resolve_dtype(cfg['dtype'], device)
     limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == 'cuda' else 0)
     plan = fit_memory(model, optimizer, cfg['device_batch'], cfg['seq_len'], cfg['total_batch'], info.world_size, limit,
-                      device, dtype, cfg['activation_checkpointing'], cfg['loss_chunk'], cfg['compile'])  # sets loss_chunk
+                      # sets loss_chunk
+                      device, dtype, cfg['activation_checkpointing'], cfg['loss_chunk'], cfg['compile'])
     if plan.get('auto_chunked'): print0(f"memory: the plain head would not fit; head + loss in chunks of {plan['loss_chunk']} tokens")
     if cfg['activation_checkpointing']: model.set_activation_checkpointing(True)
     job = Job(cfg=cfg, run_dir=run_dir, model=model, optimizer=optimizer, batches=batches, accum=accum, total_steps=total_steps,
@@ -246,13 +252,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.compare_unigram:
         try: r = unigram_comparison(a.compare_unigram)
-        except LmlitError as e: print(f"lmlit train: error: {e}", file=sys.stderr); return 2
+        except LmlitError as e:
+            print(f"lmlit train: error: {e}", file=sys.stderr)
+            return 2
         print(f"step {r['step']}: val BPB {r['val_bpb']:.4f} · unigram BPB {r['unigram_bpb']:.4f} on the same {r['val_tokens']:,} "
               f"validation tokens · model/unigram = {r['ratio']:.3f} ({100*(1-r['ratio']):.0f}% below)")
         return 0
     try: s = train(**params_from_pairs(a.param))
     except LmlitError as e:
-        print(f"lmlit train: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit train: error: {e}", file=sys.stderr)
+        return 2
     if a.summary_json and dist_env()[0] == 0: write_json(a.summary_json, s)
     return 0
 
