@@ -33,7 +33,9 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
         loss = model(x, y, loss_reduction='none').float().view(-1)
         y = y.view(-1)
         tb = token_bytes.to(y.device)[y.clamp(min=0)] * (y >= 0)
-        if nats is None: nats, nbytes = torch.zeros((), device=loss.device, dtype=torch.float64), torch.zeros((), device=loss.device, dtype=torch.float64)
+        if nats is None:
+            nats, nbytes = torch.zeros((), device=loss.device, dtype=torch.float64), torch.zeros((), device=loss.device,
+                                                                                                 dtype=torch.float64)
         nats += (loss * (tb > 0)).sum().double()
         nbytes += tb.sum().double()
     if nats is None: raise ValueError("evaluate_bpb got no batches: is the validation split empty?")

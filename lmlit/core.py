@@ -36,12 +36,15 @@ def get_device(device: str | torch.device | None = 'auto') -> torch.device:
         if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
         return torch.device('cpu')
     try: d = torch.device(device)
-    except (RuntimeError, TypeError): raise LmlitError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    except (RuntimeError, TypeError):
+        raise LmlitError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise LmlitError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); use device='cpu'")
+        raise LmlitError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); use "
+                         "device='cpu'")
     if d.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
         raise LmlitError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
-    if d.type not in ('cpu', 'cuda', 'mps'): raise LmlitError(f"unsupported device type {d.type!r}: use 'cpu', 'cuda' or 'mps'")
+    if d.type not in ('cpu', 'cuda', 'mps'):
+        raise LmlitError(f"unsupported device type {d.type!r}: use 'cpu', 'cuda' or 'mps'")
     return d
 
 # %% ../nbs/00_core.ipynb #75991ee7
@@ -96,7 +99,8 @@ def dist_setup(device: str | torch.device | None = 'auto', timeout_s: int = 600)
     if world > 1 and not dist.is_initialized():
         backend = 'nccl' if dev.type == 'cuda' else 'gloo'
         kw = dict(device_id=dev) if dev.type == 'cuda' else {}
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
+                                **kw)
     return DistInfo(rank, local_rank, world, dev)
 
 def dist_teardown():
@@ -134,7 +138,8 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 def progress(iterable=None, enabled: bool = True, **kw):
-    "A tqdm bar (a widget in notebooks) where it can redraw itself, a disabled one elsewhere: no carriage returns in logs."
+    """A tqdm bar (a widget in notebooks) where it can redraw itself, a disabled one elsewhere: no carriage returns in
+    logs."""
     from tqdm.auto import tqdm   # tqdm.auto pulls in ipywidgets' machinery: imported only when a bar is asked for
     return tqdm(iterable, disable=not (enabled and is_main_process() and interactive()), **kw)
 
@@ -174,12 +179,14 @@ def run_name(prefix: str = 'run') -> str:
     "A fresh, sortable run name: `<prefix>-YYYYmmdd-HHMMSS`."
     return f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
-RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control characters "
+RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control "
+                 "characters "
                  "(newline, tab, …); e.g. 'd12-shakespeare'")
 
 def check_run_name(name: str) -> str:
     "`name` if it is a plain folder name a run may have (the rule above), else an LmlitError that states the rule."
-    bad = (not isinstance(name, str) or not 0 < len(name) <= 100 or name.startswith('.') or any(ch in name for ch in '/\\')
+    bad = (not isinstance(name, str) or not 0 < len(name) <= 100 or name.startswith('.') or any(ch in name
+                                                                                                for ch in '/\\')
            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name))
     if bad: raise LmlitError(f"run name {name!r} is refused: {RUN_NAME_RULE}")
     return name
@@ -215,7 +222,8 @@ def package_versions(names=_PKGS) -> dict:
 
 def device_info() -> dict:
     "The host, CPU count and any GPUs torch sees."
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i)
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return dict(host=socket.gethostname(), platform=platform.platform(), python=platform.python_version(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), gpus=gpus)
 

@@ -32,7 +32,8 @@ def _require_hf():
 
 # %% ../nbs/13_export.ipynb #e3f02abf
 def rope_sign(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
-    "Negate the second half of each head's rows of a q or k projection (lmlit's RoPE direction <-> transformers'); its own inverse."
+    """Negate the second half of each head's rows of a q or k projection (lmlit's RoPE direction <-> transformers'); its
+    own inverse."""
     out = weight.detach().clone()
     heads = out.view(-1, head_dim, out.size(-1))
     heads[:, head_dim // 2:] *= -1
@@ -68,7 +69,8 @@ def to_hf_state(state: dict, config: M.GPTConfig) -> dict:
     return out
 
 def from_hf_state(state: dict, config: M.GPTConfig) -> dict:
-    "transformers' tensors → lmlit's `state_dict` for `config`: the vocabulary rows cut or zero-padded to lmlit's padded size."
+    """transformers' tensors → lmlit's `state_dict` for `config`: the vocabulary rows cut or zero-padded to lmlit's
+    padded size."""
     rows = M.padded_vocab_size(config.vocab_size)
     out = {}
     for ours, theirs, how in name_pairs(config.n_layer):
@@ -100,21 +102,29 @@ class HFImportError(LmlitError):
     "A folder or repository lmlit cannot import, with the reason."
 
 def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') -> M.GPTConfig | None:
-    "lmlit's `GPTConfig` for a transformers nanochat `config.json` dict (`tok_vocab` None: only check it); a one-line refusal when it does not fit."
+    """lmlit's `GPTConfig` for a transformers nanochat `config.json` dict (`tok_vocab` None: only check it); a one-line
+    refusal when it does not fit."""
     def bad(msg): raise HFImportError(f"{where}: {msg}")
     if cfg.get('model_type') != 'nanochat':
-        bad(f"model_type is {cfg.get('model_type')!r}, not 'nanochat'; lmlit imports only transformers' nanochat models")
-    if cfg.get('tie_word_embeddings'): bad("tie_word_embeddings is true; lmlit's GPT has an untied head (lm_head separate from the embedding)")
+        bad(f"model_type is {cfg.get('model_type')!r}, not 'nanochat'; lmlit imports only transformers' nanochat "
+            "models")
+    if cfg.get('tie_word_embeddings'):
+        bad("tie_word_embeddings is true; lmlit's GPT has an untied head (lm_head separate from the embedding)")
     if cfg.get('attention_bias'): bad("attention_bias is true; lmlit's projections have no biases")
-    if cfg.get('hidden_act', 'relu2') != 'relu2': bad(f"hidden_act is {cfg.get('hidden_act')!r}; lmlit's MLP is ReLU² ('relu2')")
+    if cfg.get('hidden_act', 'relu2') != 'relu2':
+        bad(f"hidden_act is {cfg.get('hidden_act')!r}; lmlit's MLP is ReLU² ('relu2')")
     d = cfg.get('hidden_size', 768)
-    if cfg.get('intermediate_size', 8192) != 4 * d: bad(f"intermediate_size {cfg.get('intermediate_size')} is not 4 x hidden_size {d}")
+    if cfg.get('intermediate_size', 8192) != 4 * d:
+        bad(f"intermediate_size {cfg.get('intermediate_size')} is not 4 x hidden_size {d}")
     rope = cfg.get('rope_parameters') or {'rope_type': 'default', 'rope_theta': cfg.get('rope_theta', 10000.0)}
-    if rope.get('rope_type', 'default') != 'default': bad(f"rope_type {rope.get('rope_type')!r}; lmlit has plain RoPE only")
+    if rope.get('rope_type', 'default') != 'default':
+        bad(f"rope_type {rope.get('rope_type')!r}; lmlit has plain RoPE only")
     heads = cfg.get('num_attention_heads', 6)
-    if cfg.get('head_dim') not in (None, d // heads): bad(f"head_dim {cfg['head_dim']} is not hidden_size/num_attention_heads = {d // heads}")
+    if cfg.get('head_dim') not in (None, d // heads):
+        bad(f"head_dim {cfg['head_dim']} is not hidden_size/num_attention_heads = {d // heads}")
     rows = cfg.get('vocab_size', 50304)
-    if tok_vocab is not None and tok_vocab > rows: bad(f"the tokenizer has {tok_vocab} tokens but the embedding only {rows} rows")
+    if tok_vocab is not None and tok_vocab > rows:
+        bad(f"the tokenizer has {tok_vocab} tokens but the embedding only {rows} rows")
     softcap = cfg.get('final_logit_softcapping')
     if softcap is None: bad("final_logit_softcapping is null; lmlit's GPT always softcaps its logits")
     if tok_vocab is None: return None
@@ -143,7 +153,8 @@ def hf_tokenizer(tok: T.Tokenizer):
     class RanksInMemory(TikTokenConverter):
         @staticmethod
         def load_tiktoken_bpe(ranks): return ranks
-    backend = RanksInMemory(vocab_file=tok.ranks, pattern=tok.pattern, extra_special_tokens=tok.special_tokens).converted()
+    backend = RanksInMemory(vocab_file=tok.ranks, pattern=tok.pattern,
+                            extra_special_tokens=tok.special_tokens).converted()
     wrong = {s: backend.token_to_id(s) for s, i in tok.special_tokens.items() if backend.token_to_id(s) != i}
     if wrong: raise LmlitError(f"the converted tokenizer numbers specials differently: {wrong}")
     hf = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token='<|bos|>', eos_token='<|assistant_end|>',
@@ -172,7 +183,8 @@ CHAT_TEMPLATE = (
     "{%- if m['content'] is string -%}{% generation %}{{- m['content'] -}}{% endgeneration %}"
     "{%- else -%}{%- for p in m['content'] -%}"
     "{%- if p['type'] == 'text' -%}{% generation %}{{- p['text'] -}}{% endgeneration %}"
-    "{%- elif p['type'] == 'python' -%}{% generation %}{{- '<|python_start|>' + p['text'] + '<|python_end|>' -}}{% endgeneration %}"
+    "{%- elif p['type'] == 'python' -%}{% generation %}{{- '<|python_start|>' + p['text'] + '<|python_end|>' -}}{% "
+    "endgeneration %}"
     "{%- elif p['type'] == 'python_output' -%}{{- '<|output_start|>' + p['text'] + '<|output_end|>' -}}"
     "{%- else -%}{{- raise_exception('unknown assistant part type ' + p['type']) -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
@@ -184,7 +196,8 @@ CHAT_TEMPLATE = (
 # %% ../nbs/13_export.ipynb #c784ae29
 def byte_decoder() -> dict[str, int]:
     "GPT-2's byte-level alphabet reversed: printable character → byte."
-    keep = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'), ord('ÿ') + 1))
+    keep = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'),
+                                                                                                  ord('ÿ') + 1))
     chars = dict((b, b) for b in keep)
     extra = 0
     for b in range(256):
@@ -202,28 +215,35 @@ def _split_pattern(pre: dict | None) -> str | None:
     return (steps[0].get('pattern') or {}).get('Regex')
 
 def tokenizer_from_hf(path) -> T.Tokenizer:
-    "lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal otherwise."
+    """lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal
+    otherwise."""
     path = Path(path)
     try: spec = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise HFImportError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFImportError(f"{path}: not readable JSON ({e})") from None
     bpe = spec.get('model') or {}
     pattern = _split_pattern(spec.get('pre_tokenizer'))
     if bpe.get('type') != 'BPE' or not bpe.get('ignore_merges') or pattern is None or spec.get('normalizer'):
-        raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with ignore_merges, "
+        raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with "
+                            "ignore_merges, "
                            "a Split regex then ByteLevel, no normalizer)")
     to_byte = byte_decoder()
     try: ranks = {bytes(to_byte[c] for c in s): i for s, i in bpe['vocab'].items()}
     except KeyError: raise HFImportError(f"{path}: a vocabulary entry is not byte-level text") from None
     n = len(ranks)
     if sorted(ranks.values()) != list(range(n)): raise HFImportError(f"{path}: token ids are not 0..{n - 1}")
-    merged = [bpe['vocab'].get(''.join(m) if isinstance(m, list) else m.replace(' ', '', 1)) for m in bpe.get('merges', [])]
-    if None in merged or merged != sorted(merged): raise HFImportError(f"{path}: merges are not in rank order; tiktoken would tokenize differently")
+    merged = [bpe['vocab'].get(''.join(m) if isinstance(m, list) else m.replace(' ', '', 1)) for m in bpe.get('merges',
+                                                                                                              [])]
+    if None in merged or merged != sorted(merged):
+        raise HFImportError(f"{path}: merges are not in rank order; tiktoken would tokenize differently")
     added = sorted(spec.get('added_tokens') or [], key=lambda a: a['id'])
     if [a['id'] for a in added] != list(range(n, n + len(added))):
-        raise HFImportError(f"{path}: added tokens must follow the {n} ranks as ids {n}..; got {[a['id'] for a in added][:12]}")
+        raise HFImportError(f"{path}: added tokens must follow the {n} ranks as ids {n}..; got "
+                            f"{[a['id'] for a in added][:12]}")
     specials = [a['content'] for a in added]
     missing = [s for s in T.SPECIAL_TOKENS if s not in specials]
-    if missing: raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
+    if missing:
+        raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
     return T.Tokenizer(ranks, pattern, specials)
 
 # %% ../nbs/13_export.ipynb #67904267
@@ -232,7 +252,8 @@ def _read(path) -> dict | None:
     except (OSError, ValueError): return None
 
 def run_facts(run) -> dict:
-    "What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not measured)."
+    """What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not
+    measured)."""
     from lmlit.report import read_records
     facts = {}
     for stage, info in read_records(run_path(run)).items():
@@ -241,7 +262,8 @@ def run_facts(run) -> dict:
         chat = _read(info['dir']/'eval'/'chat.json') or {}
         if not rec and not core and not chat: continue
         facts[stage] = dict(tokens=rec.get('tokens'), steps=rec.get('steps_done'), val_bpb=rec.get('val_bpb'),
-                            params=(rec.get('params') or {}).get('total'), core=core.get('core'), chatcore=chat.get('chatcore'))
+                            params=(rec.get('params') or {}).get('total'), core=core.get('core'),
+                                chatcore=chat.get('chatcore'))
     return facts
 
 def _num(x, fmt='{:,}'):
@@ -334,11 +356,14 @@ def check_files(names: set, where) -> None:
     if 'config.json' not in names: raise HFImportError(f"{where}: no config.json; not a transformers model folder")
     if WEIGHTS not in names:
         if any(n.endswith('.safetensors.index.json') or (n.endswith('.safetensors') and '-of-' in n) for n in names):
-            raise HFImportError(f"{where}: the weights are sharded; lmlit imports one {WEIGHTS} (merge the shards first)")
+            raise HFImportError(f"{where}: the weights are sharded; lmlit imports one {WEIGHTS} (merge the shards "
+                                "first)")
         if any(n.endswith(('.bin', '.pt', '.pth', '.ckpt')) for n in names):
-            raise HFImportError(f"{where}: only pickled weights (.bin/.pt), which lmlit never unpickles; save them as {WEIGHTS}")
+            raise HFImportError(f"{where}: only pickled weights (.bin/.pt), which lmlit never unpickles; save them as "
+                                f"{WEIGHTS}")
         raise HFImportError(f"{where}: no {WEIGHTS}")
-    if 'tokenizer.json' not in names: raise HFImportError(f"{where}: no tokenizer.json; lmlit needs the model's tokenizer")
+    if 'tokenizer.json' not in names:
+        raise HFImportError(f"{where}: no tokenizer.json; lmlit needs the model's tokenizer")
 
 # %% ../nbs/13_export.ipynb #bdae8890
 def open_source(src, revision: str | None = None):
@@ -349,7 +374,8 @@ def open_source(src, revision: str | None = None):
     if Path(src).exists() or str(src).count('/') != 1:
         raise HFImportError(f"{src}: neither a model folder nor a hub repository id (owner/name)")
     try: from huggingface_hub import HfApi, hf_hub_download   # optional (the lmlit[hf] extra)
-    except ImportError: raise LmlitError("importing from the Hub needs huggingface_hub: pip install 'lmlit[hf]'") from None
+    except ImportError:
+        raise LmlitError("importing from the Hub needs huggingface_hub: pip install 'lmlit[hf]'") from None
     endpoint = os.environ.get('HF_ENDPOINT')
     label = f"hub repository {src} at {endpoint or 'huggingface.co'}"
     def hub(call, *args, **kw):
@@ -363,7 +389,8 @@ def open_source(src, revision: str | None = None):
 
 def _json(path, where) -> dict:
     try: obj = json.loads(Path(path).read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise HFImportError(f"{where}: not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HFImportError(f"{where}: not readable JSON ({e})") from None
     if not isinstance(obj, dict): raise HFImportError(f"{where}: not a JSON object")
     return obj
 
@@ -372,7 +399,8 @@ def stage_folder(root: Path, stage: str) -> Path:
     return root if stage == 'base' else root/stage
 
 def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -> Path:
-    "Read a transformers nanochat folder (or hub repo id `src`) into run folder `run` as checkpoint 0 of `stage`; returns the run folder."
+    """Read a transformers nanochat folder (or hub repo id `src`) into run folder `run` as checkpoint 0 of `stage`;
+    returns the run folder."""
     from lmlit.core import runs_dir
     if stage not in STAGES: raise LmlitError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     root = Path(run) if os.sep in str(run) else runs_dir()/str(run)
@@ -386,7 +414,8 @@ def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -
     tok = tokenizer_from_hf(get('tokenizer.json'))
     config = gpt_config_from_hf(cfg, tok.vocab_size, f"{label}: config.json")
     if abs(float(cfg.get('rms_norm_eps', 1e-6)) - RMS_EPS) > 1e-9:
-        print(f"note: the model was trained with rms_norm_eps {cfg.get('rms_norm_eps', 1e-6)}; lmlit's norm uses {RMS_EPS:.3g} "
+        print(f"note: the model was trained with rms_norm_eps {cfg.get('rms_norm_eps', 1e-6)}; lmlit's norm uses "
+              f"{RMS_EPS:.3g} "
               "(logits move by about that relative amount)")
     state = read_weights(get(WEIGHTS), config, cfg.get('vocab_size', 50304))
     tok.save(root/'tokenizer')
@@ -415,7 +444,8 @@ def read_weights(path, config: M.GPTConfig, rows: int) -> dict:
             if wrong: raise HFImportError(f"{path}: wrong shapes: {'; '.join(wrong[:3])}")
             theirs = {k: f.get_tensor(k).float() for k in want}
     except HFImportError: raise
-    except Exception as e: raise HFImportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise HFImportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return from_hf_state(theirs, config)
 
 # %% ../nbs/13_export.ipynb #0de20afa
@@ -431,11 +461,13 @@ def push_folder(folder, repo: str, private: bool = False) -> str:
     except Exception as e:   # network, auth and server errors, whatever the library raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LmlitError(f"push of {folder} to {repo} at {endpoint or 'huggingface.co'} failed: {first}; "
-                         "check HF_TOKEN / `hf auth login` and the repository name (the export itself is kept)") from None
+                         "check HF_TOKEN / `hf auth login` and the repository name (the export itself is "
+                         "kept)") from None
     return str(getattr(info, 'commit_url', info))
 
 def cli_export(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='lmlit export', description="Write a run's checkpoint as a Hugging Face transformers folder.")
+    ap = argparse.ArgumentParser(prog='lmlit export', description="Write a run's checkpoint as a Hugging Face "
+                                                                  "transformers folder.")
     ap.add_argument('--run', required=True, help='run name (under $LMLIT_RUNS) or folder')
     ap.add_argument('--stage', choices=STAGES, default=None, help='stage to export (default: the latest)')
     ap.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
@@ -450,7 +482,8 @@ def cli_export(argv: list[str] | None = None) -> int:
     return 0
 
 def cli_import(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='lmlit import', description='Read a transformers nanochat folder or hub repository into a run folder.')
+    ap = argparse.ArgumentParser(prog='lmlit import', description='Read a transformers nanochat folder or hub '
+                                                                  'repository into a run folder.')
     ap.add_argument('src', help='a model folder, or a hub repository id (owner/name; HF_ENDPOINT is honoured)')
     ap.add_argument('--run', required=True, help='name of the new run folder')
     ap.add_argument('--stage', choices=STAGES, default='base', help='the stage the checkpoint becomes (default: base)')
