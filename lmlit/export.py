@@ -11,7 +11,8 @@ import os, json, shutil, argparse
 from pathlib import Path
 import torch
 from .core import LmlitError, write_json
-from . import model as M, tokenizer as T
+from .model import ConfigError, GPT, GPTConfig, padded_vocab_size
+from .tokenizer import SPECIAL_TOKENS, Tokenizer
 from .checkpoint import load_model, save_checkpoint, run_path, latest_stage, model_shape, STAGES, complete_checkpoints
 
 # %% auto #0
@@ -60,7 +61,7 @@ def name_pairs(n_layer: int) -> list[tuple[str, str, str]]:
     return out
 
 # %% ../nbs/13_export.ipynb #5880b8f7
-def to_hf_state(state: dict, config: M.GPTConfig) -> dict:
+def to_hf_state(state: dict, config: GPTConfig) -> dict:
     "lmlit's `state_dict` → transformers' names (q and k rows sign-converted)."
     out = {}
     for ours, theirs, how in name_pairs(config.n_layer):
@@ -68,10 +69,10 @@ def to_hf_state(state: dict, config: M.GPTConfig) -> dict:
         out[theirs] = rope_sign(t, config.head_dim) if how == 'rope_sign' else t.detach().clone()
     return out
 
-def from_hf_state(state: dict, config: M.GPTConfig) -> dict:
+def from_hf_state(state: dict, config: GPTConfig) -> dict:
     """transformers' tensors → lmlit's `state_dict` for `config`: the vocabulary rows cut or zero-padded to lmlit's
     padded size."""
-    rows = M.padded_vocab_size(config.vocab_size)
+    rows = padded_vocab_size(config.vocab_size)
     out = {}
     for ours, theirs, how in name_pairs(config.n_layer):
         t = state[theirs]
@@ -87,9 +88,9 @@ def from_hf_state(state: dict, config: M.GPTConfig) -> dict:
 # %% ../nbs/13_export.ipynb #3caddaa8
 RMS_EPS = torch.finfo(torch.float32).eps   # what lmlit's norm uses (F.rms_norm's default for float32)
 
-def hf_config_dict(config: M.GPTConfig, tok: T.Tokenizer) -> dict:
+def hf_config_dict(config: GPTConfig, tok: Tokenizer) -> dict:
     "The fields of transformers' `NanoChatConfig` for lmlit `config` and tokenizer `tok`."
-    return dict(vocab_size=M.padded_vocab_size(config.vocab_size), hidden_size=config.n_embd,
+    return dict(vocab_size=padded_vocab_size(config.vocab_size), hidden_size=config.n_embd,
                 intermediate_size=4 * config.n_embd, num_hidden_layers=config.n_layer,
                 num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
                 max_position_embeddings=config.sequence_len, hidden_act='relu2', rms_norm_eps=RMS_EPS,
@@ -101,7 +102,7 @@ def hf_config_dict(config: M.GPTConfig, tok: T.Tokenizer) -> dict:
 class HFImportError(LmlitError):
     "A folder or repository lmlit cannot import, with the reason."
 
-def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') -> M.GPTConfig | None:
+def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') -> GPTConfig | None:
     """lmlit's `GPTConfig` for a transformers nanochat `config.json` dict (`tok_vocab` None: only check it); a one-line
     refusal when it does not fit."""
     def bad(msg): raise HFImportError(f"{where}: {msg}")
@@ -129,14 +130,14 @@ def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') ->
     if softcap is None: bad("final_logit_softcapping is null; lmlit's GPT always softcaps its logits")
     if tok_vocab is None: return None
     try:
-        return M.GPTConfig(sequence_len=cfg.get('max_position_embeddings', 2048), vocab_size=tok_vocab,
+        return GPTConfig(sequence_len=cfg.get('max_position_embeddings', 2048), vocab_size=tok_vocab,
                            n_layer=cfg.get('num_hidden_layers', 12), n_head=heads,
                            n_kv_head=cfg.get('num_key_value_heads') or heads, n_embd=d,
                            rope_base=float(rope.get('rope_theta', 10000.0)), softcap=float(softcap))
-    except M.ConfigError as e: bad(str(e))
+    except ConfigError as e: bad(str(e))
 
 # %% ../nbs/13_export.ipynb #402c6b75
-def hf_model(model: M.GPT, tok: T.Tokenizer):
+def hf_model(model: GPT, tok: Tokenizer):
     "A transformers `NanoChatForCausalLM` holding lmlit `model`'s weights (float32, eval mode)."
     _require_hf()
     from transformers import NanoChatConfig, NanoChatForCausalLM
@@ -145,7 +146,7 @@ def hf_model(model: M.GPT, tok: T.Tokenizer):
     return theirs.float().eval()
 
 # %% ../nbs/13_export.ipynb #8bbaa4ba
-def hf_tokenizer(tok: T.Tokenizer):
+def hf_tokenizer(tok: Tokenizer):
     "A transformers fast tokenizer with `tok`'s ranks, pattern and specials (by transformers' own tiktoken converter)."
     _require_hf()
     from transformers import PreTrainedTokenizerFast
@@ -214,7 +215,7 @@ def _split_pattern(pre: dict | None) -> str | None:
     if steps[1].get('use_regex') or steps[1].get('add_prefix_space'): return None
     return (steps[0].get('pattern') or {}).get('Regex')
 
-def tokenizer_from_hf(path) -> T.Tokenizer:
+def tokenizer_from_hf(path) -> Tokenizer:
     """lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal
     otherwise."""
     path = Path(path)
@@ -241,10 +242,10 @@ def tokenizer_from_hf(path) -> T.Tokenizer:
         raise HFImportError(f"{path}: added tokens must follow the {n} ranks as ids {n}..; got "
                             f"{[a['id'] for a in added][:12]}")
     specials = [a['content'] for a in added]
-    missing = [s for s in T.SPECIAL_TOKENS if s not in specials]
+    missing = [s for s in SPECIAL_TOKENS if s not in specials]
     if missing:
         raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
-    return T.Tokenizer(ranks, pattern, specials)
+    return Tokenizer(ranks, pattern, specials)
 
 # %% ../nbs/13_export.ipynb #67904267
 def _read(path) -> dict | None:
@@ -269,7 +270,7 @@ def run_facts(run) -> dict:
 def _num(x, fmt='{:,}'):
     return '—' if x is None else fmt.format(x)
 
-def model_card(name: str, stage: str, config: M.GPTConfig, params: int, facts: dict) -> str:
+def model_card(name: str, stage: str, config: GPTConfig, params: int, facts: dict) -> str:
     "The model card (README.md) text for run `name`'s `stage`."
     rows = '\n'.join(f"| {s} | {_num(f['steps'])} | {_num(f['tokens'])} | {_num(f['val_bpb'], '{:.4f}')} | "
                      f"{_num(f['core'], '{:.4f}')} | {_num(f['chatcore'], '{:.4f}')} |" for s, f in facts.items())
@@ -284,7 +285,7 @@ A small chat language model trained from scratch with [lmlit](https://github.com
 transformers' native `nanochat` model type (no custom code).
 
 - parameters: {params:,} ({config.n_layer} layers, width {config.n_embd}, {config.n_head} query / {config.n_kv_head} key-value heads)
-- context: {config.sequence_len} tokens; vocabulary {config.vocab_size:,} (embedding padded to {M.padded_vocab_size(config.vocab_size):,})
+- context: {config.sequence_len} tokens; vocabulary {config.vocab_size:,} (embedding padded to {padded_vocab_size(config.vocab_size):,})
 - exported stage: `{stage}`
 
 ## How it was trained
@@ -338,7 +339,7 @@ def export_hf(run, stage: str | None = None, step: int | None = None, out=None, 
     hf_cfg = NanoChatConfig(**hf_config_dict(config, tok), architectures=['NanoChatForCausalLM'], dtype=dtype)
     hf_cfg.save_pretrained(tmp)
     end = tok.encode_special('<|assistant_end|>')
-    padding = list(range(config.vocab_size, M.padded_vocab_size(config.vocab_size)))
+    padding = list(range(config.vocab_size, padded_vocab_size(config.vocab_size)))
     GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=[end, tok.bos_id], pad_token_id=tok.bos_id,
                      suppress_tokens=padding or None).save_pretrained(tmp)
     hf_tokenizer(tok).save_pretrained(tmp)
@@ -425,7 +426,7 @@ def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -
     write_json(where/'config.json', dict(run=root.name, stage=stage, imported_from=str(src)))
     return root
 
-def read_weights(path, config: M.GPTConfig, rows: int) -> dict:
+def read_weights(path, config: GPTConfig, rows: int) -> dict:
     "lmlit's state dict from a transformers `model.safetensors`; every name and shape checked from the header first."
     from safetensors import safe_open   # optional (the lmlit[hf] extra)
     d, kv = config.n_embd, config.n_kv_head * config.head_dim

@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, dist_setup, print0, interactive, seed_all, write_json, write_provenance, keep_freed_memory
-from . import model as M, optim as O, tokenizer as T, chat_data as C
+from .model import GPTConfig, build_model
+from .optim import load_optimizer_state, setup_optimizer
+from .tokenizer import Tokenizer
+from .chat_data import ChatLoader, get_mixture, get_task, global_token_count, micro_batch_loss, mixture_table
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
                         MetricsWriter,
@@ -63,22 +66,22 @@ def init_checkpoint(cfg: dict) -> tuple[str, Path]:
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     "Micro-batch `k`'s loss, normalised by the supervised tokens of the step's micro-batches on every rank."
-    if k == 0: job.summary['counts'] = C.global_token_count([y for _, y in batches])
+    if k == 0: job.summary['counts'] = global_token_count([y for _, y in batches])
     n_global, n_local = job.summary['counts']
     x, y = batches[k]
-    return C.micro_batch_loss(job.model, x, y, n_local[k], n_global) * job.accum * job.world
+    return micro_batch_loss(job.model, x, y, n_local[k], n_global) * job.accum * job.world
 
 # %% ../nbs/09_sft.ipynb #24a6b1a9
 def warm_start(optimizer, state: dict) -> None:
     "Load a checkpoint's optimizer state (momentum, Adam moments) but keep this optimizer's learning rates and decay."
     hyper = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    O.load_optimizer_state(optimizer, state)
+    load_optimizer_state(optimizer, state)
     for g, h in zip(optimizer.param_groups, hyper): g.update(h)
 
 def horizon(cfg: dict, mixture, tok) -> int:
     "Optimizer steps: `steps`, or with steps=-1 one epoch of the mixture's tokens."
     if cfg['steps'] > 0: return cfg['steps']
-    tokens = sum(row['tokens'] for row in C.mixture_table(mixture, tok) if row['task'] != 'total')
+    tokens = sum(row['tokens'] for row in mixture_table(mixture, tok) if row['task'] != 'total')
     return max(1, math.ceil(tokens / cfg['total_batch']))
 
 def check_seq_len(cfg: dict, context: int) -> int:
@@ -98,13 +101,13 @@ def setup_sft(cfg: dict) -> Job | None:
     init_stage, init_dir = init_checkpoint(cfg)
     root = run_path(cfg['run'])
     out = root/cfg['stage']
-    tok = T.Tokenizer.load(root/'tokenizer')
+    tok = Tokenizer.load(root/'tokenizer')
     start = load_checkpoint(init_dir, rank=0, map_location='cpu')
-    mcfg = M.GPTConfig(**start['meta']['model_shape'])
+    mcfg = GPTConfig(**start['meta']['model_shape'])
     check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
     seq_len = check_seq_len(cfg, mcfg.sequence_len)
     accum = grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, info.world_size)
-    mixture = C.get_mixture(cfg['mixture'], 'train', cfg['seed'])
+    mixture = get_mixture(cfg['mixture'], 'train', cfg['seed'])
     total_steps = horizon(cfg, mixture, tok)
     out.mkdir(parents=True, exist_ok=True)
     meta = resume_point(out, cfg, total_steps, model_shape(mcfg), tok.hash())
@@ -114,18 +117,18 @@ def setup_sft(cfg: dict) -> Job | None:
         return None
     ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], seq_len)
-    loaders = {s: C.ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
+    loaders = {s: ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
                                all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum,
                                                                                 (info.rank + 1) * accum)}
     if ck is not None:
         for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
     seed_all(cfg['seed'])
-    model = M.build_model(mcfg, device)
+    model = build_model(mcfg, device)
     model.load_state_dict(start['model'])
     base = start['meta'].get('config') or {}
     lrs = {k: base.get(k, v) * cfg['lr_frac'] for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2,
                                                                matrix_lr=0.02).items()}
-    optimizer = O.setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip']
+    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip']
                                   if cfg['grad_clip'] > 0 else None)
     if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
     peak, peak_basis = peak_flops(device)
@@ -137,7 +140,7 @@ def setup_sft(cfg: dict) -> Job | None:
                         stage=cfg['stage'], init=dict(stage=init_stage, path=str(start['path']),
                                                       step=start['meta']['step'])),
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag())
-    job.val_batches = {name: mix for name, mix in C.get_mixture(cfg['mixture'], 'validation',
+    job.val_batches = {name: mix for name, mix in get_mixture(cfg['mixture'], 'validation',
                                                                 cfg['seed']).per_task().items()}
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
@@ -179,7 +182,7 @@ def task_losses(job: Job, batches: int) -> dict:
     seq_len = job.batches[0].stream.T
     out = {}
     for name, mixture in job.val_batches.items():
-        loader = C.ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank,
+        loader = ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank,
                               streams=job.world,
                               device=job.device, epochs=1,
                                   all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []
@@ -254,7 +257,7 @@ def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
     from lmlit.chat_eval import lenient_answer
     engine = Engine(model, tok)
     python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
-    problems = C.get_task('arithmetic')['test'][:n]
+    problems = get_task('arithmetic')['test'][:n]
     calls = right = 0
     for conv in problems:
         prompt = tok.render_for_completion(conv[:1])

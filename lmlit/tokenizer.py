@@ -379,14 +379,14 @@ def show_tokens(tok: Tokenizer, text: str, show_ids: bool = True):
 def token_viewer(tok: Tokenizer, text: str = "Type here to see the tokens."):
     "An ipywidgets text box that shows its tokens as you type; displays as static HTML where no widget frontend runs."
     try:
-        import ipywidgets as W
+        import ipywidgets as widgets
     except ImportError: return show_tokens(tok, text)
-    class _Viewer(W.VBox):
+    class _Viewer(widgets.VBox):
         def _repr_mimebundle_(self, **kw):
             b = super()._repr_mimebundle_(**kw) or {}
             b = b[0] if isinstance(b, tuple) else b
             return {**b, 'text/html': out.value}
-    box, out = W.Textarea(value=text, layout=W.Layout(width='100%')), W.HTML(tokens_html(tok, text))
+    box, out = widgets.Textarea(value=text, layout=widgets.Layout(width='100%')), widgets.HTML(tokens_html(tok, text))
     box.observe(lambda ch: setattr(out, 'value', tokens_html(tok, ch['new'])), names='value')
     return _Viewer([box, out])
 

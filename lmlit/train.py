@@ -14,7 +14,11 @@ import torch
 from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_teardown, dist_env, print0,
                         interactive,
                         seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory, minor_faults)
-from . import model as M, optim as O, data as D, sources as S, tokenizer as T
+from .model import GPT, GPTConfig, build_model
+from .optim import setup_optimizer
+from .data import TokenLoader, val_loader
+from .sources import get_source, iter_texts
+from .tokenizer import Tokenizer, get_token_bytes, get_tokenizer
 from .bpb import evaluate_bpb, unigram_bpb
 from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint, check_compat, model_shape,
                               load_model, barrier)
@@ -34,9 +38,9 @@ __all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open
 DEFAULTS = parameters_of(stage_notebook('05_train'))   # the parameters cell below, read from this notebook
 
 # %% ../nbs/05_train.ipynb #3b9ff5e5
-def model_config(cfg: dict, vocab_size: int) -> M.GPTConfig:
+def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     "The model shape the parameters ask for; `02_model`'s rules check it (one rule, one message)."
-    return M.GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
+    return GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
                                   aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
 
 def resolve_config(**overrides) -> dict:
@@ -65,16 +69,16 @@ def resolve_config(**overrides) -> dict:
 # %% ../nbs/05_train.ipynb #50982a03
 def _warm_up_kernels(seq_len: int, vocab: int):
     "One step of a throw-away tiny model, so the CPU kernels' code is paged in before peak memory is measured."
-    net = M.build_model(M.GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32),
+    net = build_model(GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32),
                         'cpu')
-    opt = O.setup_optimizer(net)
+    opt = setup_optimizer(net)
     x = torch.zeros(1, seq_len, dtype=torch.long)
     net(x, x).backward()
     opt.step()
 
 def _get_source(cfg):
     kw = dict(n_shards=cfg['source_shards']) if cfg['source_shards'] and str(cfg['source']).startswith('hub:') else {}
-    return S.get_source(cfg['source'], need_val=True, **kw)
+    return get_source(cfg['source'], need_val=True, **kw)
 
 def _get_tokenizer(cfg, run_dir, is_main):
     tk = cfg['tokenizer']
@@ -82,10 +86,10 @@ def _get_tokenizer(cfg, run_dir, is_main):
         if not (Path(tk)/'tokenizer.json').exists():
             raise LmlitError(f"tokenizer folder {tk} has no tokenizer.json; pass a folder saved by Tokenizer.save or "
                              "'auto'")
-        return T.Tokenizer.load(tk)
+        return Tokenizer.load(tk)
     mine = Path(run_dir)/'tokenizer'
-    if (mine/'tokenizer.json').exists(): return T.Tokenizer.load(mine)
-    tok = T.get_tokenizer(cfg['source'], cfg['vocab_size'])
+    if (mine/'tokenizer.json').exists(): return Tokenizer.load(mine)
+    tok = get_tokenizer(cfg['source'], cfg['vocab_size'])
     if is_main: tok.save(mine)
     return tok
 
@@ -99,10 +103,10 @@ def open_data(cfg: dict, run_dir: Path, rank: int, world: int):
         if world > 1: barrier()
     return source, tok
 
-def horizon(cfg: dict, mcfg: M.GPTConfig) -> tuple[int, int]:
+def horizon(cfg: dict, mcfg: GPTConfig) -> tuple[int, int]:
     """(optimizer steps, parameters): `steps`, or with steps=-1 tokens = data_ratio × parameters (counted on the meta
     device, no memory)."""
-    with torch.device('meta'): nparams = M.GPT(mcfg).num_params()['total']
+    with torch.device('meta'): nparams = GPT(mcfg).num_params()['total']
     steps = cfg['steps'] if cfg['steps'] > 0 else max(1, int(cfg['data_ratio'] * nparams // cfg['total_batch']))
     return steps, nparams
 
@@ -126,7 +130,7 @@ def setup_job(cfg: dict) -> Job | None:
     peak, peak_basis = peak_flops(device)   # before the loaders' threads start competing for the CPU
     # one loader per data stream; stream r*accum + k feeds micro-step k of rank r (04d_loop, "Data streams")
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'])
-    loaders = {s: D.TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s,
+    loaders = {s: TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s,
                                 world_size=streams, device=device,
                                 seed=cfg['seed'], requeue=cfg['requeue'], delay_s=cfg['loader_delay_s'] or None)
                for s in range(info.rank * accum, (info.rank + 1) * accum)}
@@ -142,8 +146,8 @@ def setup_job(cfg: dict) -> Job | None:
     if device.type == 'cpu': _warm_up_kernels(cfg['seq_len'], tok.vocab_size)
     memory = PeakMemory(device)
     seed_all(cfg['seed'])
-    model = M.build_model(mcfg, device)
-    optimizer = O.setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'],
+    model = build_model(mcfg, device)
+    optimizer = setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'],
                                   matrix_lr=cfg['matrix_lr'],
                                   weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip']
                                       if cfg['grad_clip'] > 0 else None)
@@ -162,7 +166,7 @@ def setup_job(cfg: dict) -> Job | None:
                   plan=plan, memory=memory,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=nparams), peak=peak,
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag(),
-              val_batches=lambda: D.val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'],
+              val_batches=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'],
                                                rank=info.rank,
                                                world_size=info.world_size, device=device, requeue=cfg['requeue']))
     if ck is not None: restore_job(job, ck)
@@ -211,16 +215,16 @@ def evaluate(job: Job, step: int) -> float:
     cfg = job.cfg
     job.model.eval()
     with job.autocast():
-        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'], T.get_token_bytes(job.tokenizer,
+        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'], get_token_bytes(job.tokenizer,
                                                                                                 device=job.device))
     job.model.train()
     job.metrics.write(kind='eval', step=step, time=time.time(), val_bpb=bpb)
     job.summary['val_bpb'].append((step, bpb))
     print0(f"step {step:5d} · val bpb {bpb:.4f}")
     if cfg['core_every'] and step % cfg['core_every'] == 0:
-        from lmlit import eval as E   # CORE's task loading is heavy: only when asked for
+        from lmlit.eval import run_core   # CORE's task loading is heavy: only when asked for
         job.model.eval()
-        res = E.run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'],
+        res = run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'],
                          progress=False)
         job.model.train()
         job.metrics.write(kind='eval', step=step, time=time.time(), core=res.core, core_label=res.label,
@@ -272,14 +276,14 @@ def unigram_comparison(run_dir, step: int | None = None, batches: int | None = N
     model, tok, meta = load_model(run_dir, step, device=device)
     src = _get_source({**DEFAULTS, **cfg})
     n = batches or cfg['eval_batches']
-    loader = D.val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device,
+    loader = val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device,
                           requeue=cfg['requeue'])
     val = list(itertools.islice(iter(loader), n))
-    tb = T.get_token_bytes(tok, device=device)
+    tb = get_token_bytes(tok, device=device)
     dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         bpb = evaluate_bpb(model, _row_chunks(val, rows), sum(-(-len(x) // rows) for x, _ in val), tb)
-    train_ids = [i for ids in tok.encode(list(S.iter_texts(src.train_files, limit_chars=50_000_000))) for i in ids]
+    train_ids = [i for ids in tok.encode(list(iter_texts(src.train_files, limit_chars=50_000_000))) for i in ids]
     val_ids = torch.cat([y.view(-1) for _, y in val]).cpu()
     val_ids = val_ids[val_ids >= 0]
     uni = unigram_bpb(train_ids, val_ids, tb.cpu(), tok.vocab_size)
