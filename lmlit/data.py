@@ -137,8 +137,8 @@ class PackStream:
                  tokenizer_threads: int = 4, doc_batch: int = 128, buffer_docs: int = 1000, seed: int = 0,
                  shuffle: bool = True, epochs: int | None = None, requeue: bool = False):
         for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('world_size', world_size, 1),
-                            ('tokenizer_threads', tokenizer_threads, 1), ('doc_batch', doc_batch, 1), ('buffer_docs',
-                                                                                                       buffer_docs, 1)):
+                            ('tokenizer_threads', tokenizer_threads, 1), ('doc_batch', doc_batch, 1),
+                            ('buffer_docs', buffer_docs, 1)):
             if not isinstance(v, int) or v < lo: raise LmlitError(f"{name} must be an integer >= {lo}, got {v!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise LmlitError(f"rank {rank!r} must be in 0..{world_size-1} for world_size {world_size}")
@@ -336,8 +336,8 @@ class TokenLoader:
         "Where the loader stands after the last batch handed out: a small JSON-able dict."
         s = self.stream
         return dict(self._state, rank=s.rank, world_size=s.world, seed=s.seed, shuffle=s.shuffle, batch_size=s.B,
-                    seq_len=s.T,
-                    doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, crop=s.crop, data=self._data)
+                    seq_len=s.T, doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, crop=s.crop,
+                    data=self._data)
 
     def stats(self) -> dict:
         """Counters up to the last batch handed out: `batches`; `tokens` (training tokens, B*T each); `docs` and
@@ -354,7 +354,7 @@ class TokenLoader:
                     docs_per_batch=st['batch_docs_sum'] / st['batches'] if st['batches'] else 0.0,
                     docs_per_batch_last=st['batch_docs'],
                     docs_per_batch_epoch=st['epoch_batch_docs_sum'] / st['epoch_batches'] if st['epoch_batches']
-                        else 0.0)
+                    else 0.0)
 
     def close(self):
         "Stop the prefetch thread (safe to call twice; the loader restarts it on the next `next()`)."

@@ -131,9 +131,9 @@ def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') ->
     if tok_vocab is None: return None
     try:
         return GPTConfig(sequence_len=cfg.get('max_position_embeddings', 2048), vocab_size=tok_vocab,
-                           n_layer=cfg.get('num_hidden_layers', 12), n_head=heads,
-                           n_kv_head=cfg.get('num_key_value_heads') or heads, n_embd=d,
-                           rope_base=float(rope.get('rope_theta', 10000.0)), softcap=float(softcap))
+                         n_layer=cfg.get('num_hidden_layers', 12), n_head=heads,
+                         n_kv_head=cfg.get('num_key_value_heads') or heads, n_embd=d,
+                         rope_base=float(rope.get('rope_theta', 10000.0)), softcap=float(softcap))
     except ConfigError as e: bad(str(e))
 
 # %% ../nbs/13_export.ipynb #402c6b75
@@ -166,21 +166,17 @@ def hf_tokenizer(tok: Tokenizer):
 # %% ../nbs/13_export.ipynb #7250d768
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='', i=0) -%}"
-    "{{- '<|bos|>' -}}"
-    "{%- for m in messages -%}"
+    "{{- '<|bos|>' -}}" "{%- for m in messages -%}"
     "{%- if loop.first and m['role'] == 'system' -%}"
     "{%- if messages|length < 2 or messages[1]['role'] != 'user' or messages[1]['content'] is not string -%}"
     "{{- raise_exception('a system message must be followed by a user message with text content') -}}{%- endif -%}"
     "{%- set ns.system = m['content'] + '\n\n' -%}"
     "{%- elif add_generation_prompt and loop.last and m['role'] == 'assistant' and not loop.first -%}"
-    "{%- else -%}"
-    "{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
+    "{%- else -%}" "{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
     "{{- raise_exception('turns alternate user/assistant, a system message only first') -}}{%- endif -%}"
-    "{%- set ns.i = ns.i + 1 -%}"
-    "{%- if m['role'] == 'user' -%}"
+    "{%- set ns.i = ns.i + 1 -%}" "{%- if m['role'] == 'user' -%}"
     "{{- '<|user_start|>' + ns.system + m['content'] + '<|user_end|>' -}}{%- set ns.system = '' -%}"
-    "{%- else -%}"
-    "{{- '<|assistant_start|>' -}}"
+    "{%- else -%}" "{{- '<|assistant_start|>' -}}"
     "{%- if m['content'] is string -%}{% generation %}{{- m['content'] -}}{% endgeneration %}"
     "{%- else -%}{%- for p in m['content'] -%}"
     "{%- if p['type'] == 'text' -%}{% generation %}{{- p['text'] -}}{% endgeneration %}"
@@ -188,10 +184,8 @@ CHAT_TEMPLATE = (
     "endgeneration %}"
     "{%- elif p['type'] == 'python_output' -%}{{- '<|output_start|>' + p['text'] + '<|output_end|>' -}}"
     "{%- else -%}{{- raise_exception('unknown assistant part type ' + p['type']) -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
-    "{%- endif -%}{%- endif -%}"
-    "{%- endfor -%}"
+    "{%- endfor -%}{%- endif -%}" "{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
+    "{%- endif -%}{%- endif -%}" "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant_start|>' -}}{%- endif -%}")
 
 # %% ../nbs/13_export.ipynb #c784ae29
@@ -226,8 +220,7 @@ def tokenizer_from_hf(path) -> Tokenizer:
     pattern = _split_pattern(spec.get('pre_tokenizer'))
     if bpe.get('type') != 'BPE' or not bpe.get('ignore_merges') or pattern is None or spec.get('normalizer'):
         raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with "
-                            "ignore_merges, "
-                           "a Split regex then ByteLevel, no normalizer)")
+                            "ignore_merges, " "a Split regex then ByteLevel, no normalizer)")
     to_byte = byte_decoder()
     try: ranks = {bytes(to_byte[c] for c in s): i for s, i in bpe['vocab'].items()}
     except KeyError: raise HFImportError(f"{path}: a vocabulary entry is not byte-level text") from None
@@ -264,7 +257,7 @@ def run_facts(run) -> dict:
         if not rec and not core and not chat: continue
         facts[stage] = dict(tokens=rec.get('tokens'), steps=rec.get('steps_done'), val_bpb=rec.get('val_bpb'),
                             params=(rec.get('params') or {}).get('total'), core=core.get('core'),
-                                chatcore=chat.get('chatcore'))
+                            chatcore=chat.get('chatcore'))
     return facts
 
 def _num(x, fmt='{:,}'):
@@ -416,8 +409,7 @@ def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -
     config = gpt_config_from_hf(cfg, tok.vocab_size, f"{label}: config.json")
     if abs(float(cfg.get('rms_norm_eps', 1e-6)) - RMS_EPS) > 1e-9:
         print(f"note: the model was trained with rms_norm_eps {cfg.get('rms_norm_eps', 1e-6)}; lmlit's norm uses "
-              f"{RMS_EPS:.3g} "
-              "(logits move by about that relative amount)")
+              f"{RMS_EPS:.3g} " "(logits move by about that relative amount)")
     state = read_weights(get(WEIGHTS), config, cfg.get('vocab_size', 50304))
     tok.save(root/'tokenizer')
     meta = dict(model_shape=model_shape(config), tokenizer_hash=tok.hash(), stage=stage, world_size=1,
@@ -467,8 +459,8 @@ def push_folder(folder, repo: str, private: bool = False) -> str:
     return str(getattr(info, 'commit_url', info))
 
 def cli_export(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='lmlit export', description="Write a run's checkpoint as a Hugging Face "
-                                                                  "transformers folder.")
+    ap = argparse.ArgumentParser(prog='lmlit export',
+                                 description="Write a run's checkpoint as a Hugging Face " "transformers folder.")
     ap.add_argument('--run', required=True, help='run name (under $LMLIT_RUNS) or folder')
     ap.add_argument('--stage', choices=STAGES, default=None, help='stage to export (default: the latest)')
     ap.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
@@ -484,7 +476,7 @@ def cli_export(argv: list[str] | None = None) -> int:
 
 def cli_import(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog='lmlit import', description='Read a transformers nanochat folder or hub '
-                                                                  'repository into a run folder.')
+                                 'repository into a run folder.')
     ap.add_argument('src', help='a model folder, or a hub repository id (owner/name; HF_ENDPOINT is honoured)')
     ap.add_argument('--run', required=True, help='name of the new run folder')
     ap.add_argument('--stage', choices=STAGES, default='base', help='the stage the checkpoint becomes (default: base)')

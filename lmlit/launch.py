@@ -250,8 +250,8 @@ def launch_parser(prog: str, description: str) -> argparse.ArgumentParser:
     ap.add_argument('--run', help='shortcut for -p run NAME')
     ap.add_argument('--notebook', help="the stage notebook (default: the one shipped in the package)")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
-    ap.add_argument('--grace', type=float, default=30.0, help='seconds a stopped rank gets to checkpoint before it is '
-                                                              'killed')
+    ap.add_argument('--grace', type=float, default=30.0,
+                    help='seconds a stopped rank gets to checkpoint before it is ' 'killed')
     return ap
 
 def nodes(args) -> int:
@@ -312,8 +312,8 @@ def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | Non
 def run_here(stage: str, job, argv=None) -> int:
     """`python -m lmlit.STAGE [-p name value]...`: run the stage's `job(**params)` in this process; an LmlitError is one
     line, status 2."""
-    ap = argparse.ArgumentParser(prog=f'python -m lmlit.{stage}', description=f'Run the lmlit {stage} job in this '
-                                                                              'process.')
+    ap = argparse.ArgumentParser(prog=f'python -m lmlit.{stage}',
+                                 description=f'Run the lmlit {stage} job in this ' 'process.')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     try: job(**params_from_pairs(ap.parse_args(argv).param))
     except LmlitError as e:

