@@ -42,6 +42,7 @@ def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     return GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
                                 aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
 
+# %% ../nbs/05_train.ipynb #8f05edb0
 def resolve_config(**overrides) -> dict:
     """The parameters cell's defaults updated with `overrides`, type- and range-checked; raises `LmlitError` on bad
     input."""
@@ -75,10 +76,12 @@ def _warm_up_kernels(seq_len: int, vocab: int):
     net(x, x).backward()
     opt.step()
 
+# %% ../nbs/05_train.ipynb #f0bbddd6
 def _get_source(cfg):
     kw = dict(n_shards=cfg['source_shards']) if cfg['source_shards'] and str(cfg['source']).startswith('hub:') else {}
     return get_source(cfg['source'], need_val=True, **kw)
 
+# %% ../nbs/05_train.ipynb #9f645bba
 def _get_tokenizer(cfg, run_dir, is_main):
     tk = cfg['tokenizer']
     if tk not in ('auto', '', None):
@@ -92,6 +95,7 @@ def _get_tokenizer(cfg, run_dir, is_main):
     if is_main: tok.save(mine)
     return tok
 
+# %% ../nbs/05_train.ipynb #c8259477
 def open_data(cfg: dict, run_dir: Path, rank: int, world: int):
     """(data source, tokenizer): rank 0 prepares them (normally the launcher already did), then the other ranks load
     them."""
@@ -102,6 +106,7 @@ def open_data(cfg: dict, run_dir: Path, rank: int, world: int):
         if world > 1: barrier()
     return source, tok
 
+# %% ../nbs/05_train.ipynb #c2543740
 def horizon(cfg: dict, mcfg: GPTConfig) -> tuple[int, int]:
     """(optimizer steps, parameters): `steps`, or with steps=-1 tokens = data_ratio × parameters (counted on the meta
     device, no memory)."""
@@ -225,6 +230,7 @@ def evaluate(job: Job, step: int) -> float:
         print0(f"step {step:5d} · {res.label}: {res.core:.4f}")
     return bpb
 
+# %% ../nbs/05_train.ipynb #3639b905
 def sample(job: Job, step: int, prompts=SAMPLE_PROMPTS) -> list[str]:
     "A few sampled continuations at `step`, appended to samples.md (rank 0)."
     if not job.is_main: return []
@@ -259,6 +265,7 @@ def _row_chunks(batches, rows: int):
     for x, y in batches:
         yield from zip(x.split(rows), y.split(rows))
 
+# %% ../nbs/05_train.ipynb #60782f48
 def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None, device='auto',
                        rows: int = 4) -> dict:
     """Val BPB of the run's checkpoint and of a unigram model (counted on the training shards) on the same validation
@@ -314,6 +321,7 @@ def prepare(cfg: dict) -> dict:
     run_dir = make_run_dir(cfg['run'])
     return dict(run_dir=run_dir, source=source, tokenizer=_get_tokenizer(cfg, run_dir, True))
 
+# %% ../nbs/05_train.ipynb #fb1a92a4
 def cli_train(argv=None) -> int:
     "`lmlit train [--nproc N] [torchrun multi-node flags] [-p name value]...`"
     args = launch_parser('lmlit train', 'Pretrain: papermill on the 05_train notebook under torchrun, one kernel per '
