@@ -76,12 +76,14 @@ def warm_start(optimizer, state: dict) -> None:
     load_optimizer_state(optimizer, state)
     for g, h in zip(optimizer.param_groups, hyper): g.update(h)
 
+# %% ../nbs/09_sft.ipynb #d61adc9e
 def horizon(cfg: dict, mixture, tok) -> int:
     "Optimizer steps: `steps`, or with steps=-1 one epoch of the mixture's tokens."
     if cfg['steps'] > 0: return cfg['steps']
     tokens = sum(row['tokens'] for row in mixture_table(mixture, tok) if row['task'] != 'total')
     return max(1, math.ceil(tokens / cfg['total_batch']))
 
+# %% ../nbs/09_sft.ipynb #d6e5f49d
 def check_seq_len(cfg: dict, context: int) -> int:
     "The row length SFT trains on: `seq_len`, or 0 for the model's context, never longer than it."
     seq_len = cfg['seq_len'] or context
@@ -190,6 +192,7 @@ def task_losses(job: Job, batches: int) -> dict:
         out[name] = (sums[0] / sums[1]).item() if sums[1] > 0 else None
     return out
 
+# %% ../nbs/09_sft.ipynb #1f5b74ec
 def evaluate(job: Job, step: int) -> dict:
     "The per-task validation loss at `step`, recorded in metrics and the summary."
     job.model.eval()
@@ -203,6 +206,7 @@ def evaluate(job: Job, step: int) -> dict:
                                                                    v in losses.items() if v is not None))
     return losses
 
+# %% ../nbs/09_sft.ipynb #774a59d3
 SAMPLE_CHATS = ["Hello! Who are you?", "What is 12 + 30?", "How many letters r are in the word strawberry?",
                 "Question: Which gas do plants take in from the air?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. "
                 "neon\nAnswer with the letter of the correct choice."]
@@ -218,6 +222,7 @@ def chat_reply(model, tok, question: str, max_tokens: int, seed: int = 42) -> st
         tokens = [d.token for d in engine.generate([request]) if d.token is not None and d.finish != 'stop']
     return tok.decode(tokens)
 
+# %% ../nbs/09_sft.ipynb #46a4f6ab
 def sample(job: Job, step: int, questions=SAMPLE_CHATS) -> list[str]:
     "Replies to a few fixed questions at `step`, appended to samples.md (rank 0)."
     if not job.is_main: return []
@@ -297,6 +302,7 @@ def cli_sft(argv=None) -> int:
     return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS},
                   args.grace)
 
+# %% ../nbs/09_sft.ipynb #d39bedef
 def main(argv=None) -> int:
     "`python -m lmlit.sft [-p name value]...`: run `sft()` in this process."
     return run_here('sft', sft, argv)
