@@ -19,19 +19,19 @@ COMMANDS = {
     'train':     ('lmlit.train:cli_train',         'pretrain: papermill on the 05_train notebook under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
     'sft':       ('lmlit.sft:cli_sft',
-                  'supervised fine-tuning (-p stage mid: mid-training): papermill on ' 'the 09_sft notebook'),
+                  'supervised fine-tuning (-p stage mid: mid-training): papermill on the 09_sft notebook'),
     'rl':        ('lmlit.rl:cli_rl',               'reinforcement learning on verifiable tasks (group-relative policy '
                   'gradient): papermill on the 10_rl notebook'),
     'chat-eval': ('lmlit.chat_eval:cli_chat_eval',
-                  'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ' 'ChatCORE'),
-    'chat':      ('lmlit.chat:cli_chat', 'chat with a checkpoint in the terminal (-p QUESTION for one ' 'answer)'),
+                  'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
+    'chat':      ('lmlit.chat:cli_chat', 'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
     'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
     'report':    ('lmlit.report:cli_report',
-                  'write runs/NAME/report.md, report.json and plots: summary, ' 'problems and why, comparison'),
+                  'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
     'export':    ('lmlit.export:cli_export',       'write a checkpoint as a Hugging Face transformers folder (nanochat '
                   'model type); --push to the Hub'),
     'import':    ('lmlit.export:cli_import',
-                  'read a transformers nanochat folder or Hub repository into a run ' 'folder'),
+                  'read a transformers nanochat folder or Hub repository into a run folder'),
 }
 
 def _usage() -> str:

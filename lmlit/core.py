@@ -180,7 +180,7 @@ def run_name(prefix: str = 'run') -> str:
     return f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control "
-                 "characters " "(newline, tab, …); e.g. 'd12-shakespeare'")
+                 "characters (newline, tab, …); e.g. 'd12-shakespeare'")
 
 def check_run_name(name: str) -> str:
     "`name` if it is a plain folder name a run may have (the rule above), else an LmlitError that states the rule."

@@ -166,17 +166,17 @@ def hf_tokenizer(tok: Tokenizer):
 # %% ../nbs/13_export.ipynb #7250d768
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='', i=0) -%}"
-    "{{- '<|bos|>' -}}" "{%- for m in messages -%}"
+    "{{- '<|bos|>' -}}{%- for m in messages -%}"
     "{%- if loop.first and m['role'] == 'system' -%}"
     "{%- if messages|length < 2 or messages[1]['role'] != 'user' or messages[1]['content'] is not string -%}"
     "{{- raise_exception('a system message must be followed by a user message with text content') -}}{%- endif -%}"
     "{%- set ns.system = m['content'] + '\n\n' -%}"
     "{%- elif add_generation_prompt and loop.last and m['role'] == 'assistant' and not loop.first -%}"
-    "{%- else -%}" "{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
+    "{%- else -%}{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
     "{{- raise_exception('turns alternate user/assistant, a system message only first') -}}{%- endif -%}"
-    "{%- set ns.i = ns.i + 1 -%}" "{%- if m['role'] == 'user' -%}"
+    "{%- set ns.i = ns.i + 1 -%}{%- if m['role'] == 'user' -%}"
     "{{- '<|user_start|>' + ns.system + m['content'] + '<|user_end|>' -}}{%- set ns.system = '' -%}"
-    "{%- else -%}" "{{- '<|assistant_start|>' -}}"
+    "{%- else -%}{{- '<|assistant_start|>' -}}"
     "{%- if m['content'] is string -%}{% generation %}{{- m['content'] -}}{% endgeneration %}"
     "{%- else -%}{%- for p in m['content'] -%}"
     "{%- if p['type'] == 'text' -%}{% generation %}{{- p['text'] -}}{% endgeneration %}"
@@ -184,8 +184,8 @@ CHAT_TEMPLATE = (
     "endgeneration %}"
     "{%- elif p['type'] == 'python_output' -%}{{- '<|output_start|>' + p['text'] + '<|output_end|>' -}}"
     "{%- else -%}{{- raise_exception('unknown assistant part type ' + p['type']) -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}" "{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
-    "{%- endif -%}{%- endif -%}" "{%- endfor -%}"
+    "{%- endfor -%}{%- endif -%}{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
+    "{%- endif -%}{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant_start|>' -}}{%- endif -%}")
 
 # %% ../nbs/13_export.ipynb #c784ae29
@@ -220,7 +220,7 @@ def tokenizer_from_hf(path) -> Tokenizer:
     pattern = _split_pattern(spec.get('pre_tokenizer'))
     if bpe.get('type') != 'BPE' or not bpe.get('ignore_merges') or pattern is None or spec.get('normalizer'):
         raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with "
-                            "ignore_merges, " "a Split regex then ByteLevel, no normalizer)")
+                            "ignore_merges, a Split regex then ByteLevel, no normalizer)")
     to_byte = byte_decoder()
     try: ranks = {bytes(to_byte[c] for c in s): i for s, i in bpe['vocab'].items()}
     except KeyError: raise HFImportError(f"{path}: a vocabulary entry is not byte-level text") from None
@@ -460,7 +460,7 @@ def push_folder(folder, repo: str, private: bool = False) -> str:
 
 def cli_export(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog='lmlit export',
-                                 description="Write a run's checkpoint as a Hugging Face " "transformers folder.")
+                                 description="Write a run's checkpoint as a Hugging Face transformers folder.")
     ap.add_argument('--run', required=True, help='run name (under $LMLIT_RUNS) or folder')
     ap.add_argument('--stage', choices=STAGES, default=None, help='stage to export (default: the latest)')
     ap.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')

@@ -251,7 +251,7 @@ def launch_parser(prog: str, description: str) -> argparse.ArgumentParser:
     ap.add_argument('--notebook', help="the stage notebook (default: the one shipped in the package)")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     ap.add_argument('--grace', type=float, default=30.0,
-                    help='seconds a stopped rank gets to checkpoint before it is ' 'killed')
+                    help='seconds a stopped rank gets to checkpoint before it is killed')
     return ap
 
 def nodes(args) -> int:

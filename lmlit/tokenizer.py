@@ -404,20 +404,20 @@ def cli_tokenizer(argv: list[str] | None = None) -> int:
     """`lmlit tokenizer`: train, save to runs/NAME/tokenizer/, write eval/tokenizer_compression.{md,csv}, update
     provenance."""
     ap = argparse.ArgumentParser(prog='lmlit tokenizer',
-                                 description='Train a BPE tokenizer on a source and measure ' 'its compression.')
+                                 description='Train a BPE tokenizer on a source and measure its compression.')
     ap.add_argument('--source', default='shakespeare',
-                    help='shakespeare | hub:<owner>/<repo> | local:<path> | a ' 'folder')
+                    help='shakespeare | hub:<owner>/<repo> | local:<path> | a folder')
     ap.add_argument('--vocab-size', type=int, default=4096, help='tokens including the 9 specials')
     ap.add_argument('--run', default=None, help='run folder name under $LMLIT_RUNS (default: a fresh timestamped name)')
     ap.add_argument('--max-chars', type=_char_count, default=None,
-                    help='train on at most this many characters (2e9 is ' 'fine)')
+                    help='train on at most this many characters (2e9 is fine)')
     ap.add_argument('--n-shards', type=int, default=None,
-                    help='hub: training shards to read (default: as many as ' '--max-chars needs)')
+                    help='hub: training shards to read (default: as many as --max-chars needs)')
     ap.add_argument('--val-shard', type=int, default=None,
-                    help='hub: index of the validation (last) shard, if the ' 'repo is not known')
+                    help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--compare', default='1024,2048,8192', help="other vocab sizes of ours for the table ('' for none)")
     ap.add_argument('--tiktoken-files', default=None,
-                    help='folder with cl100k_base.tiktoken / vocab.bpe + ' 'encoder.json (never downloaded)')
+                    help='folder with cl100k_base.tiktoken / vocab.bpe + encoder.json (never downloaded)')
     a = ap.parse_args(argv)
     n_spec = len(SPECIAL_TOKENS)
     try: compare = [int(x) for x in a.compare.split(',') if x.strip()]

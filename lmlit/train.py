@@ -292,11 +292,11 @@ def unigram_comparison(run_dir, step: int | None = None, batches: int | None = N
 def main(argv=None) -> int:
     "`python -m lmlit.train [-p name value]...`: run `train()` in this process."
     ap = argparse.ArgumentParser(prog='python -m lmlit.train',
-                                 description='Run the lmlit training job in this ' 'process.')
+                                 description='Run the lmlit training job in this process.')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     ap.add_argument('--summary-json', help='write train()\'s summary here (rank 0)')
     ap.add_argument('--compare-unigram', metavar='RUN_DIR',
-                    help="don't train: print the run's val BPB beside the " "unigram baseline's")
+                    help="don't train: print the run's val BPB beside the unigram baseline's")
     a = ap.parse_args(argv)
     if a.compare_unigram:
         try: r = unigram_comparison(a.compare_unigram)
