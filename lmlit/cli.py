@@ -34,6 +34,7 @@ COMMANDS = {
                   'read a transformers nanochat folder or Hub repository into a run folder'),
 }
 
+# %% ../nbs/00b_cli.ipynb #8c4f1ecf
 def _usage() -> str:
     rows = '\n'.join(f"  {k:<10} {h}" for k, (_, h) in COMMANDS.items())
     return f"usage: lmlit <command> [options]\n\ncommands:\n{rows}\n\n`lmlit <command> --help` for a command's options."
@@ -45,6 +46,7 @@ def _resolve(target):
     mod, fn = target.split(':')
     return getattr(importlib.import_module(mod), fn)
 
+# %% ../nbs/00b_cli.ipynb #3c753f5b
 def main(argv: list[str] | None = None) -> int:
     "Run `lmlit <command> …`; returns (and, from the console script, exits with) the command's status."
     argv = sys.argv[1:] if argv is None else list(argv)
