@@ -83,6 +83,7 @@ class DistInfo:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+# %% ../nbs/00_core.ipynb #b184ad51
 def dist_env() -> tuple[int, int, int]:
     "(rank, local_rank, world_size) from torchrun's environment variables; (0, 0, 1) without them."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -103,6 +104,7 @@ def dist_setup(device: str | torch.device | None = 'auto', timeout_s: int = 600)
                                 **kw)
     return DistInfo(rank, local_rank, world, dev)
 
+# %% ../nbs/00_core.ipynb #686aee23
 def dist_teardown():
     "Leave the process group, if any (safe to call twice)."
     import torch.distributed as dist
@@ -123,6 +125,7 @@ def is_main_process() -> bool:
     "True on rank 0 (and in a plain single process)."
     return rank_world()[0] == 0
 
+# %% ../nbs/00_core.ipynb #b09116bb
 def print0(*args, **kwargs):
     "`print` on rank 0 only, flushed at once so logs of headless runs stay current."
     if is_main_process(): print(*args, **kwargs, flush=True)
@@ -160,14 +163,17 @@ def cache_dir(*parts: str) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/00_core.ipynb #6665e0d3
 def runs_dir() -> Path:
     "The folder holding run folders: `$LMLIT_RUNS`, default `./runs`."
     return Path(os.environ.get('LMLIT_RUNS') or 'runs').expanduser()
 
+# %% ../nbs/00_core.ipynb #335b7aa0
 def hf_endpoint() -> str:
     "The hub's base URL, honouring `HF_ENDPOINT` mirrors."
     return (os.environ.get('HF_ENDPOINT') or 'https://huggingface.co').rstrip('/')
 
+# %% ../nbs/00_core.ipynb #75592492
 def offline() -> bool:
     "True when `LMLIT_OFFLINE` (or `HF_HUB_OFFLINE`) asks never to reach the hub."
     return any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('LMLIT_OFFLINE', 'HF_HUB_OFFLINE'))
