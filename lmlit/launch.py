@@ -27,6 +27,7 @@ def package_dir() -> Path:
     here = globals().get('__file__') or lmlit.__file__ or next(iter(lmlit.__path__), None)
     return Path(here).resolve().parent if here else Path.cwd()
 
+# %% ../nbs/04e_launch.ipynb #1915430b
 def stage_notebook(name: str) -> Path:
     "The stage notebook `name` (e.g. '05_train') shipped inside the package."
     path = package_dir()/'stages'/f'{name}.ipynb'
@@ -45,6 +46,7 @@ def parameters_cell(notebook: str | Path) -> str:
                          f"{len(cells)}")
     return ''.join(cells[0]['source'])
 
+# %% ../nbs/04e_launch.ipynb #bd2fd914
 def parameters_of(notebook: str | Path) -> dict:
     "A stage's defaults: {name: value} of the `name = literal` lines of `notebook`'s parameters cell, in order."
     out = {}
@@ -107,6 +109,7 @@ def _children(pid: int) -> list[int]:
         todo += kids
     return out
 
+# %% ../nbs/04e_launch.ipynb #d40e06d0
 def _kill_tree(pid: int, sig=signal.SIGKILL):
     "Send `sig` to every descendant of `pid` and to their process groups (kernels run in their own sessions)."
     for c in _children(pid):
@@ -254,22 +257,26 @@ def launch_parser(prog: str, description: str) -> argparse.ArgumentParser:
                     help='seconds a stopped rank gets to checkpoint before it is killed')
     return ap
 
+# %% ../nbs/04e_launch.ipynb #e9c7cfa1
 def nodes(args) -> int:
     "Number of nodes asked for by --nnodes (torchrun's 'MIN:MAX' form counts its MAX)."
     return int(str(args.nnodes or 1).split(':')[-1])
 
+# %% ../nbs/04e_launch.ipynb #c0ecc115
 def job_key(flags: dict) -> str | None:
     "What names one multi-node job for its launchers' shared lock: its rendezvous address (None on one node)."
     if int(str(flags.get('nnodes') or 1).split(':')[-1]) <= 1: return None
     if flags.get('rdzv_endpoint'): return f"{flags['rdzv_endpoint']}/{flags.get('rdzv_id') or 'none'}"
     return f"{flags.get('master_addr') or '127.0.0.1'}:{flags.get('master_port') or 29500}"
 
+# %% ../nbs/04e_launch.ipynb #bddd298d
 def start_step(stage_folder, notebook, params: dict) -> int:
     "The step a launch starts from: the newest checkpoint's when it resumes, else 0 (names the segment's notebooks)."
     resume = params['resume'] if 'resume' in params else parameters_of(notebook).get('resume', False)
     checkpoints = complete_checkpoints(stage_folder) if resume else []
     return checkpoints[-1][0] if checkpoints else 0
 
+# %% ../nbs/04e_launch.ipynb #64663608
 def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | None = None, grace: float = 30.0) -> int:
     """Run stage `notebook` with `params` on `nproc` processes per node (torchrun when more than one), holding the stage
     folder (`out_dir`'s parent) for the job; 0 when every rank succeeded."""
