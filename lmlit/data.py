@@ -77,6 +77,7 @@ def tail_id(doc_id: list, used: int) -> list:
     k = doc_id[2] if len(doc_id) > 2 else 0
     return [doc_id[0], doc_id[1], used if k == 0 else k + used - 1]
 
+# %% ../nbs/04_data.ipynb #f11dda9b
 def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False,
              used: set | None = None) -> tuple[int, int]:
     """Best-fit fill one row of `row_len` tokens from `buf`, appending to `out`; returns (tokens placed, tokens
@@ -265,7 +266,7 @@ def data_fingerprint(units) -> dict:
     h = hashlib.sha256(json.dumps([[Path(f).name, g, n] for f, g, n in units]).encode()).hexdigest()[:16]
     return dict(row_groups=len(units), docs=sum(n for *_, n in units), sha=h)
 
-
+# %% ../nbs/04_data.ipynb #eba7081c
 class TokenLoader:
     """Infinite (by default) iterator of `(inputs, targets)` LongTensors (B, T) on `device`, best-fit packed, with exact
     `state_dict()`."""
