@@ -39,6 +39,7 @@ def chunk_counts(texts: Iterable[str], pattern: str = SPLIT_PATTERN) -> Counter:
     pat = regex.compile(pattern)
     return Counter(c for t in texts for c in pat.findall(t))
 
+# %% ../nbs/01_tokenizer.ipynb #f2b0ee5e
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     "Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."
     out, i = [], 0
@@ -51,6 +52,7 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
             i += 1
     return out
 
+# %% ../nbs/01_tokenizer.ipynb #2dfd07f0
 def bpe_train_reference(texts: Iterable[str], n_merges: int,
                         pattern: str = SPLIT_PATTERN) -> list[tuple[tuple[int, int], int, int]]:
     "Learn up to `n_merges` BPE merges in plain Python: a list of ((a, b), new_id, count)."
