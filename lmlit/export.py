@@ -201,6 +201,7 @@ def byte_decoder() -> dict[str, int]:
             extra += 1
     return {chr(c): b for b, c in chars.items()}
 
+# %% ../nbs/13_export.ipynb #fbe422a4
 def _split_pattern(pre: dict | None) -> str | None:
     "The regex of a Sequence[Split(Regex), ByteLevel(use_regex=False)] pre-tokenizer, else None."
     if not pre or pre.get('type') != 'Sequence': return None
@@ -209,6 +210,7 @@ def _split_pattern(pre: dict | None) -> str | None:
     if steps[1].get('use_regex') or steps[1].get('add_prefix_space'): return None
     return (steps[0].get('pattern') or {}).get('Regex')
 
+# %% ../nbs/13_export.ipynb #adfd86ae
 def tokenizer_from_hf(path) -> Tokenizer:
     """lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal
     otherwise."""
@@ -245,6 +247,7 @@ def _read(path) -> dict | None:
     try: return json.loads(Path(path).read_text())
     except (OSError, ValueError): return None
 
+# %% ../nbs/13_export.ipynb #24edf653
 def run_facts(run) -> dict:
     """What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not
     measured)."""
@@ -260,9 +263,11 @@ def run_facts(run) -> dict:
                             chatcore=chat.get('chatcore'))
     return facts
 
+# %% ../nbs/13_export.ipynb #5defaeec
 def _num(x, fmt='{:,}'):
     return '—' if x is None else fmt.format(x)
 
+# %% ../nbs/13_export.ipynb #b2cc3884
 def model_card(name: str, stage: str, config: GPTConfig, params: int, facts: dict) -> str:
     "The model card (README.md) text for run `name`'s `stage`."
     rows = '\n'.join(f"| {s} | {_num(f['steps'])} | {_num(f['tokens'])} | {_num(f['val_bpb'], '{:.4f}')} | "
@@ -381,6 +386,7 @@ def open_source(src, revision: str | None = None):
     def get(name): return Path(hub(hf_hub_download, str(src), name, revision=revision, endpoint=endpoint))
     return names, get, label
 
+# %% ../nbs/13_export.ipynb #590b1888
 def _json(path, where) -> dict:
     try: obj = json.loads(Path(path).read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -388,10 +394,12 @@ def _json(path, where) -> dict:
     if not isinstance(obj, dict): raise HFImportError(f"{where}: not a JSON object")
     return obj
 
+# %% ../nbs/13_export.ipynb #fd3b5231
 def stage_folder(root: Path, stage: str) -> Path:
     "Where `stage` lives inside run folder `root` (which may not exist yet)."
     return root if stage == 'base' else root/stage
 
+# %% ../nbs/13_export.ipynb #30563572
 def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -> Path:
     """Read a transformers nanochat folder (or hub repo id `src`) into run folder `run` as checkpoint 0 of `stage`;
     returns the run folder."""
