@@ -45,6 +45,7 @@ def _split_long(par: str, max_chars: int) -> list[str]:
     if cur: out.append(cur)
     return out
 
+# %% ../nbs/00a_sources.ipynb #3f3b91c6
 def split_documents(text: str, max_chars: int = 10_000) -> list[str]:
     "Cut `text` into documents of at most `max_chars`, joining whole paragraphs (blank-line separated)."
     if max_chars < 1: raise LmlitError(f"max_chars must be ≥ 1, got {max_chars}")
