@@ -12,14 +12,18 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['evaluate_bpb', 'unigram_bpb']
+__all__ = ['all_reduce_sum', 'evaluate_bpb', 'unigram_bpb']
 
 # %% ../nbs/04a_bpb.ipynb #80f47de1
-def _all_reduce_sum(*xs: torch.Tensor) -> list[torch.Tensor]:
+def all_reduce_sum(*xs: torch.Tensor) -> list[torch.Tensor]:
+    "Sum each tensor of `xs` in place over all ranks (a no-op in one process); returns them as a list."
     if dist.is_available() and dist.is_initialized():
         for x in xs: dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return list(xs)
 
+_all_reduce_sum = all_reduce_sum   # the old private name, still imported by lmlit.eval
+
+# %% ../nbs/04a_bpb.ipynb #537aa38c
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
     """Bits per byte of `model` over `steps` batches `(x, y)` from `batches`.
@@ -33,17 +37,21 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
         loss = model(x, y, loss_reduction='none').float().view(-1)
         y = y.view(-1)
         tb = token_bytes.to(y.device)[y.clamp(min=0)] * (y >= 0)
-        if nats is None: nats, nbytes = torch.zeros((), device=loss.device, dtype=torch.float64), torch.zeros((), device=loss.device, dtype=torch.float64)
-        nats += (loss * (tb > 0)).sum().double(); nbytes += tb.sum().double()
+        if nats is None:
+            nats = torch.zeros((), device=loss.device, dtype=torch.float64)
+            nbytes = torch.zeros((), device=loss.device, dtype=torch.float64)
+        nats += (loss * (tb > 0)).sum().double()
+        nbytes += tb.sum().double()
     if nats is None: raise ValueError("evaluate_bpb got no batches: is the validation split empty?")
-    nats, nbytes = _all_reduce_sum(nats, nbytes)
+    nats, nbytes = all_reduce_sum(nats, nbytes)
     if nbytes.item() == 0: raise ValueError("evaluate_bpb saw no target bytes (all targets masked or special)")
     return nats.item() / (math.log(2) * nbytes.item())
 
 # %% ../nbs/04a_bpb.ipynb #0ad25c7a
 def unigram_bpb(train_ids, val_ids, token_bytes: torch.Tensor, vocab_size: int | None = None) -> float:
     "BPB on `val_ids` of an add-one-smoothed unigram model counted on `train_ids` (1-D int sequences)."
-    train = torch.as_tensor(train_ids, dtype=torch.long).view(-1); val = torch.as_tensor(val_ids, dtype=torch.long).view(-1)
+    train = torch.as_tensor(train_ids, dtype=torch.long).view(-1)
+    val = torch.as_tensor(val_ids, dtype=torch.long).view(-1)
     V = vocab_size or len(token_bytes)
     counts = torch.bincount(train, minlength=V).double() + 1.0
     logp = counts.log() - counts.sum().log()

@@ -18,16 +18,23 @@ COMMANDS = {
     'tokenizer': ('lmlit.tokenizer:cli_tokenizer', 'train a BPE tokenizer and write its compression table'),
     'train':     ('lmlit.train:cli_train',         'pretrain: papermill on the 05_train notebook under torchrun'),
     'eval':      ('lmlit.eval:cli_eval',           'evaluate a checkpoint: val BPB, CORE tasks, diagnostics, samples'),
-    'sft':       ('lmlit.sft:cli_sft',             'supervised fine-tuning (-p stage mid: mid-training): papermill on the 09_sft notebook'),
-    'rl':        ('lmlit.rl:cli_rl',               'reinforcement learning on verifiable tasks (group-relative policy gradient): papermill on the 10_rl notebook'),
-    'chat-eval': ('lmlit.chat_eval:cli_chat_eval', 'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
-    'chat':      ('lmlit.chat:cli_chat',           'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
+    'sft':       ('lmlit.sft:cli_sft',
+                  'supervised fine-tuning (-p stage mid: mid-training): papermill on the 09_sft notebook'),
+    'rl':        ('lmlit.rl:cli_rl',               'reinforcement learning on verifiable tasks (group-relative policy '
+                  'gradient): papermill on the 10_rl notebook'),
+    'chat-eval': ('lmlit.chat_eval:cli_chat_eval',
+                  'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
+    'chat':      ('lmlit.chat:cli_chat', 'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
     'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
-    'report':    ('lmlit.report:cli_report',       'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
-    'export':    ('lmlit.export:cli_export',       'write a checkpoint as a Hugging Face transformers folder (nanochat model type); --push to the Hub'),
-    'import':    ('lmlit.export:cli_import',       'read a transformers nanochat folder or Hub repository into a run folder'),
+    'report':    ('lmlit.report:cli_report',
+                  'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
+    'export':    ('lmlit.export:cli_export',       'write a checkpoint as a Hugging Face transformers folder (nanochat '
+                  'model type); --push to the Hub'),
+    'import':    ('lmlit.export:cli_import',
+                  'read a transformers nanochat folder or Hub repository into a run folder'),
 }
 
+# %% ../nbs/00b_cli.ipynb #8c4f1ecf
 def _usage() -> str:
     rows = '\n'.join(f"  {k:<10} {h}" for k, (_, h) in COMMANDS.items())
     return f"usage: lmlit <command> [options]\n\ncommands:\n{rows}\n\n`lmlit <command> --help` for a command's options."
@@ -39,19 +46,24 @@ def _resolve(target):
     mod, fn = target.split(':')
     return getattr(importlib.import_module(mod), fn)
 
+# %% ../nbs/00b_cli.ipynb #3c753f5b
 def main(argv: list[str] | None = None) -> int:
     "Run `lmlit <command> …`; returns (and, from the console script, exits with) the command's status."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(_usage()); return 0
+        print(_usage())
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"lmlit: unknown command {cmd!r}; known: {', '.join(COMMANDS)}", file=sys.stderr); return 2
+        print(f"lmlit: unknown command {cmd!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try: return int(_resolve(COMMANDS[cmd][0])(rest) or 0)
     except LmlitError as e:
-        print(f"lmlit {cmd}: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit {cmd}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"lmlit {cmd}: interrupted", file=sys.stderr); return 130
+        print(f"lmlit {cmd}: interrupted", file=sys.stderr)
+        return 130
 
 # %% ../nbs/00b_cli.ipynb #b209d3da
 if __name__ == '__main__': sys.exit(main())

@@ -36,12 +36,15 @@ def get_device(device: str | torch.device | None = 'auto') -> torch.device:
         if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available(): return torch.device('mps')
         return torch.device('cpu')
     try: d = torch.device(device)
-    except (RuntimeError, TypeError): raise LmlitError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    except (RuntimeError, TypeError):
+        raise LmlitError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise LmlitError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); use device='cpu'")
+        raise LmlitError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}); use "
+                         "device='cpu'")
     if d.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
         raise LmlitError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
-    if d.type not in ('cpu', 'cuda', 'mps'): raise LmlitError(f"unsupported device type {d.type!r}: use 'cpu', 'cuda' or 'mps'")
+    if d.type not in ('cpu', 'cuda', 'mps'):
+        raise LmlitError(f"unsupported device type {d.type!r}: use 'cpu', 'cuda' or 'mps'")
     return d
 
 # %% ../nbs/00_core.ipynb #75991ee7
@@ -80,6 +83,7 @@ class DistInfo:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+# %% ../nbs/00_core.ipynb #b184ad51
 def dist_env() -> tuple[int, int, int]:
     "(rank, local_rank, world_size) from torchrun's environment variables; (0, 0, 1) without them."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
@@ -96,9 +100,11 @@ def dist_setup(device: str | torch.device | None = 'auto', timeout_s: int = 600)
     if world > 1 and not dist.is_initialized():
         backend = 'nccl' if dev.type == 'cuda' else 'gloo'
         kw = dict(device_id=dev) if dev.type == 'cuda' else {}
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s),
+                                **kw)
     return DistInfo(rank, local_rank, world, dev)
 
+# %% ../nbs/00_core.ipynb #686aee23
 def dist_teardown():
     "Leave the process group, if any (safe to call twice)."
     import torch.distributed as dist
@@ -119,6 +125,7 @@ def is_main_process() -> bool:
     "True on rank 0 (and in a plain single process)."
     return rank_world()[0] == 0
 
+# %% ../nbs/00_core.ipynb #b09116bb
 def print0(*args, **kwargs):
     "`print` on rank 0 only, flushed at once so logs of headless runs stay current."
     if is_main_process(): print(*args, **kwargs, flush=True)
@@ -134,7 +141,8 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 def progress(iterable=None, enabled: bool = True, **kw):
-    "A tqdm bar (a widget in notebooks) where it can redraw itself, a disabled one elsewhere: no carriage returns in logs."
+    """A tqdm bar (a widget in notebooks) where it can redraw itself, a disabled one elsewhere: no carriage returns in
+    logs."""
     from tqdm.auto import tqdm   # tqdm.auto pulls in ipywidgets' machinery: imported only when a bar is asked for
     return tqdm(iterable, disable=not (enabled and is_main_process() and interactive()), **kw)
 
@@ -143,7 +151,8 @@ def seed_all(seed: int) -> None:
     "Seed python, numpy and torch (all devices) with `seed`."
     random.seed(seed)
     try:
-        import numpy as np; np.random.seed(seed % 2**32)
+        import numpy as np
+        np.random.seed(seed % 2**32)
     except ImportError: pass
     torch.manual_seed(seed)
 
@@ -154,14 +163,17 @@ def cache_dir(*parts: str) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/00_core.ipynb #6665e0d3
 def runs_dir() -> Path:
     "The folder holding run folders: `$LMLIT_RUNS`, default `./runs`."
     return Path(os.environ.get('LMLIT_RUNS') or 'runs').expanduser()
 
+# %% ../nbs/00_core.ipynb #335b7aa0
 def hf_endpoint() -> str:
     "The hub's base URL, honouring `HF_ENDPOINT` mirrors."
     return (os.environ.get('HF_ENDPOINT') or 'https://huggingface.co').rstrip('/')
 
+# %% ../nbs/00_core.ipynb #75592492
 def offline() -> bool:
     "True when `LMLIT_OFFLINE` (or `HF_HUB_OFFLINE`) asks never to reach the hub."
     return any(os.environ.get(k, '').lower() in ('1', 'true', 'yes') for k in ('LMLIT_OFFLINE', 'HF_HUB_OFFLINE'))
@@ -173,12 +185,13 @@ def run_name(prefix: str = 'run') -> str:
     "A fresh, sortable run name: `<prefix>-YYYYmmdd-HHMMSS`."
     return f"{prefix}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
-RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control characters "
-                 "(newline, tab, …); e.g. 'd12-shakespeare'")
+RUN_NAME_RULE = ("a run name is 1 to 100 characters, does not start with '.', and has no '/', '\\' or control "
+                 "characters (newline, tab, …); e.g. 'd12-shakespeare'")
 
 def check_run_name(name: str) -> str:
     "`name` if it is a plain folder name a run may have (the rule above), else an LmlitError that states the rule."
-    bad = (not isinstance(name, str) or not 0 < len(name) <= 100 or name.startswith('.') or any(ch in name for ch in '/\\')
+    bad = (not isinstance(name, str) or not 0 < len(name) <= 100 or name.startswith('.') or any(ch in name
+                                                                                                for ch in '/\\')
            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name))
     if bad: raise LmlitError(f"run name {name!r} is refused: {RUN_NAME_RULE}")
     return name
@@ -214,7 +227,8 @@ def package_versions(names=_PKGS) -> dict:
 
 def device_info() -> dict:
     "The host, CPU count and any GPUs torch sees."
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i)
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return dict(host=socket.gethostname(), platform=platform.platform(), python=platform.python_version(),
                 cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), gpus=gpus)
 
@@ -226,8 +240,10 @@ def provenance(**extra) -> dict:
 
 def write_json(path: str | Path, obj, indent=2) -> Path:
     "Write `obj` as JSON atomically (temp file then rename), so a crash never leaves half a file."
-    path = Path(path); tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=indent, default=str)); os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=indent, default=str))
+    os.replace(tmp, path)
     return path
 
 def write_provenance(run_dir: str | Path, **extra) -> dict:
@@ -242,5 +258,6 @@ def update_provenance(run_dir: str | Path, **items) -> dict:
     "Merge `items` into `run_dir/provenance.json`."
     p = Path(run_dir)/'provenance.json'
     d = json.loads(p.read_text()) if p.exists() else provenance()
-    d.update(items); write_json(p, d)
+    d.update(items)
+    write_json(p, d)
     return d

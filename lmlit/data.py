@@ -21,7 +21,8 @@ __all__ = ['pack_reference', 'DocBuffer', 'tail_id', 'fill_row', 'row_groups', '
 
 # %% ../nbs/04_data.ipynb #0fb4a376
 def pack_reference(docs: list, row_len: int, n_rows: int, requeue: bool = False) -> tuple[list, int]:
-    "Best-fit pack `docs` (sequences, each starting with BOS) into up to `n_rows` rows of `row_len`; returns (rows, tokens dropped)."
+    """Best-fit pack `docs` (sequences, each starting with BOS) into up to `n_rows` rows of `row_len`; returns (rows,
+    tokens dropped)."""
     buf, rows, dropped = list(docs), [], 0
     for _ in range(n_rows):
         row = []
@@ -29,8 +30,10 @@ def pack_reference(docs: list, row_len: int, n_rows: int, requeue: bool = False)
             space = row_len - len(row)
             fits = [i for i, d in enumerate(buf) if len(d) <= space]
             if fits: i = max(fits, key=lambda i: (len(buf[i]), -i))      # longest that fits; oldest on ties
-            elif requeue: i = 0                                          # nothing fits, the tail comes back: crop the oldest
-            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))  # nothing fits, the tail is lost: crop the shortest
+            # nothing fits, the tail comes back: crop the oldest
+            elif requeue: i = 0
+            # nothing fits, the tail is lost: crop the shortest
+            else: i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))
             d = buf.pop(i)
             row += list(d[:space])
             if len(d) > space:
@@ -46,7 +49,9 @@ class DocBuffer:
     def __len__(self): return len(self._keys)
     def add(self, doc_id, tokens):
         "Buffer `tokens` under `doc_id` (a JSON-able list)."
-        bisect.insort(self._keys, (len(tokens), self._n)); self._docs[self._n] = (doc_id, tokens); self._n += 1
+        bisect.insort(self._keys, (len(tokens), self._n))
+        self._docs[self._n] = (doc_id, tokens)
+        self._n += 1
     def _pop(self, i): return self._docs.pop(self._keys.pop(i)[1])
     def pop_fit(self, space: int):
         "Remove and return (id, tokens) of the longest document of length <= `space` (oldest on ties), or None."
@@ -72,9 +77,11 @@ def tail_id(doc_id: list, used: int) -> list:
     k = doc_id[2] if len(doc_id) > 2 else 0
     return [doc_id[0], doc_id[1], used if k == 0 else k + used - 1]
 
-def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False, used: set | None = None) -> tuple[int, int]:
-    """Best-fit fill one row of `row_len` tokens from `buf`, appending to `out`; returns (tokens placed, tokens dropped).
-    Adds the `(unit, row)` of every document that went into the row to the set `used`, if given."""
+# %% ../nbs/04_data.ipynb #f11dda9b
+def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False,
+             used: set | None = None) -> tuple[int, int]:
+    """Best-fit fill one row of `row_len` tokens from `buf`, appending to `out`; returns (tokens placed, tokens
+    dropped). Adds the `(unit, row)` of every document that went into the row to the set `used`, if given."""
     placed = dropped = 0
     while placed < row_len and len(buf):
         space = row_len - placed
@@ -89,23 +96,32 @@ def fill_row(buf: DocBuffer, row_len: int, out: list, requeue: bool = False, use
             d = d[:space]
         else: i, d = got
         if used is not None: used.add((i[0], i[1]))
-        out.extend(d); placed += len(d)
+        out.extend(d)
+        placed += len(d)
     return placed, dropped
 
 # %% ../nbs/04_data.ipynb #50d256ef
 def row_groups(files) -> list[tuple[str, int, int]]:
     "Check `files` and list their non-empty row groups as (path, row_group, n_rows)."
     files = [files] if isinstance(files, (str, Path)) else list(files or [])
-    if not files: raise LmlitError("the loader got no files: pass a list of parquet shards with a `text` column (e.g. get_source('shakespeare').train_files)")
+    if not files:
+        raise LmlitError("the loader got no files: pass a list of parquet shards with a `text` column (e.g. "
+                         "get_source('shakespeare').train_files)")
     units = []
     for f in files:
         f = Path(f)
-        if not f.is_file(): raise LmlitError(f"data file {str(f)!r} does not exist: check the source folder or re-run `lmlit data`")
+        if not f.is_file():
+            raise LmlitError(f"data file {str(f)!r} does not exist: check the source folder or re-run `lmlit data`")
         try: md = pq.ParquetFile(f).metadata
-        except Exception as e: raise LmlitError(f"{str(f)!r} is not a readable parquet file ({type(e).__name__}: {e}); shards must be parquet with a `text` column") from None
+        except Exception as e:
+            raise LmlitError(f"{str(f)!r} is not a readable parquet file ({type(e).__name__}: {e}); shards must be "
+                             "parquet with a `text` column") from None
         names = md.schema.to_arrow_schema().names
-        if 'text' not in names: raise LmlitError(f"{str(f)!r} has no `text` column (columns: {names}); a shard needs one string column named `text`")
-        units += [(str(f), g, md.row_group(g).num_rows) for g in range(md.num_row_groups) if md.row_group(g).num_rows > 0]
+        if 'text' not in names:
+            raise LmlitError(f"{str(f)!r} has no `text` column (columns: {names}); a shard needs one string column "
+                             "named `text`")
+        units += [(str(f), g, md.row_group(g).num_rows) for g in range(md.num_row_groups)
+                  if md.row_group(g).num_rows > 0]
     if not units: raise LmlitError(f"the {len(files)} data file(s) hold no documents (every row group is empty)")
     return units
 
@@ -122,42 +138,54 @@ class PackStream:
                  tokenizer_threads: int = 4, doc_batch: int = 128, buffer_docs: int = 1000, seed: int = 0,
                  shuffle: bool = True, epochs: int | None = None, requeue: bool = False):
         for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('world_size', world_size, 1),
-                            ('tokenizer_threads', tokenizer_threads, 1), ('doc_batch', doc_batch, 1), ('buffer_docs', buffer_docs, 1)):
+                            ('tokenizer_threads', tokenizer_threads, 1), ('doc_batch', doc_batch, 1),
+                            ('buffer_docs', buffer_docs, 1)):
             if not isinstance(v, int) or v < lo: raise LmlitError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(rank, int) or not 0 <= rank < world_size: raise LmlitError(f"rank {rank!r} must be in 0..{world_size-1} for world_size {world_size}")
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1): raise LmlitError(f"epochs must be None (infinite) or >= 1, got {epochs!r}")
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise LmlitError(f"rank {rank!r} must be in 0..{world_size-1} for world_size {world_size}")
+        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+            raise LmlitError(f"epochs must be None (infinite) or >= 1, got {epochs!r}")
         if not (callable(getattr(tokenizer, 'encode', None)) and isinstance(getattr(tokenizer, 'bos_id', None), int)):
-            raise LmlitError(f"tokenizer {type(tokenizer).__name__} needs encode(texts, prepend=, num_threads=) and an integer bos_id (use lmlit.tokenizer.Tokenizer)")
+            raise LmlitError(f"tokenizer {type(tokenizer).__name__} needs encode(texts, prepend=, num_threads=) and an "
+                             "integer bos_id (use lmlit.tokenizer.Tokenizer)")
         self.units = row_groups(files)
         if len(self.units) < world_size:
-            raise LmlitError(f"the data has {len(self.units)} non-empty row group(s) but world_size is {world_size}: every rank needs at least one; "
+            raise LmlitError(f"the data has {len(self.units)} non-empty row group(s) but world_size is {world_size}: "
+                             "every rank needs at least one; "
                              f"use fewer ranks or write the shards with smaller row groups")
         self.tok, self.B, self.T, self.rank, self.world = tokenizer, batch_size, seq_len, rank, world_size
-        self.threads, self.doc_batch, self.buffer_docs, self.seed, self.shuffle, self.epochs = tokenizer_threads, doc_batch, buffer_docs, seed, shuffle, epochs
+        self.threads, self.doc_batch, self.buffer_docs = tokenizer_threads, doc_batch, buffer_docs
+        self.seed, self.shuffle, self.epochs = seed, shuffle, epochs
         self.requeue, self._order = bool(requeue), None
         self.crop = 'oldest' if self.requeue else 'shortest'             # which document a row crops when none fits
-        cap = max(1, sum(n for *_, n in self.units) // world_size // 4)   # a small corpus: don't buffer several epochs at once
+        # a small corpus: don't buffer several epochs at once
+        cap = max(1, sum(n for *_, n in self.units) // world_size // 4)
         self.buffer_docs, self.doc_batch = min(buffer_docs, cap), min(doc_batch, cap)
 
     def order(self, epoch):
         "This rank's row groups for `epoch`, in reading order (cached: a hub source can have 100k row groups)."
         c = self._order
-        if c is None or c[0] != epoch: c = self._order = (epoch, rank_units(len(self.units), self.rank, self.world, epoch, self.seed, self.shuffle))
+        if c is None or c[0] != epoch:
+            c = self._order = (epoch, rank_units(len(self.units), self.rank, self.world, epoch, self.seed,
+                                                 self.shuffle))
         return c[1]
     def read_unit(self, u) -> list[str]:
         "The documents of row group `u`."
         f, g, _ = self.units[u]
         return [t or '' for t in pq.ParquetFile(f).read_row_group(g, columns=['text']).column('text').to_pylist()]
-    def encode(self, texts): return self.tok.encode(texts, prepend=self.tok.bos_id, num_threads=self.threads) if texts else []
+    def encode(self, texts): return self.tok.encode(texts, prepend=self.tok.bos_id,
+                                                    num_threads=self.threads) if texts else []
 
     def read_docs(self, cursor: tuple, n: int, cache: dict) -> tuple[list, tuple, bool]:
         "The next `n` documents after `cursor` = (epoch, pos, row): ([(id, text)], cursor after them, stream ended)."
-        epoch, pos, row = cursor; out = []
+        epoch, pos, row = cursor
+        out = []
         while len(out) < n:
             order = self.order(epoch)
             if pos >= len(order):
                 if self.epochs is not None and epoch + 1 >= self.epochs: return out, (epoch, pos, row), True
-                epoch, pos, row = epoch + 1, 0, 0; continue
+                epoch, pos, row = epoch + 1, 0, 0
+                continue
             u = order[pos]
             if cache.get('u') != u: cache.update(u=u, texts=self.read_unit(u))
             got = cache['texts'][row:row + n - len(out)]
@@ -183,11 +211,13 @@ class PackStream:
         for i in st['buffer']: by_unit.setdefault(i[0], set()).add(i[1])
         texts = {}
         for u, rs in by_unit.items():
-            t = self.read_unit(u); texts.update({(u, r): t[r] for r in rs})
+            t = self.read_unit(u)
+            texts.update({(u, r): t[r] for r in rs})
         for i, ids in zip(st['buffer'], self.encode([texts[(i[0], i[1])] for i in st['buffer']])):
             buf.add(list(i), ids[:1] + ids[i[2]:] if len(i) > 2 else ids)   # a requeued tail: BOS + doc[k:]
         cursor, done, cache = (st['epoch'], st['pos'], st['row']), False, {}
-        ex = ThreadPoolExecutor(1, thread_name_prefix='lmlit-read')      # reads + tokenizes the next chunk while we pack
+        # reads + tokenizes the next chunk while we pack
+        ex = ThreadPoolExecutor(1, thread_name_prefix='lmlit-read')
         ahead = ex.submit(self.fetch, cursor, cache)
         try:
             while True:
@@ -198,23 +228,33 @@ class PackStream:
                         if len(buf) < self.buffer_docs and not done:
                             ids, toks, cursor, done = ahead.result()
                             if not done: ahead = ex.submit(self.fetch, cursor, cache)
-                            for i, t in zip(ids, toks): buf.add(i, t); st['tokens_in'] += len(t)
+                            for i, t in zip(ids, toks):
+                                buf.add(i, t)
+                                st['tokens_in'] += len(t)
                             st['docs'] += len(ids)
                         if not len(buf): break
                         p, c = fill_row(buf, R - placed, flat, self.requeue, used)
-                        placed += p; st['cropped'] += c
+                        placed += p
+                        st['cropped'] += c
                     if placed < R:                         # a finite stream ran dry inside this row
                         flat += [-1] * (R - placed)
                         if n_placed == 0 and placed == 0: return
                     n_placed += placed
                     if not len(buf) and done:
-                        flat += [-1] * (R * self.B - len(flat)); break
-                if cursor[0] != st['epoch']: st.update(epoch_batches=0, epoch_batch_docs_sum=0)   # the reader began a new epoch
-                st.update(epoch=cursor[0], pos=cursor[1], row=cursor[2], buffer=buf.ids())   # ids are never mutated: a shallow copy is a snapshot
-                st['batches'] += 1; st['placed'] += n_placed
-                st['batch_docs'] = len(used); st['batch_docs_sum'] += len(used)
-                st['epoch_batches'] += 1; st['epoch_batch_docs_sum'] += len(used)
-                yield torch.from_numpy(np.fromiter(flat, np.int64, len(flat))).view(self.B, R), dict(st)   # ~4x faster than torch.tensor(list)
+                        flat += [-1] * (R * self.B - len(flat))
+                        break
+                # the reader began a new epoch
+                if cursor[0] != st['epoch']: st.update(epoch_batches=0, epoch_batch_docs_sum=0)
+                # ids are never mutated: a shallow copy is a snapshot
+                st.update(epoch=cursor[0], pos=cursor[1], row=cursor[2], buffer=buf.ids())
+                st['batches'] += 1
+                st['placed'] += n_placed
+                st['batch_docs'] = len(used)
+                st['batch_docs_sum'] += len(used)
+                st['epoch_batches'] += 1
+                st['epoch_batch_docs_sum'] += len(used)
+                # ~4x faster than torch.tensor(list)
+                yield torch.from_numpy(np.fromiter(flat, np.int64, len(flat))).view(self.B, R), dict(st)
                 if done and not len(buf): return
         finally: ex.shutdown(wait=False, cancel_futures=True)
 
@@ -226,14 +266,16 @@ def data_fingerprint(units) -> dict:
     h = hashlib.sha256(json.dumps([[Path(f).name, g, n] for f, g, n in units]).encode()).hexdigest()[:16]
     return dict(row_groups=len(units), docs=sum(n for *_, n in units), sha=h)
 
-
+# %% ../nbs/04_data.ipynb #eba7081c
 class TokenLoader:
-    "Infinite (by default) iterator of `(inputs, targets)` LongTensors (B, T) on `device`, best-fit packed, with exact `state_dict()`."
+    """Infinite (by default) iterator of `(inputs, targets)` LongTensors (B, T) on `device`, best-fit packed, with exact
+    `state_dict()`."""
     def __init__(self, files, tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
                  device='cpu', tokenizer_threads: int = 4, doc_batch: int = 128, prefetch: int = 2, seed: int = 0,
                  shuffle: bool = True, buffer_docs: int = 1000, epochs: int | None = None, requeue: bool = False,
                  delay_s: float | None = None):
-        if not isinstance(prefetch, int) or prefetch < 0: raise LmlitError(f"prefetch must be an integer >= 0 (0 = no thread), got {prefetch!r}")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise LmlitError(f"prefetch must be an integer >= 0 (0 = no thread), got {prefetch!r}")
         env = os.environ.get('LMLIT_LOADER_SLEEP')
         try: delay_s = float(env) if delay_s is None and env else float(delay_s or 0.0)
         except ValueError: raise LmlitError(f"LMLIT_LOADER_SLEEP={env!r} is not a number of seconds") from None
@@ -247,7 +289,9 @@ class TokenLoader:
         pin = self.device.type == 'cuda'
         def put(item):
             while not stop.is_set():
-                try: q.put(item, timeout=0.1); return True
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
                 except queue.Full: pass
             return False
         try:
@@ -259,7 +303,8 @@ class TokenLoader:
 
     def _start(self):
         self._q, self._stop = queue.Queue(maxsize=self.prefetch), threading.Event()
-        self._thread = threading.Thread(target=self._worker, args=(self._state, self._q, self._stop), daemon=True, name='lmlit-loader')
+        self._thread = threading.Thread(target=self._worker, args=(self._state, self._q, self._stop), daemon=True,
+                                        name='lmlit-loader')
         self._thread.start()
 
     def _next_cpu(self):
@@ -270,14 +315,19 @@ class TokenLoader:
         while True:
             try: return self._q.get(timeout=1.0)
             except queue.Empty:
-                if not self._thread.is_alive(): raise RuntimeError("the loader thread stopped without a batch or an error") from None
+                if not self._thread.is_alive():
+                    raise RuntimeError("the loader thread stopped without a batch or an error") from None
 
     def __iter__(self): return self
     def __next__(self):
         if self.delay_s: time.sleep(self.delay_s)
         item = self._next_cpu()
-        if item is _END: self.close(); raise StopIteration        # a later next() restarts at the end: StopIteration again
-        if isinstance(item, BaseException): self.close(); raise item
+        if item is _END:  # a later next() restarts at the end: StopIteration again
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
         x, self._state = item
         if self.device.type != 'cpu': x = x.to(self.device, non_blocking=True)
         inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
@@ -286,27 +336,33 @@ class TokenLoader:
     def state_dict(self) -> dict:
         "Where the loader stands after the last batch handed out: a small JSON-able dict."
         s = self.stream
-        return dict(self._state, rank=s.rank, world_size=s.world, seed=s.seed, shuffle=s.shuffle, batch_size=s.B, seq_len=s.T,
-                    doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, crop=s.crop, data=self._data)
+        return dict(self._state, rank=s.rank, world_size=s.world, seed=s.seed, shuffle=s.shuffle, batch_size=s.B,
+                    seq_len=s.T, doc_batch=s.doc_batch, buffer_docs=s.buffer_docs, requeue=s.requeue, crop=s.crop,
+                    data=self._data)
 
     def stats(self) -> dict:
         """Counters up to the last batch handed out: `batches`; `tokens` (training tokens, B*T each); `docs` and
         `tokens_in` read and tokenized (read-ahead in the buffer included); `consumed` tokens taken from the buffer,
-        of which `placed` went into rows and `cropped` were dropped (`cropped_frac` = cropped / consumed); `epochs` completed;
-        distinct documents in a batch (a requeued tail counts as its document): `docs_per_batch` (mean over all batches),
-        `docs_per_batch_last` (the last batch), `docs_per_batch_epoch` (mean over the batches of the reader's current epoch)."""
-        st = self._state; used = st['placed'] + st['cropped']
+        of which `placed` went into rows and `cropped` were dropped (`cropped_frac` = cropped / consumed); `epochs`
+        completed; distinct documents in a batch (a requeued tail counts as its document): `docs_per_batch` (mean
+        over all batches), `docs_per_batch_last` (the last batch), `docs_per_batch_epoch` (mean over the batches of
+        the reader's current epoch)."""
+        st = self._state
+        used = st['placed'] + st['cropped']
         return dict(batches=st['batches'], tokens=st['batches'] * self.stream.B * self.stream.T, docs=st['docs'],
                     tokens_in=st['tokens_in'], consumed=used, placed=st['placed'], cropped=st['cropped'],
                     cropped_frac=st['cropped'] / used if used else 0.0, epochs=st['epoch'],
                     docs_per_batch=st['batch_docs_sum'] / st['batches'] if st['batches'] else 0.0,
                     docs_per_batch_last=st['batch_docs'],
-                    docs_per_batch_epoch=st['epoch_batch_docs_sum'] / st['epoch_batches'] if st['epoch_batches'] else 0.0)
+                    docs_per_batch_epoch=st['epoch_batch_docs_sum'] / st['epoch_batches'] if st['epoch_batches']
+                    else 0.0)
 
     def close(self):
         "Stop the prefetch thread (safe to call twice; the loader restarts it on the next `next()`)."
         if self._thread is not None:
-            self._stop.set(); self._thread.join(timeout=10); self._thread = None
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
         self._gen = None
 
     def __enter__(self): return self
@@ -335,13 +391,18 @@ def load_state_dict(self: TokenLoader, state):
                          f"resume with the same source and shards")
     new = {k: state.get(k, v) for k, v in self.stream.initial_state().items()}   # counters added later start at 0
     if (state['rank'], state['world_size']) != (s.rank, s.world):
-        new.update(pos=min(state['pos'] * state['world_size'] // s.world, len(s.order(state['epoch']))), row=0, buffer=[])
-        warnings.warn(f"loader state from rank {state['rank']} of {state['world_size']} loaded on rank {s.rank} of {s.world}: "
-                      f"continuing at the same point of epoch {state['epoch']}, but not with the exact batches of an uninterrupted run")
+        new.update(pos=min(state['pos'] * state['world_size'] // s.world, len(s.order(state['epoch']))), row=0,
+                   buffer=[])
+        warnings.warn(f"loader state from rank {state['rank']} of {state['world_size']} loaded on rank {s.rank} of "
+                      f"{s.world}: "
+                      f"continuing at the same point of epoch {state['epoch']}, but not with the exact batches of an "
+                      "uninterrupted run")
     else:
         saved = {'crop': 'shortest', **state}         # states saved before `crop` existed always cropped the shortest
         changed = [k for k in _EXACT if saved.get(k) != getattr(s, {'batch_size': 'B', 'seq_len': 'T'}.get(k, k))]
-        if changed: warnings.warn(f"loader settings {changed} differ from the saved state: resuming near, not exactly at, the saved position")
+        if changed:
+            warnings.warn(f"loader settings {changed} differ from the saved state: resuming near, not exactly at, the "
+                          "saved position")
     self.close()
     new['buffer'] = [list(i) for i in new['buffer']]
     self._state = new
@@ -358,6 +419,8 @@ class ValLoader:
         try: yield from loader
         finally: loader.close()
 
-def val_loader(files, tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, device='cpu', **kw) -> ValLoader:
-    "The validation batches of `files` for this rank: finite, deterministic, the same every call (extra `kw` go to `TokenLoader`)."
+def val_loader(files, tokenizer, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, device='cpu',
+               **kw) -> ValLoader:
+    """The validation batches of `files` for this rank: finite, deterministic, the same every call (extra `kw` go to
+    `TokenLoader`)."""
     return ValLoader(files, tokenizer, batch_size, seq_len, rank, world_size, device, **kw)

@@ -11,7 +11,8 @@ import os, json, shutil, argparse
 from pathlib import Path
 import torch
 from .core import LmlitError, write_json
-from . import model as M, tokenizer as T
+from .model import ConfigError, GPT, GPTConfig, padded_vocab_size
+from .tokenizer import SPECIAL_TOKENS, Tokenizer
 from .checkpoint import load_model, save_checkpoint, run_path, latest_stage, model_shape, STAGES, complete_checkpoints
 
 # %% auto #0
@@ -32,7 +33,8 @@ def _require_hf():
 
 # %% ../nbs/13_export.ipynb #e3f02abf
 def rope_sign(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
-    "Negate the second half of each head's rows of a q or k projection (lmlit's RoPE direction <-> transformers'); its own inverse."
+    """Negate the second half of each head's rows of a q or k projection (lmlit's RoPE direction <-> transformers'); its
+    own inverse."""
     out = weight.detach().clone()
     heads = out.view(-1, head_dim, out.size(-1))
     heads[:, head_dim // 2:] *= -1
@@ -59,7 +61,7 @@ def name_pairs(n_layer: int) -> list[tuple[str, str, str]]:
     return out
 
 # %% ../nbs/13_export.ipynb #5880b8f7
-def to_hf_state(state: dict, config: M.GPTConfig) -> dict:
+def to_hf_state(state: dict, config: GPTConfig) -> dict:
     "lmlit's `state_dict` → transformers' names (q and k rows sign-converted)."
     out = {}
     for ours, theirs, how in name_pairs(config.n_layer):
@@ -67,9 +69,10 @@ def to_hf_state(state: dict, config: M.GPTConfig) -> dict:
         out[theirs] = rope_sign(t, config.head_dim) if how == 'rope_sign' else t.detach().clone()
     return out
 
-def from_hf_state(state: dict, config: M.GPTConfig) -> dict:
-    "transformers' tensors → lmlit's `state_dict` for `config`: the vocabulary rows cut or zero-padded to lmlit's padded size."
-    rows = M.padded_vocab_size(config.vocab_size)
+def from_hf_state(state: dict, config: GPTConfig) -> dict:
+    """transformers' tensors → lmlit's `state_dict` for `config`: the vocabulary rows cut or zero-padded to lmlit's
+    padded size."""
+    rows = padded_vocab_size(config.vocab_size)
     out = {}
     for ours, theirs, how in name_pairs(config.n_layer):
         t = state[theirs]
@@ -85,9 +88,9 @@ def from_hf_state(state: dict, config: M.GPTConfig) -> dict:
 # %% ../nbs/13_export.ipynb #3caddaa8
 RMS_EPS = torch.finfo(torch.float32).eps   # what lmlit's norm uses (F.rms_norm's default for float32)
 
-def hf_config_dict(config: M.GPTConfig, tok: T.Tokenizer) -> dict:
+def hf_config_dict(config: GPTConfig, tok: Tokenizer) -> dict:
     "The fields of transformers' `NanoChatConfig` for lmlit `config` and tokenizer `tok`."
-    return dict(vocab_size=M.padded_vocab_size(config.vocab_size), hidden_size=config.n_embd,
+    return dict(vocab_size=padded_vocab_size(config.vocab_size), hidden_size=config.n_embd,
                 intermediate_size=4 * config.n_embd, num_hidden_layers=config.n_layer,
                 num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
                 max_position_embeddings=config.sequence_len, hidden_act='relu2', rms_norm_eps=RMS_EPS,
@@ -99,34 +102,42 @@ def hf_config_dict(config: M.GPTConfig, tok: T.Tokenizer) -> dict:
 class HFImportError(LmlitError):
     "A folder or repository lmlit cannot import, with the reason."
 
-def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') -> M.GPTConfig | None:
-    "lmlit's `GPTConfig` for a transformers nanochat `config.json` dict (`tok_vocab` None: only check it); a one-line refusal when it does not fit."
+def gpt_config_from_hf(cfg: dict, tok_vocab: int | None, where='config.json') -> GPTConfig | None:
+    """lmlit's `GPTConfig` for a transformers nanochat `config.json` dict (`tok_vocab` None: only check it); a one-line
+    refusal when it does not fit."""
     def bad(msg): raise HFImportError(f"{where}: {msg}")
     if cfg.get('model_type') != 'nanochat':
-        bad(f"model_type is {cfg.get('model_type')!r}, not 'nanochat'; lmlit imports only transformers' nanochat models")
-    if cfg.get('tie_word_embeddings'): bad("tie_word_embeddings is true; lmlit's GPT has an untied head (lm_head separate from the embedding)")
+        bad(f"model_type is {cfg.get('model_type')!r}, not 'nanochat'; lmlit imports only transformers' nanochat "
+            "models")
+    if cfg.get('tie_word_embeddings'):
+        bad("tie_word_embeddings is true; lmlit's GPT has an untied head (lm_head separate from the embedding)")
     if cfg.get('attention_bias'): bad("attention_bias is true; lmlit's projections have no biases")
-    if cfg.get('hidden_act', 'relu2') != 'relu2': bad(f"hidden_act is {cfg.get('hidden_act')!r}; lmlit's MLP is ReLU² ('relu2')")
+    if cfg.get('hidden_act', 'relu2') != 'relu2':
+        bad(f"hidden_act is {cfg.get('hidden_act')!r}; lmlit's MLP is ReLU² ('relu2')")
     d = cfg.get('hidden_size', 768)
-    if cfg.get('intermediate_size', 8192) != 4 * d: bad(f"intermediate_size {cfg.get('intermediate_size')} is not 4 x hidden_size {d}")
+    if cfg.get('intermediate_size', 8192) != 4 * d:
+        bad(f"intermediate_size {cfg.get('intermediate_size')} is not 4 x hidden_size {d}")
     rope = cfg.get('rope_parameters') or {'rope_type': 'default', 'rope_theta': cfg.get('rope_theta', 10000.0)}
-    if rope.get('rope_type', 'default') != 'default': bad(f"rope_type {rope.get('rope_type')!r}; lmlit has plain RoPE only")
+    if rope.get('rope_type', 'default') != 'default':
+        bad(f"rope_type {rope.get('rope_type')!r}; lmlit has plain RoPE only")
     heads = cfg.get('num_attention_heads', 6)
-    if cfg.get('head_dim') not in (None, d // heads): bad(f"head_dim {cfg['head_dim']} is not hidden_size/num_attention_heads = {d // heads}")
+    if cfg.get('head_dim') not in (None, d // heads):
+        bad(f"head_dim {cfg['head_dim']} is not hidden_size/num_attention_heads = {d // heads}")
     rows = cfg.get('vocab_size', 50304)
-    if tok_vocab is not None and tok_vocab > rows: bad(f"the tokenizer has {tok_vocab} tokens but the embedding only {rows} rows")
+    if tok_vocab is not None and tok_vocab > rows:
+        bad(f"the tokenizer has {tok_vocab} tokens but the embedding only {rows} rows")
     softcap = cfg.get('final_logit_softcapping')
     if softcap is None: bad("final_logit_softcapping is null; lmlit's GPT always softcaps its logits")
     if tok_vocab is None: return None
     try:
-        return M.GPTConfig(sequence_len=cfg.get('max_position_embeddings', 2048), vocab_size=tok_vocab,
-                           n_layer=cfg.get('num_hidden_layers', 12), n_head=heads,
-                           n_kv_head=cfg.get('num_key_value_heads') or heads, n_embd=d,
-                           rope_base=float(rope.get('rope_theta', 10000.0)), softcap=float(softcap))
-    except M.ConfigError as e: bad(str(e))
+        return GPTConfig(sequence_len=cfg.get('max_position_embeddings', 2048), vocab_size=tok_vocab,
+                         n_layer=cfg.get('num_hidden_layers', 12), n_head=heads,
+                         n_kv_head=cfg.get('num_key_value_heads') or heads, n_embd=d,
+                         rope_base=float(rope.get('rope_theta', 10000.0)), softcap=float(softcap))
+    except ConfigError as e: bad(str(e))
 
 # %% ../nbs/13_export.ipynb #402c6b75
-def hf_model(model: M.GPT, tok: T.Tokenizer):
+def hf_model(model: GPT, tok: Tokenizer):
     "A transformers `NanoChatForCausalLM` holding lmlit `model`'s weights (float32, eval mode)."
     _require_hf()
     from transformers import NanoChatConfig, NanoChatForCausalLM
@@ -135,7 +146,7 @@ def hf_model(model: M.GPT, tok: T.Tokenizer):
     return theirs.float().eval()
 
 # %% ../nbs/13_export.ipynb #8bbaa4ba
-def hf_tokenizer(tok: T.Tokenizer):
+def hf_tokenizer(tok: Tokenizer):
     "A transformers fast tokenizer with `tok`'s ranks, pattern and specials (by transformers' own tiktoken converter)."
     _require_hf()
     from transformers import PreTrainedTokenizerFast
@@ -143,7 +154,8 @@ def hf_tokenizer(tok: T.Tokenizer):
     class RanksInMemory(TikTokenConverter):
         @staticmethod
         def load_tiktoken_bpe(ranks): return ranks
-    backend = RanksInMemory(vocab_file=tok.ranks, pattern=tok.pattern, extra_special_tokens=tok.special_tokens).converted()
+    backend = RanksInMemory(vocab_file=tok.ranks, pattern=tok.pattern,
+                            extra_special_tokens=tok.special_tokens).converted()
     wrong = {s: backend.token_to_id(s) for s, i in tok.special_tokens.items() if backend.token_to_id(s) != i}
     if wrong: raise LmlitError(f"the converted tokenizer numbers specials differently: {wrong}")
     hf = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token='<|bos|>', eos_token='<|assistant_end|>',
@@ -154,37 +166,33 @@ def hf_tokenizer(tok: T.Tokenizer):
 # %% ../nbs/13_export.ipynb #7250d768
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='', i=0) -%}"
-    "{{- '<|bos|>' -}}"
-    "{%- for m in messages -%}"
+    "{{- '<|bos|>' -}}{%- for m in messages -%}"
     "{%- if loop.first and m['role'] == 'system' -%}"
     "{%- if messages|length < 2 or messages[1]['role'] != 'user' or messages[1]['content'] is not string -%}"
     "{{- raise_exception('a system message must be followed by a user message with text content') -}}{%- endif -%}"
     "{%- set ns.system = m['content'] + '\n\n' -%}"
     "{%- elif add_generation_prompt and loop.last and m['role'] == 'assistant' and not loop.first -%}"
-    "{%- else -%}"
-    "{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
+    "{%- else -%}{%- if m['role'] != ('user' if ns.i % 2 == 0 else 'assistant') -%}"
     "{{- raise_exception('turns alternate user/assistant, a system message only first') -}}{%- endif -%}"
-    "{%- set ns.i = ns.i + 1 -%}"
-    "{%- if m['role'] == 'user' -%}"
+    "{%- set ns.i = ns.i + 1 -%}{%- if m['role'] == 'user' -%}"
     "{{- '<|user_start|>' + ns.system + m['content'] + '<|user_end|>' -}}{%- set ns.system = '' -%}"
-    "{%- else -%}"
-    "{{- '<|assistant_start|>' -}}"
+    "{%- else -%}{{- '<|assistant_start|>' -}}"
     "{%- if m['content'] is string -%}{% generation %}{{- m['content'] -}}{% endgeneration %}"
     "{%- else -%}{%- for p in m['content'] -%}"
     "{%- if p['type'] == 'text' -%}{% generation %}{{- p['text'] -}}{% endgeneration %}"
-    "{%- elif p['type'] == 'python' -%}{% generation %}{{- '<|python_start|>' + p['text'] + '<|python_end|>' -}}{% endgeneration %}"
+    "{%- elif p['type'] == 'python' -%}{% generation %}{{- '<|python_start|>' + p['text'] + '<|python_end|>' -}}{% "
+    "endgeneration %}"
     "{%- elif p['type'] == 'python_output' -%}{{- '<|output_start|>' + p['text'] + '<|output_end|>' -}}"
     "{%- else -%}{{- raise_exception('unknown assistant part type ' + p['type']) -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
-    "{%- endif -%}{%- endif -%}"
-    "{%- endfor -%}"
+    "{%- endfor -%}{%- endif -%}{% generation %}{{- '<|assistant_end|>' -}}{% endgeneration %}"
+    "{%- endif -%}{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant_start|>' -}}{%- endif -%}")
 
 # %% ../nbs/13_export.ipynb #c784ae29
 def byte_decoder() -> dict[str, int]:
     "GPT-2's byte-level alphabet reversed: printable character → byte."
-    keep = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'), ord('ÿ') + 1))
+    keep = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(range(ord('®'),
+                                                                                                  ord('ÿ') + 1))
     chars = dict((b, b) for b in keep)
     extra = 0
     for b in range(256):
@@ -193,6 +201,7 @@ def byte_decoder() -> dict[str, int]:
             extra += 1
     return {chr(c): b for b, c in chars.items()}
 
+# %% ../nbs/13_export.ipynb #fbe422a4
 def _split_pattern(pre: dict | None) -> str | None:
     "The regex of a Sequence[Split(Regex), ByteLevel(use_regex=False)] pre-tokenizer, else None."
     if not pre or pre.get('type') != 'Sequence': return None
@@ -201,38 +210,47 @@ def _split_pattern(pre: dict | None) -> str | None:
     if steps[1].get('use_regex') or steps[1].get('add_prefix_space'): return None
     return (steps[0].get('pattern') or {}).get('Regex')
 
-def tokenizer_from_hf(path) -> T.Tokenizer:
-    "lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal otherwise."
+# %% ../nbs/13_export.ipynb #adfd86ae
+def tokenizer_from_hf(path) -> Tokenizer:
+    """lmlit's `Tokenizer` from a transformers `tokenizer.json` made from tiktoken-style ranks; a one-line refusal
+    otherwise."""
     path = Path(path)
     try: spec = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: raise HFImportError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFImportError(f"{path}: not readable JSON ({e})") from None
     bpe = spec.get('model') or {}
     pattern = _split_pattern(spec.get('pre_tokenizer'))
     if bpe.get('type') != 'BPE' or not bpe.get('ignore_merges') or pattern is None or spec.get('normalizer'):
-        raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with ignore_merges, "
-                           "a Split regex then ByteLevel, no normalizer)")
+        raise HFImportError(f"{path}: not a byte-level BPE converted from tiktoken ranks (needs BPE with "
+                            "ignore_merges, a Split regex then ByteLevel, no normalizer)")
     to_byte = byte_decoder()
     try: ranks = {bytes(to_byte[c] for c in s): i for s, i in bpe['vocab'].items()}
     except KeyError: raise HFImportError(f"{path}: a vocabulary entry is not byte-level text") from None
     n = len(ranks)
     if sorted(ranks.values()) != list(range(n)): raise HFImportError(f"{path}: token ids are not 0..{n - 1}")
-    merged = [bpe['vocab'].get(''.join(m) if isinstance(m, list) else m.replace(' ', '', 1)) for m in bpe.get('merges', [])]
-    if None in merged or merged != sorted(merged): raise HFImportError(f"{path}: merges are not in rank order; tiktoken would tokenize differently")
+    merged = [bpe['vocab'].get(''.join(m) if isinstance(m, list) else m.replace(' ', '', 1)) for m in bpe.get('merges',
+                                                                                                              [])]
+    if None in merged or merged != sorted(merged):
+        raise HFImportError(f"{path}: merges are not in rank order; tiktoken would tokenize differently")
     added = sorted(spec.get('added_tokens') or [], key=lambda a: a['id'])
     if [a['id'] for a in added] != list(range(n, n + len(added))):
-        raise HFImportError(f"{path}: added tokens must follow the {n} ranks as ids {n}..; got {[a['id'] for a in added][:12]}")
+        raise HFImportError(f"{path}: added tokens must follow the {n} ranks as ids {n}..; got "
+                            f"{[a['id'] for a in added][:12]}")
     specials = [a['content'] for a in added]
-    missing = [s for s in T.SPECIAL_TOKENS if s not in specials]
-    if missing: raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
-    return T.Tokenizer(ranks, pattern, specials)
+    missing = [s for s in SPECIAL_TOKENS if s not in specials]
+    if missing:
+        raise HFImportError(f"{path}: lacks lmlit's special tokens {', '.join(missing)} (a chat model needs all nine)")
+    return Tokenizer(ranks, pattern, specials)
 
 # %% ../nbs/13_export.ipynb #67904267
 def _read(path) -> dict | None:
     try: return json.loads(Path(path).read_text())
     except (OSError, ValueError): return None
 
+# %% ../nbs/13_export.ipynb #24edf653
 def run_facts(run) -> dict:
-    "What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not measured)."
+    """What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not
+    measured)."""
     from lmlit.report import read_records
     facts = {}
     for stage, info in read_records(run_path(run)).items():
@@ -241,13 +259,16 @@ def run_facts(run) -> dict:
         chat = _read(info['dir']/'eval'/'chat.json') or {}
         if not rec and not core and not chat: continue
         facts[stage] = dict(tokens=rec.get('tokens'), steps=rec.get('steps_done'), val_bpb=rec.get('val_bpb'),
-                            params=(rec.get('params') or {}).get('total'), core=core.get('core'), chatcore=chat.get('chatcore'))
+                            params=(rec.get('params') or {}).get('total'), core=core.get('core'),
+                            chatcore=chat.get('chatcore'))
     return facts
 
+# %% ../nbs/13_export.ipynb #5defaeec
 def _num(x, fmt='{:,}'):
     return '—' if x is None else fmt.format(x)
 
-def model_card(name: str, stage: str, config: M.GPTConfig, params: int, facts: dict) -> str:
+# %% ../nbs/13_export.ipynb #b2cc3884
+def model_card(name: str, stage: str, config: GPTConfig, params: int, facts: dict) -> str:
     "The model card (README.md) text for run `name`'s `stage`."
     rows = '\n'.join(f"| {s} | {_num(f['steps'])} | {_num(f['tokens'])} | {_num(f['val_bpb'], '{:.4f}')} | "
                      f"{_num(f['core'], '{:.4f}')} | {_num(f['chatcore'], '{:.4f}')} |" for s, f in facts.items())
@@ -262,7 +283,7 @@ A small chat language model trained from scratch with [lmlit](https://github.com
 transformers' native `nanochat` model type (no custom code).
 
 - parameters: {params:,} ({config.n_layer} layers, width {config.n_embd}, {config.n_head} query / {config.n_kv_head} key-value heads)
-- context: {config.sequence_len} tokens; vocabulary {config.vocab_size:,} (embedding padded to {M.padded_vocab_size(config.vocab_size):,})
+- context: {config.sequence_len} tokens; vocabulary {config.vocab_size:,} (embedding padded to {padded_vocab_size(config.vocab_size):,})
 - exported stage: `{stage}`
 
 ## How it was trained
@@ -316,7 +337,7 @@ def export_hf(run, stage: str | None = None, step: int | None = None, out=None, 
     hf_cfg = NanoChatConfig(**hf_config_dict(config, tok), architectures=['NanoChatForCausalLM'], dtype=dtype)
     hf_cfg.save_pretrained(tmp)
     end = tok.encode_special('<|assistant_end|>')
-    padding = list(range(config.vocab_size, M.padded_vocab_size(config.vocab_size)))
+    padding = list(range(config.vocab_size, padded_vocab_size(config.vocab_size)))
     GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=[end, tok.bos_id], pad_token_id=tok.bos_id,
                      suppress_tokens=padding or None).save_pretrained(tmp)
     hf_tokenizer(tok).save_pretrained(tmp)
@@ -334,11 +355,14 @@ def check_files(names: set, where) -> None:
     if 'config.json' not in names: raise HFImportError(f"{where}: no config.json; not a transformers model folder")
     if WEIGHTS not in names:
         if any(n.endswith('.safetensors.index.json') or (n.endswith('.safetensors') and '-of-' in n) for n in names):
-            raise HFImportError(f"{where}: the weights are sharded; lmlit imports one {WEIGHTS} (merge the shards first)")
+            raise HFImportError(f"{where}: the weights are sharded; lmlit imports one {WEIGHTS} (merge the shards "
+                                "first)")
         if any(n.endswith(('.bin', '.pt', '.pth', '.ckpt')) for n in names):
-            raise HFImportError(f"{where}: only pickled weights (.bin/.pt), which lmlit never unpickles; save them as {WEIGHTS}")
+            raise HFImportError(f"{where}: only pickled weights (.bin/.pt), which lmlit never unpickles; save them as "
+                                f"{WEIGHTS}")
         raise HFImportError(f"{where}: no {WEIGHTS}")
-    if 'tokenizer.json' not in names: raise HFImportError(f"{where}: no tokenizer.json; lmlit needs the model's tokenizer")
+    if 'tokenizer.json' not in names:
+        raise HFImportError(f"{where}: no tokenizer.json; lmlit needs the model's tokenizer")
 
 # %% ../nbs/13_export.ipynb #bdae8890
 def open_source(src, revision: str | None = None):
@@ -349,7 +373,8 @@ def open_source(src, revision: str | None = None):
     if Path(src).exists() or str(src).count('/') != 1:
         raise HFImportError(f"{src}: neither a model folder nor a hub repository id (owner/name)")
     try: from huggingface_hub import HfApi, hf_hub_download   # optional (the lmlit[hf] extra)
-    except ImportError: raise LmlitError("importing from the Hub needs huggingface_hub: pip install 'lmlit[hf]'") from None
+    except ImportError:
+        raise LmlitError("importing from the Hub needs huggingface_hub: pip install 'lmlit[hf]'") from None
     endpoint = os.environ.get('HF_ENDPOINT')
     label = f"hub repository {src} at {endpoint or 'huggingface.co'}"
     def hub(call, *args, **kw):
@@ -361,18 +386,23 @@ def open_source(src, revision: str | None = None):
     def get(name): return Path(hub(hf_hub_download, str(src), name, revision=revision, endpoint=endpoint))
     return names, get, label
 
+# %% ../nbs/13_export.ipynb #590b1888
 def _json(path, where) -> dict:
     try: obj = json.loads(Path(path).read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise HFImportError(f"{where}: not readable JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HFImportError(f"{where}: not readable JSON ({e})") from None
     if not isinstance(obj, dict): raise HFImportError(f"{where}: not a JSON object")
     return obj
 
+# %% ../nbs/13_export.ipynb #fd3b5231
 def stage_folder(root: Path, stage: str) -> Path:
     "Where `stage` lives inside run folder `root` (which may not exist yet)."
     return root if stage == 'base' else root/stage
 
+# %% ../nbs/13_export.ipynb #30563572
 def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -> Path:
-    "Read a transformers nanochat folder (or hub repo id `src`) into run folder `run` as checkpoint 0 of `stage`; returns the run folder."
+    """Read a transformers nanochat folder (or hub repo id `src`) into run folder `run` as checkpoint 0 of `stage`;
+    returns the run folder."""
     from lmlit.core import runs_dir
     if stage not in STAGES: raise LmlitError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     root = Path(run) if os.sep in str(run) else runs_dir()/str(run)
@@ -386,8 +416,8 @@ def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -
     tok = tokenizer_from_hf(get('tokenizer.json'))
     config = gpt_config_from_hf(cfg, tok.vocab_size, f"{label}: config.json")
     if abs(float(cfg.get('rms_norm_eps', 1e-6)) - RMS_EPS) > 1e-9:
-        print(f"note: the model was trained with rms_norm_eps {cfg.get('rms_norm_eps', 1e-6)}; lmlit's norm uses {RMS_EPS:.3g} "
-              "(logits move by about that relative amount)")
+        print(f"note: the model was trained with rms_norm_eps {cfg.get('rms_norm_eps', 1e-6)}; lmlit's norm uses "
+              f"{RMS_EPS:.3g} " "(logits move by about that relative amount)")
     state = read_weights(get(WEIGHTS), config, cfg.get('vocab_size', 50304))
     tok.save(root/'tokenizer')
     meta = dict(model_shape=model_shape(config), tokenizer_hash=tok.hash(), stage=stage, world_size=1,
@@ -396,7 +426,7 @@ def import_hf(src, run: str, stage: str = 'base', revision: str | None = None) -
     write_json(where/'config.json', dict(run=root.name, stage=stage, imported_from=str(src)))
     return root
 
-def read_weights(path, config: M.GPTConfig, rows: int) -> dict:
+def read_weights(path, config: GPTConfig, rows: int) -> dict:
     "lmlit's state dict from a transformers `model.safetensors`; every name and shape checked from the header first."
     from safetensors import safe_open   # optional (the lmlit[hf] extra)
     d, kv = config.n_embd, config.n_kv_head * config.head_dim
@@ -415,7 +445,8 @@ def read_weights(path, config: M.GPTConfig, rows: int) -> dict:
             if wrong: raise HFImportError(f"{path}: wrong shapes: {'; '.join(wrong[:3])}")
             theirs = {k: f.get_tensor(k).float() for k in want}
     except HFImportError: raise
-    except Exception as e: raise HFImportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise HFImportError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return from_hf_state(theirs, config)
 
 # %% ../nbs/13_export.ipynb #0de20afa
@@ -431,11 +462,13 @@ def push_folder(folder, repo: str, private: bool = False) -> str:
     except Exception as e:   # network, auth and server errors, whatever the library raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LmlitError(f"push of {folder} to {repo} at {endpoint or 'huggingface.co'} failed: {first}; "
-                         "check HF_TOKEN / `hf auth login` and the repository name (the export itself is kept)") from None
+                         "check HF_TOKEN / `hf auth login` and the repository name (the export itself is "
+                         "kept)") from None
     return str(getattr(info, 'commit_url', info))
 
 def cli_export(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='lmlit export', description="Write a run's checkpoint as a Hugging Face transformers folder.")
+    ap = argparse.ArgumentParser(prog='lmlit export',
+                                 description="Write a run's checkpoint as a Hugging Face transformers folder.")
     ap.add_argument('--run', required=True, help='run name (under $LMLIT_RUNS) or folder')
     ap.add_argument('--stage', choices=STAGES, default=None, help='stage to export (default: the latest)')
     ap.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
@@ -450,7 +483,8 @@ def cli_export(argv: list[str] | None = None) -> int:
     return 0
 
 def cli_import(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog='lmlit import', description='Read a transformers nanochat folder or hub repository into a run folder.')
+    ap = argparse.ArgumentParser(prog='lmlit import', description='Read a transformers nanochat folder or hub '
+                                 'repository into a run folder.')
     ap.add_argument('src', help='a model folder, or a hub repository id (owner/name; HF_ENDPOINT is honoured)')
     ap.add_argument('--run', required=True, help='name of the new run folder')
     ap.add_argument('--stage', choices=STAGES, default='base', help='the stage the checkpoint becomes (default: base)')

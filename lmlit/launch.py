@@ -27,31 +27,39 @@ def package_dir() -> Path:
     here = globals().get('__file__') or lmlit.__file__ or next(iter(lmlit.__path__), None)
     return Path(here).resolve().parent if here else Path.cwd()
 
+# %% ../nbs/04e_launch.ipynb #1915430b
 def stage_notebook(name: str) -> Path:
     "The stage notebook `name` (e.g. '05_train') shipped inside the package."
     path = package_dir()/'stages'/f'{name}.ipynb'
     if not path.exists():
-        raise LmlitError(f"stage notebook {name}.ipynb is missing from {path.parent}: reinstall lmlit, or pass --notebook PATH")
+        raise LmlitError(f"stage notebook {name}.ipynb is missing from {path.parent}: reinstall lmlit, or pass "
+                         "--notebook PATH")
     return path
 
 # %% ../nbs/04e_launch.ipynb #c669d36d
 def parameters_cell(notebook: str | Path) -> str:
     "The source of the one cell tagged `parameters` in `notebook`."
-    cells = [c for c in json.loads(Path(notebook).read_text())['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    cells = [c for c in json.loads(Path(notebook).read_text())['cells'] if 'parameters' in c.get('metadata',
+                                                                                                 {}).get('tags', [])]
     if len(cells) != 1:
-        raise LmlitError(f"{notebook} needs exactly one cell tagged 'parameters' (papermill's config cell); it has {len(cells)}")
+        raise LmlitError(f"{notebook} needs exactly one cell tagged 'parameters' (papermill's config cell); it has "
+                         f"{len(cells)}")
     return ''.join(cells[0]['source'])
 
+# %% ../nbs/04e_launch.ipynb #bd2fd914
 def parameters_of(notebook: str | Path) -> dict:
     "A stage's defaults: {name: value} of the `name = literal` lines of `notebook`'s parameters cell, in order."
     out = {}
     for node in ast.parse(parameters_cell(notebook)).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise LmlitError(f"{notebook}, parameters cell line {node.lineno}: only `name = literal` lines belong there")
+            raise LmlitError(f"{notebook}, parameters cell line {node.lineno}: only `name = literal` lines belong "
+                             "there")
         try: out[node.targets[0].id] = ast.literal_eval(node.value)
         except ValueError:
-            raise LmlitError(f"{notebook}, parameters cell line {node.lineno}: {node.targets[0].id} = {ast.unparse(node.value)} "
-                             "is not a literal; write the value itself (papermill can only override literals)") from None
+            raise LmlitError(f"{notebook}, parameters cell line {node.lineno}: {node.targets[0].id} = "
+                             f"{ast.unparse(node.value)} "
+                             "is not a literal; write the value itself (papermill can only override "
+                             "literals)") from None
     return out
 
 # %% ../nbs/04e_launch.ipynb #b2c0de01
@@ -74,7 +82,8 @@ def parent_death_signal() -> int:
     except (OSError, AttributeError): return 0
     return value.value
 
-KERNEL_DIES_WITH_RANK = "__import__('ctypes').CDLL(None).prctl(1, 9, 0, 0, 0)"   # run in each kernel at start: SIGKILL with its rank
+# run in each kernel at start: SIGKILL with its rank
+KERNEL_DIES_WITH_RANK = "__import__('ctypes').CDLL(None).prctl(1, 9, 0, 0, 0)"
 
 # %% ../nbs/04e_launch.ipynb #a203304e
 def _children(pid: int) -> list[int]:
@@ -87,24 +96,32 @@ def _children(pid: int) -> list[int]:
                 except (OSError, IndexError, ValueError): pass
     except OSError:
         try:
-            for line in subprocess.run(['ps', '-A', '-o', 'pid=,ppid='], capture_output=True, text=True).stdout.splitlines():
-                a, b = line.split(); par[int(a)] = int(b)
+            for line in subprocess.run(['ps', '-A', '-o', 'pid=,ppid='], capture_output=True,
+                                       text=True).stdout.splitlines():
+                a, b = line.split()
+                par[int(a)] = int(b)
         except (OSError, ValueError): return []
     out, todo = [], [pid]
     while todo:
-        p = todo.pop(); kids = [c for c, pp in par.items() if pp == p]; out += kids; todo += kids
+        p = todo.pop()
+        kids = [c for c, pp in par.items() if pp == p]
+        out += kids
+        todo += kids
     return out
 
+# %% ../nbs/04e_launch.ipynb #d40e06d0
 def _kill_tree(pid: int, sig=signal.SIGKILL):
     "Send `sig` to every descendant of `pid` and to their process groups (kernels run in their own sessions)."
     for c in _children(pid):
-        for f in ((lambda: os.killpg(os.getpgid(c), sig)) if os.getpgid(c) == c else (lambda: None), lambda: os.kill(c, sig)):
+        for f in ((lambda: os.killpg(os.getpgid(c), sig)) if os.getpgid(c) == c else (lambda: None),
+                  lambda: os.kill(c, sig)):
             try: f()
             except (ProcessLookupError, PermissionError, OSError): pass
 
 # %% ../nbs/04e_launch.ipynb #2db7525a
 def segment_notebook(out_dir, stage: str, rank: int, start_step: int = 0) -> Path:
-    "Where rank `rank` keeps its executed notebook for a run segment starting at `start_step` (table above): never an existing file."
+    """Where rank `rank` keeps its executed notebook for a run segment starting at `start_step` (table above): never an
+    existing file."""
     base = f"{stage}.rank{rank}" + (f".step{start_step}" if start_step else '')
     path, attempt = Path(out_dir)/f'{base}.ipynb', 2
     while path.exists():
@@ -124,17 +141,25 @@ def run_rank(notebook: str, out_dir: str, params_json: str, grace_s: float = 30.
         def keep(record):
             record.msg = str(record.msg).rstrip('\n')
             return bool(record.msg.strip()) and not record.msg.startswith(
-                ('Executing Cell', 'Ending Cell', 'Executing notebook', 'Input Notebook', 'Output Notebook', 'Working directory'))
+                ('Executing Cell', 'Ending Cell', 'Executing notebook', 'Input Notebook', 'Output Notebook',
+                 'Working directory'))
         handler.addFilter(keep)
-        log = logging.getLogger('papermill'); log.addHandler(handler); log.setLevel(logging.INFO); log.propagate = False
+        log = logging.getLogger('papermill')
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     out = segment_notebook(out_dir, stage, rank, start_step)
     os.environ['LMLIT_HEADLESS'] = '1'
     me = os.getpid()
     def on_term(signum, frame):
         _kill_tree(me, signal.SIGTERM)  # the kernel's handler saves a checkpoint at the next step boundary
-        def later(): time.sleep(grace_s); _kill_tree(me, signal.SIGKILL); os._exit(128 + signum)
+        def later():
+            time.sleep(grace_s)
+            _kill_tree(me, signal.SIGKILL)
+            os._exit(128 + signum)
         threading.Thread(target=later, daemon=True).start()
-    signal.signal(signal.SIGTERM, on_term); signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=json.loads(params_json), kernel_name='python3',
                             log_output=(rank == 0), progress_bar=False, cwd=os.getcwd(),
@@ -171,7 +196,8 @@ class RunLock:
     def _holder(self) -> dict | None:
         try: holder = json.loads(self.path.read_text())
         except FileNotFoundError: return {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None   # being written this instant, or damaged
+        # being written this instant, or damaged
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None
         return holder if isinstance(holder, dict) else None
     def acquire(self) -> 'RunLock':
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,13 +215,16 @@ class RunLock:
                     holder = dict(pid=None, host=me['host'])
                 if self.job is not None and holder.get('job') == self.job: return self   # another node of this job
                 if holder.get('host') == me['host'] and not _alive(holder.get('pid'), holder.get('start')):
-                    print(f"lmlit: note: {self.path.parent} was locked by pid {holder.get('pid')} on {holder.get('host')}, which is no "
+                    print(f"lmlit: note: {self.path.parent} was locked by pid {holder.get('pid')} on "
+                          f"{holder.get('host')}, which is no "
                           "longer running; taking the lock over", file=sys.stderr, flush=True)
                     self.path.unlink(missing_ok=True)
                     continue
                 elsewhere = holder.get('host') != me['host']
-                raise LmlitError(f"{self.path.parent} is in use by pid {holder.get('pid')} on host {holder.get('host')} (since "
-                                 f"{holder.get('since')}): one job at a time per run folder; wait for it, stop it, or use another run name"
+                raise LmlitError(f"{self.path.parent} is in use by pid {holder.get('pid')} on host "
+                                 f"{holder.get('host')} (since "
+                                 f"{holder.get('since')}): one job at a time per run folder; wait for it, stop it, or "
+                                 "use another run name"
                                  + (f" (if that job is gone, delete {self.path})" if elsewhere else ''))
             with os.fdopen(fd, 'w') as f:
                 json.dump(me, f)
@@ -211,35 +240,43 @@ class RunLock:
     def __exit__(self, *exc): self.release()
 
 # %% ../nbs/04e_launch.ipynb #455d084a
-TORCHRUN_FLAGS = ('nnodes', 'node_rank', 'master_addr', 'master_port', 'rdzv_backend', 'rdzv_endpoint', 'rdzv_id', 'rdzv_conf', 'max_restarts')
+TORCHRUN_FLAGS = ('nnodes', 'node_rank', 'master_addr', 'master_port', 'rdzv_backend', 'rdzv_endpoint', 'rdzv_id',
+                  'rdzv_conf', 'max_restarts')
 
 def launch_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    "The flags every stage command shares: --nproc, torchrun's multi-node flags, --run, --notebook, -p NAME VALUE, --grace."
+    """The flags every stage command shares: --nproc, torchrun's multi-node flags, --run, --notebook, -p NAME VALUE,
+    --grace."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument('--nproc', '--nproc-per-node', type=int, default=1, help='processes (GPUs) on this node')
-    for f in TORCHRUN_FLAGS: ap.add_argument('--' + f.replace('_', '-'), '--' + f, dest=f, default=None, help='passed to torchrun')
+    for f in TORCHRUN_FLAGS:
+        ap.add_argument('--' + f.replace('_', '-'), '--' + f, dest=f, default=None, help='passed to torchrun')
     ap.add_argument('--run', help='shortcut for -p run NAME')
     ap.add_argument('--notebook', help="the stage notebook (default: the one shipped in the package)")
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
-    ap.add_argument('--grace', type=float, default=30.0, help='seconds a stopped rank gets to checkpoint before it is killed')
+    ap.add_argument('--grace', type=float, default=30.0,
+                    help='seconds a stopped rank gets to checkpoint before it is killed')
     return ap
 
+# %% ../nbs/04e_launch.ipynb #e9c7cfa1
 def nodes(args) -> int:
     "Number of nodes asked for by --nnodes (torchrun's 'MIN:MAX' form counts its MAX)."
     return int(str(args.nnodes or 1).split(':')[-1])
 
+# %% ../nbs/04e_launch.ipynb #c0ecc115
 def job_key(flags: dict) -> str | None:
     "What names one multi-node job for its launchers' shared lock: its rendezvous address (None on one node)."
     if int(str(flags.get('nnodes') or 1).split(':')[-1]) <= 1: return None
     if flags.get('rdzv_endpoint'): return f"{flags['rdzv_endpoint']}/{flags.get('rdzv_id') or 'none'}"
     return f"{flags.get('master_addr') or '127.0.0.1'}:{flags.get('master_port') or 29500}"
 
+# %% ../nbs/04e_launch.ipynb #bddd298d
 def start_step(stage_folder, notebook, params: dict) -> int:
     "The step a launch starts from: the newest checkpoint's when it resumes, else 0 (names the segment's notebooks)."
     resume = params['resume'] if 'resume' in params else parameters_of(notebook).get('resume', False)
     checkpoints = complete_checkpoints(stage_folder) if resume else []
     return checkpoints[-1][0] if checkpoints else 0
 
+# %% ../nbs/04e_launch.ipynb #64663608
 def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | None = None, grace: float = 30.0) -> int:
     """Run stage `notebook` with `params` on `nproc` processes per node (torchrun when more than one), holding the stage
     folder (`out_dir`'s parent) for the job; 0 when every rank succeeded."""
@@ -249,13 +286,15 @@ def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | Non
     flags = {k: v for k, v in (torchrun or {}).items() if v is not None}
     with RunLock(out_dir.parent, job_key(flags)):
         first = start_step(out_dir.parent, notebook, params)
-        worker = ['-m', 'lmlit.launch', '--rank-worker', str(notebook), str(out_dir), json.dumps(params), str(grace), str(first)]
+        worker = ['-m', 'lmlit.launch', '--rank-worker', str(notebook), str(out_dir), json.dumps(params), str(grace),
+                  str(first)]
         if nproc == 1 and int(str(flags.get('nnodes', 1)).split(':')[-1]) == 1:
             cmd = [sys.executable, *worker]
         else:
             cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}', '--monitor-interval=0.5']
             flags.setdefault('max_restarts', '0')
-            if str(flags.get('nnodes', 1)) == '1' and not any(k.startswith(('rdzv', 'master')) for k in flags): cmd.append('--standalone')
+            if str(flags.get('nnodes', 1)) == '1' and not any(k.startswith(('rdzv', 'master')) for k in flags):
+                cmd.append('--standalone')
             cmd += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()] + worker
         print(f"lmlit {stage}: {' '.join(cmd[:8])}{' …' if len(cmd) > 8 else ''} → {out_dir}", flush=True)
         me = os.getpid()
@@ -264,26 +303,33 @@ def launch(notebook, params: dict, out_dir, nproc: int = 1, torchrun: dict | Non
             try: os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError: pass
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        old = {s: signal.signal(s, forward) for s in handled} if threading.current_thread() is threading.main_thread() else {}
+        old = {s: signal.signal(s, forward)
+               for s in handled} if threading.current_thread() is threading.main_thread() else {}
         try: rc = proc.wait()
         finally:
             for s, h in old.items(): signal.signal(s, h)
             _kill_tree(proc.pid, signal.SIGKILL)
             try: os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError): pass
-    if rc: print(f"lmlit {stage}: failed (exit {rc}); the failing rank's notebook in {out_dir} shows the error", file=sys.stderr)
+    if rc:
+        print(f"lmlit {stage}: failed (exit {rc}); the failing rank's notebook in {out_dir} shows the error",
+              file=sys.stderr)
     return 1 if rc else 0
 
 def run_here(stage: str, job, argv=None) -> int:
-    "`python -m lmlit.STAGE [-p name value]...`: run the stage's `job(**params)` in this process; an LmlitError is one line, status 2."
-    ap = argparse.ArgumentParser(prog=f'python -m lmlit.{stage}', description=f'Run the lmlit {stage} job in this process.')
+    """`python -m lmlit.STAGE [-p name value]...`: run the stage's `job(**params)` in this process; an LmlitError is one
+    line, status 2."""
+    ap = argparse.ArgumentParser(prog=f'python -m lmlit.{stage}',
+                                 description=f'Run the lmlit {stage} job in this ' 'process.')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     try: job(**params_from_pairs(ap.parse_args(argv).param))
     except LmlitError as e:
-        print(f"lmlit {stage}: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit {stage}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 # %% ../nbs/04e_launch.ipynb #5fd36733
-if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:   # a rank process, not this notebook's kernel
+# a rank process, not this notebook's kernel
+if __name__ == '__main__' and '__file__' in globals() and sys.argv[1:2] == ['--rank-worker']:
     sys.exit(run_rank(*sys.argv[2:5], grace_s=float(sys.argv[5]) if len(sys.argv) > 5 else 30.0,
                       start_step=int(sys.argv[6]) if len(sys.argv) > 6 else 0))

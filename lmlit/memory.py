@@ -334,7 +334,8 @@ class PeakMemory:
     def __init__(self, device):
         self.device = torch.device(device)
         if self.device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(self.device); self.base = 0
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = 0
         else:
             try:
                 with open('/proc/self/clear_refs', 'w') as f: f.write('5')

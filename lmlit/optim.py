@@ -46,7 +46,8 @@ def fast_bf16_matmul(device) -> bool:
     return device.type == 'cpu' and amx is not None and bool(amx())
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None, eps: float = 1e-7) -> torch.Tensor:
-    "Approximately orthogonalise each matrix of `G` (..., m, n); bf16 where that is fast, else fp32, unless `dtype` is given."
+    """Approximately orthogonalise each matrix of `G` (..., m, n); bf16 where that is fast, else fp32, unless `dtype` is
+    given."""
     a, b, c = NS_COEFFS
     if dtype is None: dtype = torch.bfloat16 if fast_bf16_matmul(G.device) else torch.float32
     shape = G.shape
@@ -84,7 +85,8 @@ def _adamw_step(p, g, st, lr, betas, eps, wd):
                  beta1=betas[0], beta2=betas[1], weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
 
 def _muon_update(ps, g, buf, lr, momentum, wd, dtype=None):
-    "Muon step on the k matrices `ps` (same shape m x n) with stacked gradients `g` and momentum buffers `buf` (k, m, n)."
+    """Muon step on the k matrices `ps` (same shape m x n) with stacked gradients `g` and momentum buffers `buf` (k, m,
+    n)."""
     buf.lerp_(g, 1 - momentum)
     u = g.lerp_(buf, momentum)                        # Nesterov: (1-β) g + β m
     o = newton_schulz(u, dtype=dtype)                 # dtype None: bf16 where fast (fast_bf16_matmul)
@@ -102,13 +104,14 @@ class MuonAdamW(torch.optim.Optimizer):
     ranks in `step()` and, with `shard=True`, keeps and updates only this rank's share (ZeRO-2).
     With `overlap=True` (several ranks), `sync_in_backward()` before the last backward of a step
     starts each bucket's reduction from a gradient hook as soon as the bucket is complete."""
-    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None, ns_dtype: torch.dtype | None = None,
-                 overlap: bool = True, buckets_per_shape: int = 4):
+    def __init__(self, param_groups, shard: bool = True, max_grad_norm: float | None = None,
+                 ns_dtype: torch.dtype | None = None, overlap: bool = True, buckets_per_shape: int = 4):
         defaults = dict(lr=0.02, weight_decay=0.0, betas=(0.8, 0.95), eps=1e-10, momentum=0.95, kind='adamw')
         super().__init__(param_groups, defaults)
         self.rank, self.world = rank_world(joined=True)
         dev = next(p.device for g in self.param_groups for p in g['params'])
-        # Newton–Schulz precision, decided once: given, else bf16 where bf16 matmuls are fast on the parameters' device
+        # Newton–Schulz precision, decided once: given, else bf16 where bf16 matmuls are fast on the parameters'
+        # device
         self.ns_dtype = ns_dtype or (torch.bfloat16 if fast_bf16_matmul(dev) else torch.float32)
         self.shard, self.max_grad_norm, self.last_grad_norm = shard and self.world > 1, max_grad_norm, None
         self.overlap, self.buckets_per_shape = overlap and self.world > 1, buckets_per_shape
@@ -116,9 +119,11 @@ class MuonAdamW(torch.optim.Optimizer):
         self._armed, self._started, self._ready, self._order = False, {}, [], None
         if self.overlap:
             import weakref
-            me = weakref.ref(self)                        # the parameters' hooks must not keep a dropped optimizer alive
+            # the parameters' hooks must not keep a dropped optimizer alive
+            me = weakref.ref(self)
             for i, (kind, group, ps, info) in enumerate(self.units):
-                for p in ps: p.register_post_accumulate_grad_hook(lambda p, i=i: me() is not None and me()._grad_ready(i))
+                for p in ps:
+                    p.register_post_accumulate_grad_hook(lambda p, i=i: me() is not None and me()._grad_ready(i))
 
     def _buckets(self, ps):
         "Split same-shaped matrices (model order) into consecutive buckets, each a multiple of the world size."
@@ -136,7 +141,8 @@ class MuonAdamW(torch.optim.Optimizer):
             if group['kind'] == 'muon':
                 by_shape = {}
                 for p in group['params']:
-                    if p.ndim != 2: raise ValueError(f"Muon takes 2-D matrices; got a parameter of shape {tuple(p.shape)}")
+                    if p.ndim != 2:
+                        raise ValueError(f"Muon takes 2-D matrices; got a parameter of shape {tuple(p.shape)}")
                     by_shape.setdefault(tuple(p.shape), []).append(p)
                 for ps in (b for shape_ps in by_shape.values() for b in self._buckets(shape_ps)):
                     shape = tuple(ps[0].shape)
@@ -162,10 +168,12 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == 'muon':
                 for j, i in enumerate(info['own']):
                     st = self.state[ps[i]]
-                    info['buf'][j].copy_(st['momentum_buffer']); st['momentum_buffer'] = info['buf'][j]
+                    info['buf'][j].copy_(st['momentum_buffer'])
+                    st['momentum_buffer'] = info['buf'][j]
 
     def sync_in_backward(self):
-        "Call right before the step's last backward: each bucket's reduction then starts once its gradients are complete."
+        """Call right before the step's last backward: each bucket's reduction then starts once its gradients are
+        complete."""
         if self.overlap:
             self._armed, self._started, self._ready, self._seen = True, {}, [0] * len(self.units), []
 
@@ -177,11 +185,13 @@ class MuonAdamW(torch.optim.Optimizer):
         self._seen.append(i)
         if self._order is None: return            # first armed step: only record the order buckets complete in
         while len(self._started) < len(self._order) and self._order[len(self._started)] in self._seen:
-            j = self._order[len(self._started)]; self._started[j] = self._start_reduction(j)
+            j = self._order[len(self._started)]
+            self._started[j] = self._start_reduction(j)
 
     @torch.no_grad()
     def _start_reduction(self, i):
-        "Start unit i's gradient reduction (async); return (handle or None, tensor that will hold this rank's averaged share)."
+        """Start unit i's gradient reduction (async); return (handle or None, tensor that will hold this rank's averaged
+        share)."""
         R, W = self.rank, self.world
         kind, group, ps, info = self.units[i]
         if kind == 'muon':
@@ -194,7 +204,8 @@ class MuonAdamW(torch.optim.Optimizer):
             else:
                 out, h = g, (dist.all_reduce(g, op=dist.ReduceOp.AVG, async_op=True) if W > 1 else None)
         else:
-            p = ps[0]; g = self._grad(p)
+            p = ps[0]
+            g = self._grad(p)
             if info['sharded']:
                 out = g.new_empty(info['rows'], *g.shape[1:])
                 h = _reduce_scatter(out, g.contiguous(), op=dist.ReduceOp.AVG, async_op=True)
@@ -211,7 +222,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if self._armed and self._order is None:
             seen = self._seen + [i for i in range(len(self.units)) if i not in self._seen]
             t = torch.tensor(seen, device=self.units[0][2][0].device)
-            dist.broadcast(t, 0); self._order = t.tolist()
+            dist.broadcast(t, 0)
+            self._order = t.tolist()
         for j in (self._order if self._armed else range(len(self.units))):
             if j not in self._started: self._started[j] = self._start_reduction(j)
         work = [self._started.pop(i) for i in range(len(self.units))]
@@ -227,7 +239,9 @@ class MuonAdamW(torch.optim.Optimizer):
             if kind == 'muon':
                 own, chunk = info['own'], info['chunk']
                 n = len(own)
-                if n: _muon_update([ps[i].data for i in own], g[:n], info['buf'][:n], lr, group['momentum'], wd, self.ns_dtype)
+                if n:
+                    _muon_update([ps[i].data for i in own], g[:n], info['buf'][:n], lr, group['momentum'], wd,
+                                 self.ns_dtype)
                 if self.shard:
                     send = g.new_zeros(chunk, *g.shape[1:])
                     for j, i in enumerate(own): send[j] = ps[i].data
@@ -277,7 +291,8 @@ def setup_optimizer(model, unembedding_lr: float = 0.004, embedding_lr: float = 
     adam = dict(kind='adamw', betas=tuple(adam_betas), eps=1e-10, weight_decay=weight_decay)
     groups = [dict(params=head, lr=unembedding_lr * scale, name='lm_head', **adam),
               dict(params=emb, lr=embedding_lr * scale, name='embedding', **adam),
-              dict(params=matrices, lr=matrix_lr, name='matrices', kind='muon', momentum=muon_momentum, weight_decay=weight_decay)]
+              dict(params=matrices, lr=matrix_lr, name='matrices', kind='muon', momentum=muon_momentum,
+                   weight_decay=weight_decay)]
     if rest: groups.append(dict(params=rest, lr=embedding_lr * scale, name='scalars', **adam))
     for g in groups: g['initial_lr'] = g['lr']
     return MuonAdamW(groups, shard=shard, max_grad_norm=max_grad_norm, ns_dtype=ns_dtype, overlap=overlap)
@@ -289,7 +304,8 @@ def lr_multiplier(step: int, total_steps: int, warmup_ratio: float = 0.0, warmdo
     warmup, warmdown = round(warmup_ratio * total_steps), round(warmdown_ratio * total_steps)
     if step < warmup: return (step + 1) / warmup
     if step <= total_steps - warmdown: return 1.0
-    frac = min(max((total_steps - step) / warmdown, 0.0), 1.0)   # a step past the horizon stays at the floor, never below
+    # a step past the horizon stays at the floor, never below
+    frac = min(max((total_steps - step) / warmdown, 0.0), 1.0)
     return frac + (1 - frac) * final_lr_frac
 
 def muon_momentum(step: int, start: float = 0.85, end: float = 0.95, ramp_steps: int = 300) -> float:
@@ -327,15 +343,19 @@ def optimizer_state_for_checkpoint(opt: MuonAdamW) -> dict:
             buf = info['buf']
             full = buf
             if opt.shard:
-                full = buf.new_empty(info['chunk'] * W, *buf.shape[1:]); _all_gather(full, buf.contiguous())
+                full = buf.new_empty(info['chunk'] * W, *buf.shape[1:])
+                _all_gather(full, buf.contiguous())
             for i, p in enumerate(ps): state[index[id(p)]] = dict(momentum_buffer=full[i].clone())
         else:
-            p = ps[0]; st = opt.state[p]
+            p = ps[0]
+            st = opt.state[p]
             out = dict(step=int(st['step']))
             for k in ('exp_avg', 'exp_avg_sq'):
                 t = st[k]
                 if info['sharded']:
-                    full = torch.empty_like(p.data); _all_gather(full, t.contiguous()); t = full
+                    full = torch.empty_like(p.data)
+                    _all_gather(full, t.contiguous())
+                    t = full
                 out[k] = t.clone()
             state[index[id(p)]] = out
     groups = [{k: v for k, v in g.items() if k != 'params'} for g in opt.param_groups]
@@ -347,8 +367,8 @@ def load_optimizer_state(opt: MuonAdamW, full: dict):
     if full.get('format') != 'lmlit-optim-v1':
         raise ValueError("not an lmlit optimizer checkpoint (expected the dict from optimizer_state_for_checkpoint)")
     if len(full['param_groups']) != len(opt.param_groups):
-        raise ValueError(f"checkpoint has {len(full['param_groups'])} parameter groups, this optimizer {len(opt.param_groups)}: "
-                         "was it saved for a different model?")
+        raise ValueError(f"checkpoint has {len(full['param_groups'])} parameter groups, this optimizer "
+                         f"{len(opt.param_groups)}: " "was it saved for a different model?")
     for g, sg in zip(opt.param_groups, full['param_groups']):
         for k, v in sg.items(): g[k] = v
     index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g['params'])}
@@ -358,9 +378,12 @@ def load_optimizer_state(opt: MuonAdamW, full: dict):
             for j, i in enumerate(info['own']):
                 info['buf'][j].copy_(full['state'][index[id(ps[i])]]['momentum_buffer'])
         else:
-            p = ps[0]; st = opt.state[p]; saved = full['state'][index[id(p)]]
+            p = ps[0]
+            st = opt.state[p]
+            saved = full['state'][index[id(p)]]
             if saved['exp_avg'].shape != p.shape:
-                raise ValueError(f"optimizer state of shape {tuple(saved['exp_avg'].shape)} for a parameter of shape {tuple(p.shape)}")
+                raise ValueError(f"optimizer state of shape {tuple(saved['exp_avg'].shape)} for a parameter of shape "
+                                 f"{tuple(p.shape)}")
             st['step'] = saved['step']
             for k in ('exp_avg', 'exp_avg_sq'):
                 t = saved[k]

@@ -44,17 +44,19 @@ def _open_to_others(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
 
 def _python() -> tuple[str, str]:
-    "An interpreter the sandbox's uid can run (this one's base if reachable, else a system python3) and its install folder."
+    """An interpreter the sandbox's uid can run (this one's base if reachable, else a system python3) and its install
+    folder."""
     mine = Path(getattr(sys, '_base_executable', '') or sys.executable).resolve()
     if os.geteuid() != 0 or _open_to_others(mine): return str(mine), str(Path(sys.base_prefix).resolve())
     for candidate in ('/usr/bin/python3', '/usr/local/bin/python3'):
-        if _open_to_others(Path(candidate)): return str(Path(candidate).resolve()), str(Path(candidate).resolve().parents[1])
+        if _open_to_others(Path(candidate)):
+            return str(Path(candidate).resolve()), str(Path(candidate).resolve().parents[1])
     raise LmlitError(f"no Python interpreter an unprivileged uid can run ({mine} sits in a private folder); "
                      "install a system python3 (apt-get install python3)")
 
 def _sandbox_uid() -> int | None:
-    """Root runs bwrap as a fresh, unused uid: RLIMIT_NPROC never binds uid 0, and a root-owned file the sandbox could see
-    would be its own. Other users run it as themselves (the user namespace maps the sandbox to them)."""
+    """Root runs bwrap as a fresh, unused uid: RLIMIT_NPROC never binds uid 0, and a root-owned file the sandbox
+    could see would be its own. Other users run it as themselves (the user namespace maps the sandbox to them)."""
     return 2_000_000 + secrets.randbelow(1_000_000) if os.geteuid() == 0 else None
 
 # %% ../nbs/11a_sandbox.ipynb #b170326e
@@ -78,13 +80,14 @@ def _system_dirs(prefix: str) -> list[str]:
 JOB_DIR = '/sandbox'
 
 def bwrap_command(disk_mb: int = 64, unshare_net: bool = True, unshare_pid: bool = True) -> list[str]:
-    "`bwrap` and its options, up to the interpreter: fresh user, mount, pid, net, ipc, uts namespaces; read-only system; one tmpfs."
+    """`bwrap` and its options, up to the interpreter: fresh user, mount, pid, net, ipc, uts namespaces; read-only
+    system; one tmpfs."""
     exe, prefix = _python()
     namespaces = ['--unshare-user', '--unshare-ipc', '--unshare-uts', '--unshare-cgroup-try', '--disable-userns']
     if unshare_pid: namespaces.append('--unshare-pid')
     if unshare_net: namespaces.append('--unshare-net')
-    return (['bwrap', *namespaces, '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session', '--clearenv',
-             *_system_dirs(prefix), '--proc', '/proc', *_devices(),
+    return (['bwrap', *namespaces, '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session',
+             '--clearenv', *_system_dirs(prefix), '--proc', '/proc', *_devices(),
              '--size', str(disk_mb << 20), '--perms', '0700', '--tmpfs', JOB_DIR, '--dir', f'{JOB_DIR}/tmp',
              '--symlink', f'{JOB_DIR}/tmp', '/tmp', '--symlink', f'{JOB_DIR}/tmp', '/var/tmp',
              '--symlink', f'{JOB_DIR}/tmp', '/dev/shm', '--remount-ro', '/', '--chdir', JOB_DIR,
@@ -101,7 +104,8 @@ def _bwrap_works(args: list[str]) -> tuple[bool, str]:
     try: proc = subprocess.run(args, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, cwd='/',
                                **(dict(user=uid, group=uid, extra_groups=[]) if uid else {}))
     except (OSError, subprocess.TimeoutExpired) as e: return False, str(e)
-    return proc.returncode == 0, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f'exit {proc.returncode}'
+    why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f'exit {proc.returncode}'
+    return proc.returncode == 0, why
 
 @functools.lru_cache(maxsize=None)
 def sandbox_layers() -> dict[str, str]:
@@ -114,7 +118,8 @@ def sandbox_layers() -> dict[str, str]:
         layers = {name: 'yes' if works else why for name in LAYERS}
         for name, flag in LAYERS.items():       # when the whole fails, which part does
             if works: break
-            alone = ['--unshare-user'] + ([] if flag == '--unshare-user' else [flag] + (['/tmp'] if flag == '--tmpfs' else []))
+            alone = ['--unshare-user'] + ([] if flag == '--unshare-user' else [flag] + (['/tmp'] if flag == '--tmpfs'
+                                                                                        else []))
             layers[name] = 'yes' if _bwrap_works(['bwrap', *alone, '--ro-bind', '/', '/', 'true'])[0] else why
     layers['cgroup v2 (memory.max, pids.max)'] = 'not used: RLIMITs, a fresh uid and a memory watchdog stand in'
     layers['rlimits (per-process memory, CPU, file size, processes)'] = 'yes'
@@ -131,7 +136,8 @@ def require_sandbox(unsafe: bool = False) -> dict[str, str]:
     "Fail closed: raise unless every required layer is there (or `unsafe`); return what is missing."
     missing = missing_layers()
     if missing and not unsafe:
-        raise LmlitError("refusing to run model-written code: the sandbox lacks " + '; '.join(f"{k} ({v})" for k, v in missing.items())
+        raise LmlitError("refusing to run model-written code: the sandbox lacks " + '; '.join(f"{k} ({v})" for k,
+                                                                                              v in missing.items())
                          + ". Install bubblewrap and allow unprivileged user namespaces, or pass --unsafe-sandbox "
                          "(RLIMITs only: the code could then read and delete your files)")
     return missing
@@ -159,7 +165,8 @@ def _rss_mb(pids: list[int]) -> float:
     total_kb = 0
     for pid in pids:
         try:
-            with open(f'/proc/{pid}/status') as f: total_kb += sum(int(l.split()[1]) for l in f if l.startswith('VmRSS:'))
+            with open(f'/proc/{pid}/status') as f:
+                total_kb += sum(int(l.split()[1]) for l in f if l.startswith('VmRSS:'))
         except (OSError, ValueError): pass
     return total_kb / 1024
 
@@ -191,19 +198,22 @@ class SandboxResult:
 def _status(rc, finished: bool, timed_out: bool, over_memory: bool, stderr: str) -> str:
     "`finished`: the harness wrote this run's token after the program returned."
     if over_memory or 'MemoryError' in stderr[-2000:]: return 'memory'
-    if timed_out or rc in (-signal.SIGKILL, -signal.SIGXCPU, 128 + signal.SIGKILL, 128 + signal.SIGXCPU): return 'timeout'
+    if timed_out or rc in (-signal.SIGKILL, -signal.SIGXCPU, 128 + signal.SIGKILL, 128 + signal.SIGXCPU):
+        return 'timeout'
     if 'File too large' in stderr[-2000:]: return 'output_limit'      # Python ignores SIGXFSZ: the write fails
     if rc == 0 and finished: return 'ok'
     if rc == 0: return 'early_exit'
     return 'error'
 
 # %% ../nbs/11a_sandbox.ipynb #29594114
-def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20, max_procs: int = 16,
+def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output: int = 1 << 20,
+                  max_procs: int = 16,
                   disk_mb: int = 64, unsafe: bool = False, _bwrap: list[str] | None = None) -> SandboxResult:
-    """Run Python `code` in the sandbox; return how it ended, its (capped) output and its time. Refuses (LmlitError) when a
-    required layer is missing, unless `unsafe` (then: RLIMITs and a scrubbed environment only)."""
+    """Run Python `code` in the sandbox; return how it ended, its (capped) output and its time. Refuses (LmlitError)
+    when a required layer is missing, unless `unsafe` (then: RLIMITs and a scrubbed environment only)."""
     if timeout_s <= 0 or memory_mb < 64 or disk_mb < 1:
-        raise LmlitError(f"sandbox limits too small: timeout_s={timeout_s} (> 0), memory_mb={memory_mb} (≥ 64), disk_mb={disk_mb} (≥ 1)")
+        raise LmlitError(f"sandbox limits too small: timeout_s={timeout_s} (> 0), memory_mb={memory_mb} (≥ 64), "
+                         f"disk_mb={disk_mb} (≥ 1)")
     missing = require_sandbox(unsafe)
     token = secrets.token_hex(16)
     limits = dict(RLIMIT_AS=memory_mb << 20, RLIMIT_CPU=int(timeout_s) + 1, RLIMIT_FSIZE=max_output, RLIMIT_NOFILE=64,
@@ -222,8 +232,8 @@ def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max
     uid = _sandbox_uid() if not missing else None
     t0, timed_out, over_memory = time.monotonic(), False, False
     try:
-        proc = subprocess.Popen(command, env={'PATH': '/usr/bin:/bin', 'LANG': 'C.UTF-8'}, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, pass_fds=(job.fileno(), result_write),
+        proc = subprocess.Popen(command, env={'PATH': '/usr/bin:/bin', 'LANG': 'C.UTF-8'}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True, pass_fds=(job.fileno(), result_write),
                                 cwd='/', **(dict(user=uid, group=uid, extra_groups=[]) if uid else {}))
         os.close(result_write)
         result_write = None
@@ -249,4 +259,5 @@ def run_sandboxed(code: str, timeout_s: float = 10.0, memory_mb: int = 1024, max
         for fd in (result_read, result_write):
             if fd is not None: os.close(fd)
         if folder: shutil.rmtree(folder, ignore_errors=True)
-    return SandboxResult(_status(rc, finished, timed_out, over_memory, stderr), rc, stdout, stderr, seconds, not missing, missing)
+    return SandboxResult(_status(rc, finished, timed_out, over_memory, stderr), rc, stdout, stderr, seconds,
+                         not missing, missing)

@@ -13,10 +13,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, dist_setup, print0, interactive, seed_all, write_json, write_provenance, keep_freed_memory
-from . import model as M, optim as O, tokenizer as T, chat_data as C
+from .model import GPTConfig, build_model
+from .optim import load_optimizer_state, setup_optimizer
+from .tokenizer import Tokenizer
+from .chat_data import ChatLoader, get_mixture, get_task, global_token_count, micro_batch_loss, mixture_table
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
-from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
-                        read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
+from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
+                        MetricsWriter, read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype,
+                        run_job, _Progress, _live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
@@ -32,51 +36,60 @@ DEFAULTS = parameters_of(stage_notebook('09_sft'))   # the parameters cell below
 def resolve_config(**overrides) -> dict:
     "The parameters cell's defaults updated with `overrides`, checked; raises `LmlitError` on bad input."
     cfg = resolve_params(DEFAULTS, overrides)
-    if cfg['stage'] not in ('sft', 'mid'): raise LmlitError(f"stage must be 'sft' or 'mid' (mid-training), got {cfg['stage']!r}")
+    if cfg['stage'] not in ('sft', 'mid'):
+        raise LmlitError(f"stage must be 'sft' or 'mid' (mid-training), got {cfg['stage']!r}")
     for k in ('device_batch', 'total_batch', 'eval_batches', 'log_every', 'keep_last'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
     if cfg['seq_len'] < 0: raise LmlitError(f"seq_len must be ≥ 0 (0: the model's context), got {cfg['seq_len']}")
-    if cfg['steps'] == 0 or cfg['steps'] < -1: raise LmlitError(f"steps must be ≥ 1 or -1 (one epoch), got {cfg['steps']}")
-    if not cfg['lr_frac'] > 0: raise LmlitError(f"lr_frac must be > 0 (a fraction of the base run's learning rates), got {cfg['lr_frac']}")
-    if not 0 <= cfg['warmup_ratio'] + cfg['warmdown_ratio'] <= 1: raise LmlitError("warmup_ratio + warmdown_ratio must lie in [0, 1]")
+    if cfg['steps'] == 0 or cfg['steps'] < -1:
+        raise LmlitError(f"steps must be ≥ 1 or -1 (one epoch), got {cfg['steps']}")
+    if not cfg['lr_frac'] > 0:
+        raise LmlitError(f"lr_frac must be > 0 (a fraction of the base run's learning rates), got {cfg['lr_frac']}")
+    if not 0 <= cfg['warmup_ratio'] + cfg['warmdown_ratio'] <= 1:
+        raise LmlitError("warmup_ratio + warmdown_ratio must lie in [0, 1]")
     if cfg['mixture'] == 'auto': cfg['mixture'] = 'mid-offline' if cfg['stage'] == 'mid' else 'sft-offline'
     return cfg
 
 # %% ../nbs/09_sft.ipynb #b1e092f5
 def init_checkpoint(cfg: dict) -> tuple[str, Path]:
     "(stage, folder) this stage starts from: the newest checkpoint of the stage before it, or of `init_from`."
-    before = {'mid': ['base'], 'sft': ['mid', 'base']}[cfg['stage']] if cfg['init_from'] == 'auto' else [cfg['init_from']]
+    before = {'mid': ['base'], 'sft': ['mid',
+                                       'base']}[cfg['stage']] if cfg['init_from'] == 'auto' else [cfg['init_from']]
     for stage in before:
         folder = stage_dir(cfg['run'], stage)
         if complete_checkpoints(folder): return stage, folder
-    raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start {cfg['stage']} from (looked in: {', '.join(before)}); "
-                     f"train the base model first: lmlit train --run {cfg['run']}")
+    raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start {cfg['stage']} from (looked in: "
+                     f"{', '.join(before)}); train the base model first: lmlit train --run {cfg['run']}")
 
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     "Micro-batch `k`'s loss, normalised by the supervised tokens of the step's micro-batches on every rank."
-    if k == 0: job.summary['counts'] = C.global_token_count([y for _, y in batches])
+    if k == 0: job.summary['counts'] = global_token_count([y for _, y in batches])
     n_global, n_local = job.summary['counts']
     x, y = batches[k]
-    return C.micro_batch_loss(job.model, x, y, n_local[k], n_global) * job.accum * job.world
+    return micro_batch_loss(job.model, x, y, n_local[k], n_global) * job.accum * job.world
 
 # %% ../nbs/09_sft.ipynb #24a6b1a9
 def warm_start(optimizer, state: dict) -> None:
     "Load a checkpoint's optimizer state (momentum, Adam moments) but keep this optimizer's learning rates and decay."
     hyper = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    O.load_optimizer_state(optimizer, state)
+    load_optimizer_state(optimizer, state)
     for g, h in zip(optimizer.param_groups, hyper): g.update(h)
 
+# %% ../nbs/09_sft.ipynb #d61adc9e
 def horizon(cfg: dict, mixture, tok) -> int:
     "Optimizer steps: `steps`, or with steps=-1 one epoch of the mixture's tokens."
     if cfg['steps'] > 0: return cfg['steps']
-    tokens = sum(row['tokens'] for row in C.mixture_table(mixture, tok) if row['task'] != 'total')
+    tokens = sum(row['tokens'] for row in mixture_table(mixture, tok) if row['task'] != 'total')
     return max(1, math.ceil(tokens / cfg['total_batch']))
 
+# %% ../nbs/09_sft.ipynb #d6e5f49d
 def check_seq_len(cfg: dict, context: int) -> int:
     "The row length SFT trains on: `seq_len`, or 0 for the model's context, never longer than it."
     seq_len = cfg['seq_len'] or context
-    if seq_len > context: raise LmlitError(f"seq_len {seq_len} is longer than the model's context {context}; use seq_len ≤ {context} (0: the context)")
+    if seq_len > context:
+        raise LmlitError(f"seq_len {seq_len} is longer than the model's context {context}; "
+                         f"use seq_len ≤ {context} (0: the context)")
     return seq_len
 
 # %% ../nbs/09_sft.ipynb #c1510586
@@ -88,61 +101,75 @@ def setup_sft(cfg: dict) -> Job | None:
     init_stage, init_dir = init_checkpoint(cfg)
     root = run_path(cfg['run'])
     out = root/cfg['stage']
-    tok = T.Tokenizer.load(root/'tokenizer')
+    tok = Tokenizer.load(root/'tokenizer')
     start = load_checkpoint(init_dir, rank=0, map_location='cpu')
-    mcfg = M.GPTConfig(**start['meta']['model_shape'])
+    mcfg = GPTConfig(**start['meta']['model_shape'])
     check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
     seq_len = check_seq_len(cfg, mcfg.sequence_len)
     accum = grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, info.world_size)
-    mixture = C.get_mixture(cfg['mixture'], 'train', cfg['seed'])
+    mixture = get_mixture(cfg['mixture'], 'train', cfg['seed'])
     total_steps = horizon(cfg, mixture, tok)
     out.mkdir(parents=True, exist_ok=True)
     meta = resume_point(out, cfg, total_steps, model_shape(mcfg), tok.hash())
     if meta is not None and meta['step'] == total_steps:
-        print0(f"run {cfg['run']!r} {cfg['stage']} is complete at step {total_steps}; pass steps > {total_steps} to continue it")
+        print0(f"run {cfg['run']!r} {cfg['stage']} is complete at step {total_steps}; pass steps > {total_steps} to "
+               "continue it")
         return None
     ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], seq_len)
-    loaders = {s: C.ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
-                               all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum, (info.rank + 1) * accum)}
+    loaders = {s: ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
+                             all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum,
+                                                                                (info.rank + 1) * accum)}
     if ck is not None:
         for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
     seed_all(cfg['seed'])
-    model = M.build_model(mcfg, device)
+    model = build_model(mcfg, device)
     model.load_state_dict(start['model'])
     base = start['meta'].get('config') or {}
-    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
-    optimizer = O.setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
+    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k,
+           v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
+    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'],
+                                max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
     peak, peak_basis = peak_flops(device)
-    job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer, batches=list(loaders.values()),
+    job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer,
+              batches=list(loaders.values()),
               accum=accum, total_steps=total_steps, rank=info.rank, world=info.world_size, device=device,
               dtype=resolve_dtype(cfg['dtype'], device), tokenizer=tok, loaders=loaders, peak=peak,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=model.num_params()['total'],
-                        stage=cfg['stage'], init=dict(stage=init_stage, path=str(start['path']), step=start['meta']['step'])),
+                        stage=cfg['stage'],
+                        init=dict(stage=init_stage, path=str(start['path']), step=start['meta']['step'])),
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag())
-    job.val_batches = {name: mix for name, mix in C.get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task().items()}
+    job.val_batches = {name: mix for name,
+                       mix in get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task().items()}
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
-    job.summary = dict(run=cfg['run'], stage=cfg['stage'], run_dir=str(out), world_size=info.world_size, total_steps=total_steps,
-                       losses=[], val_loss=[], stopped=None, init=job.meta['init'])
+    job.summary = dict(run=cfg['run'], stage=cfg['stage'], run_dir=str(out), world_size=info.world_size,
+                       total_steps=total_steps, losses=[], val_loss=[], stopped=None, init=job.meta['init'])
     write_sft_files(job, peak_basis, seq_len)
     return job
 
 def write_sft_files(job: Job, peak_basis: str, seq_len: int) -> None:
-    "config.json (with the checkpoint it started from), provenance.json, the metrics' meta record (rank 0), and the opening lines."
+    """config.json (with the checkpoint it started from), provenance.json, the metrics' meta record (rank 0), and the
+    opening lines."""
     cfg = job.cfg
     if job.is_main:
-        write_json(job.run_dir/'config.json', {**cfg, 'resolved': dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
-                                                                       seq_len=seq_len, init=job.meta['init'], model=job.meta['model_shape'])})
-        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], stage=cfg['stage'], init=job.meta['init'], mixture=cfg['mixture'])
+        write_json(job.run_dir/'config.json', {**cfg, 'resolved': dict(world_size=job.world, grad_accum=job.accum,
+                                                                       total_steps=job.total_steps, seq_len=seq_len,
+                                                                       init=job.meta['init'],
+                                                                       model=job.meta['model_shape'])})
+        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], stage=cfg['stage'],
+                         init=job.meta['init'], mixture=cfg['mixture'])
         if not cfg['resume']:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
-    job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'], init=job.meta['init'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
-    print0(f"lmlit {cfg['stage']}: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · mixture {cfg['mixture']} · "
-           f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum {job.accum}) · rows of {seq_len}")
+    job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
+                      init=job.meta['init'], flops_per_token=job.flops_per_token, world_size=job.world,
+                      grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
+    print0(f"lmlit {cfg['stage']}: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} "
+           f"· mixture {cfg['mixture']} · "
+           f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum "
+           f"{job.accum}) · rows of {seq_len}")
     live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
     job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
 
@@ -153,8 +180,9 @@ def task_losses(job: Job, batches: int) -> dict:
     seq_len = job.batches[0].stream.T
     out = {}
     for name, mixture in job.val_batches.items():
-        loader = C.ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank, streams=job.world,
-                              device=job.device, epochs=1, all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []
+        loader = ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank,
+                            streams=job.world, device=job.device, epochs=1,
+                            all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []
         sums = torch.zeros(2, dtype=torch.float64, device=job.device)
         for _, (x, y) in zip(range(batches), loader):
             with job.autocast(): losses = job.model(x, y, loss_reduction='none').float()
@@ -164,6 +192,7 @@ def task_losses(job: Job, batches: int) -> dict:
         out[name] = (sums[0] / sums[1]).item() if sums[1] > 0 else None
     return out
 
+# %% ../nbs/09_sft.ipynb #1f5b74ec
 def evaluate(job: Job, step: int) -> dict:
     "The per-task validation loss at `step`, recorded in metrics and the summary."
     job.model.eval()
@@ -173,25 +202,34 @@ def evaluate(job: Job, step: int) -> dict:
     mean = sum(seen) / len(seen) if seen else None
     job.metrics.write(kind='eval', step=step, time=time.time(), val_loss=mean, val_loss_tasks=losses)
     job.summary['val_loss'].append((step, mean, losses))
-    print0(f"step {step:5d} · val loss {mean:.4f} · " + ' · '.join(f"{k} {v:.3f}" for k, v in losses.items() if v is not None))
+    print0(f"step {step:5d} · val loss {mean:.4f} · " + ' · '.join(f"{k} {v:.3f}" for k,
+                                                                   v in losses.items() if v is not None))
     return losses
 
+# %% ../nbs/09_sft.ipynb #774a59d3
 SAMPLE_CHATS = ["Hello! Who are you?", "What is 12 + 30?", "How many letters r are in the word strawberry?",
-                "Question: Which gas do plants take in from the air?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\nAnswer with the letter of the correct choice."]
+                "Question: Which gas do plants take in from the air?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. "
+                "neon\nAnswer with the letter of the correct choice."]
 
 def chat_reply(model, tok, question: str, max_tokens: int, seed: int = 42) -> str:
-    "The model's reply to one user message through the inference engine (07_engine): sampled, calculator on, until <|assistant_end|>."
+    """The model's reply to one user message through the inference engine (07_engine): sampled, calculator on, until
+    <|assistant_end|>."""
     engine = Engine(model, tok)
     prompt = tok.render_for_completion([dict(role='user', content=question)])
-    request = Request(prompt, max_tokens=min(max_tokens, engine.context - len(prompt)), temperature=0.7, top_k=50, seed=seed)
-    with torch.no_grad(): tokens = [d.token for d in engine.generate([request]) if d.token is not None and d.finish != 'stop']
+    request = Request(prompt, max_tokens=min(max_tokens, engine.context - len(prompt)), temperature=0.7, top_k=50,
+                      seed=seed)
+    with torch.no_grad():
+        tokens = [d.token for d in engine.generate([request]) if d.token is not None and d.finish != 'stop']
     return tok.decode(tokens)
 
+# %% ../nbs/09_sft.ipynb #46a4f6ab
 def sample(job: Job, step: int, questions=SAMPLE_CHATS) -> list[str]:
     "Replies to a few fixed questions at `step`, appended to samples.md (rank 0)."
     if not job.is_main: return []
     job.raw_model.eval()
-    lines = [f"## step {step}\n"] + [f"- **{q}** → {chat_reply(job.raw_model, job.tokenizer, q, job.cfg['sample_tokens'], job.cfg['seed'])}" for q in questions]
+    cfg = job.cfg
+    replies = [chat_reply(job.raw_model, job.tokenizer, q, cfg['sample_tokens'], cfg['seed']) for q in questions]
+    lines = [f"## step {step}\n"] + [f"- **{q}** → {reply}" for q, reply in zip(questions, replies)]
     job.raw_model.train()
     with open(job.run_dir/'samples.md', 'a') as f: f.write('\n'.join(lines) + '\n\n')
     print0('\n'.join(lines))
@@ -203,18 +241,23 @@ def held_out_table(stage_folder) -> str:
     evals = [r for r in read_metrics(Path(stage_folder)/'metrics.jsonl', 'eval') if r.get('val_loss_tasks')]
     if len(evals) < 2: return 'fewer than two evaluations recorded: nothing to compare'
     first, last = evals[0], evals[-1]
-    rows = [f"| {name} | {b:.3f} | {last['val_loss_tasks'].get(name) or float('nan'):.3f} | {(last['val_loss_tasks'].get(name) or float('nan')) - b:+.3f} |"
+    rows = [f"| {name} | {b:.3f} | {last['val_loss_tasks'].get(name) or float('nan'):.3f} | "
+            f"{(last['val_loss_tasks'].get(name) or float('nan')) - b:+.3f} |"
             for name, b in first['val_loss_tasks'].items() if b is not None]
     head = f"| task | step {first['step']} | step {last['step']} | change |\n|---|---:|---:|---:|"
-    return head + '\n' + '\n'.join(rows) + f"\n| **mean** | {first['val_loss']:.3f} | {last['val_loss']:.3f} | {last['val_loss'] - first['val_loss']:+.3f} |"
+    mean = (f"| **mean** | {first['val_loss']:.3f} | {last['val_loss']:.3f} | "
+            f"{last['val_loss'] - first['val_loss']:+.3f} |")
+    return head + '\n' + '\n'.join(rows) + '\n' + mean
 
 # %% ../nbs/09_sft.ipynb #c2a9c987
 def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
-    "On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are right (± s.e.)."
-    from lmlit.chat_eval import lenient_answer   # the lenient number-after-#### reading (11_chat_eval), imported where it is used
+    """On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are
+    right (± s.e.)."""
+    # the lenient number-after-#### reading (11_chat_eval), imported where it is used
+    from lmlit.chat_eval import lenient_answer
     engine = Engine(model, tok)
     python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
-    problems = C.get_task('arithmetic')['test'][:n]
+    problems = get_task('arithmetic')['test'][:n]
     calls = right = 0
     for conv in problems:
         prompt = tok.render_for_completion(conv[:1])
@@ -234,7 +277,8 @@ def sft(**params) -> dict:
     try:
         job = setup_sft(cfg)
         if job is None: return dict(run=cfg['run'], stage=cfg['stage'], stopped='complete', losses=[], val_loss=[])
-        if job.start_step == 0 and job.cfg['eval_every']: evaluate(job, 0)   # the starting model's held-out loss: the 'before'
+        # the starting model's held-out loss: the 'before'
+        if job.start_step == 0 and job.cfg['eval_every']: evaluate(job, 0)
         return run_job(job, evaluate, sample, micro_loss=sft_loss)
     finally:
         close_job(job)
@@ -242,7 +286,8 @@ def sft(**params) -> dict:
 # %% ../nbs/09_sft.ipynb #bb16f4ac
 def cli_sft(argv=None) -> int:
     "`lmlit sft --run NAME [--nproc N] [torchrun multi-node flags] [-p name value]...`"
-    args = launch_parser('lmlit sft', 'Supervised fine-tuning (or -p stage mid: mid-training) of a run: papermill on the 09_sft notebook.').parse_args(argv)
+    args = launch_parser('lmlit sft', 'Supervised fine-tuning (or -p stage mid: mid-training) of a run: papermill on '
+                         'the 09_sft notebook.').parse_args(argv)
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
@@ -251,10 +296,13 @@ def cli_sft(argv=None) -> int:
     grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, args.nproc * nodes(args))
     notebook = Path(args.notebook) if args.notebook else stage_notebook('09_sft')
     out = run_path(cfg['run'])/cfg['stage']
-    if cfg['resume'] and not complete_checkpoints(out): raise LmlitError(f"resume=True but {out} has no complete checkpoint")
+    if cfg['resume'] and not complete_checkpoints(out):
+        raise LmlitError(f"resume=True but {out} has no complete checkpoint")
     params['run'] = str(run_path(cfg['run']).resolve())
-    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS}, args.grace)
+    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS},
+                  args.grace)
 
+# %% ../nbs/09_sft.ipynb #d39bedef
 def main(argv=None) -> int:
     "`python -m lmlit.sft [-p name value]...`: run `sft()` in this process."
     return run_here('sft', sft, argv)

