@@ -21,7 +21,6 @@ def all_reduce_sum(*xs: torch.Tensor) -> list[torch.Tensor]:
         for x in xs: dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return list(xs)
 
-_all_reduce_sum = all_reduce_sum   # the old private name, still imported by lmlit.eval
 
 # %% ../nbs/04a_bpb.ipynb #537aa38c
 @torch.no_grad()

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.distributed as dist
 from .core import rank_world, progress as progress_bar
-from .bpb import evaluate_bpb, unigram_bpb, _all_reduce_sum
+from .bpb import evaluate_bpb, unigram_bpb, all_reduce_sum
 
 # %% auto #0
 __all__ = ['CORE_TASKS', 'N_CORE', 'OLMO_EVAL', 'BIGBENCH', 'SAMPLE_PROMPTS', 'CoreTask', 'TaskData', 'fetch_archive',
@@ -433,7 +433,7 @@ def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: in
                 batch, n = [], 0
         if batch: score(batch)
     records = gather_records(records)
-    ncut = _all_reduce_sum(torch.tensor(float(cut), device=device))[0].item()
+    ncut = all_reduce_sum(torch.tensor(float(cut), device=device))[0].item()
     if stats is not None: stats['rows_cut'] = int(ncut)
     elif ncut: print0(f"note: {int(ncut)} prompt rows of {task.name} were longer than the model's {max_len} tokens "
                       "and were cut from the left")

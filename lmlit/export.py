@@ -251,7 +251,7 @@ def _read(path) -> dict | None:
 def run_facts(run) -> dict:
     """What a model card says about `run`: per stage its tokens, steps, val BPB, CORE and ChatCORE (None where not
     measured)."""
-    from lmlit.report import read_records
+    from lmlit.checkpoint import read_records
     facts = {}
     for stage, info in read_records(run_path(run)).items():
         rec = (info['records'].get(stage) or {}).get('figures') or {}

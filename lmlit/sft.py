@@ -20,7 +20,7 @@ from .chat_data import ChatLoader, get_mixture, get_task, global_token_count, mi
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
                         MetricsWriter, read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype,
-                        run_job, _Progress, _live_default)
+                        run_job, Progress, live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
@@ -170,8 +170,8 @@ def write_sft_files(job: Job, peak_basis: str, seq_len: int) -> None:
            f"· mixture {cfg['mixture']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum "
            f"{job.accum}) · rows of {seq_len}")
-    live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
-    job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
+    live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
+    job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
 
 # %% ../nbs/09_sft.ipynb #d1d78eed
 @torch.no_grad()
