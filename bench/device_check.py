@@ -14,7 +14,8 @@ Checks (each a row: name, pass/FAIL, the measured numbers):
   6. `torch.compile(model)` gives the eager loss.
 Then rows of `bench/gpu.py`'s measurement (tok/s, MFU, peak memory): d12 and d16 at seq 2048, device batch 16 and 32,
 and d16 batch 32 with `loss_chunk`, with a time budget; and `bench/loss_memory.py`'s peak memory for a d16-sized head.
-Last, on CUDA only (skipped in the dry run and without a GPU): the memory planner (`lmlit.memory`, 04c) against the
+Then `bench/engine.py`'s tables (decode tok/s, batching, 32 staggered clients static vs continuous; on CUDA in bf16
+with decode's memory-bandwidth share). Last, on CUDA only (skipped in the dry run and without a GPU): the memory planner (`lmlit.memory`, 04c) against the
 allocator's measured peak, d12 and d20 at seq 2048, vocab 65,536, device batch 16 and 32, eager and compiled, one rank.
 
     python bench/device_check.py --memory-only   # just that table (~3-6 minutes on an H100/H200)
@@ -237,6 +238,19 @@ def main(argv=None):
         except torch.cuda.OutOfMemoryError: buf.write("| plain path out of memory |\n")
         for l in buf.getvalue().splitlines(): out(l)
     else: out("head + loss memory table skipped: budget used")
+    out("")
+    if time.perf_counter() - t_start <= a.budget_s or dry:           # bench/engine.py's tables, in bf16 on the GPU
+        import engine as EB
+        from io import StringIO
+        from contextlib import redirect_stdout
+        buf = StringIO()
+        args = (['--depth', '2', '--width', '64', '--vocab', '256', '--new', '16', '--prompt', '8', '--reps', '1',
+                 '--clients', '4'] if dry else
+                ['--device', 'cuda', '--dtype', 'bf16', '--depth', '12', '--width', '768', '--vocab', '32768',
+                 '--new', '256', '--prompt', '64', '--reps', '2', '--clients', '32'])
+        with redirect_stdout(buf): EB.main(args)
+        for l in buf.getvalue().splitlines(): out(l)
+    else: out("engine tables skipped: budget used")
     out("")
     if time.perf_counter() - t_start <= a.budget_s: memory_table(dev, dtype, out, time.perf_counter() + a.memory_budget_s)
     else: out("memory planner table skipped: budget used")
