@@ -25,10 +25,10 @@ from .engine import Engine, Request, ReplyText, fit_conversation
 
 # %% auto #0
 __all__ = ['ROLES', 'SUPPORTED', 'UNSUPPORTED', 'LOCAL_NAMES', 'HTTP_CODES', 'PAGE_POLICY', 'Limits', 'ApiError', 'BadRequest',
-           'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'Job', 'Worker',
-           'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'whole_reply', 'stream_reply', 'static_dir',
-           'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer', 'bind',
-           'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
+           'message_content', 'merge_turns', 'check_fields', 'parse_messages', 'parse_chat_request', 'ReplyJob',
+           'Worker', 'host_name', 'Guard', 'read_json', 'deltas', 'ReplyRequest', 'whole_reply', 'stream_reply',
+           'static_dir', 'chat_page', 'SecurityHeaders', 'make_app', 'GuardedH11', 'server_config', 'AnnouncingServer',
+           'bind', 'serve_parser', 'served_hosts', 'exposure_warning', 'cli_serve']
 
 # %% ../nbs/07b_serve.ipynb #3af436b3
 @dataclass
@@ -213,7 +213,8 @@ def parse_chat_request(body, limits: Limits, model_name: str | None = None) -> d
 
 # %% ../nbs/07b_serve.ipynb #0e5d5473
 @dataclass
-class Job:
+class ReplyJob:
+    "One HTTP request's work for the engine thread, and the queue its pieces come back on (not 04d's training `Job`)."
     request: Request
     stop: list
     loop: asyncio.AbstractEventLoop
@@ -237,7 +238,7 @@ class Worker:
         self.thread = threading.Thread(target=self._run, daemon=True, name='lmlit-engine')
         self.thread.start()
 
-    def submit(self, job: Job):
+    def submit(self, job: ReplyJob):
         "Hand `job` to the engine thread; refuse it (400) if it can never fit, or (429) when too many rows wait."
         try: self.batcher.check(job.request)
         except LmlitError as error: raise BadRequest(str(error), param='n') from None
@@ -252,7 +253,7 @@ class Worker:
             job.queued = True
         self.inbox.put(job)
 
-    def forget(self, job: Job):
+    def forget(self, job: ReplyJob):
         "Take `job`'s rows out of the waiting count (it started, or its client left)."
         with self.lock:
             if job.queued: self.queued_rows -= job.request.n
@@ -375,7 +376,7 @@ async def read_json(http: HttpRequest, limits: Limits):
 # %% ../nbs/07b_serve.ipynb #f1d2a031
 def _finish_reason(finish) -> str: return 'length' if finish == 'length' else 'stop'
 
-async def deltas(job: Job, worker: Worker):
+async def deltas(job: ReplyJob, worker: Worker):
     "(sample, text, finish, tokens generated so far) for `job` until it ends; its rows are cancelled when this stops."
     try:
         while (item := await job.out.get()) is not None:
@@ -397,7 +398,7 @@ class ReplyRequest(Request):
     sampled: list = field(default_factory=list)
 
 # %% ../nbs/07b_serve.ipynb #f1d2a032
-async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
+async def whole_reply(http: HttpRequest, job: ReplyJob, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
     "The chat.completion for `job` (text and parts), or nothing if the client leaves first (its rows are then cancelled)."
     n = job.request.n
     texts = [[] for _ in range(n)]
@@ -429,7 +430,7 @@ async def whole_reply(http: HttpRequest, job: Job, worker: Worker, head: dict, p
 # %% ../nbs/07b_serve.ipynb #f1d2a033
 def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
 
-async def stream_reply(job: Job, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool, tokenizer):
+async def stream_reply(job: ReplyJob, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool, tokenizer):
     "Server-sent `chat.completion.chunk`s for `job` (text and part deltas), a usage chunk last when asked, then `[DONE]`."
     streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(job.request.n)]
     for j in range(job.request.n):
@@ -547,7 +548,7 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
         except LmlitError as error: raise BadRequest(str(error), param='messages')
         request = ReplyRequest(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
                                top_p=args['top_p'], seed=args['seed'], n=args['n'], sampled=[[] for _ in range(args['n'])])
-        job = Job(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
+        job = ReplyJob(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
         worker.submit(job)
         head = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model_name)
         if args['stream']:
