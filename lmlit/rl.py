@@ -24,9 +24,10 @@ from .chat_eval import lenient_answer
 from .sft import warm_start, sample
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'resolve_config', 'problems', 'exact_answer', 'load_reward', 'score',
-           'advantages', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss', 'pass_at_k', 'evaluate',
-           'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot', 'rl', 'cli_rl', 'main']
+__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'resolve_config', 'problems', 'exact_answer', 'load_reward',
+           'score', 'advantages', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss', 'pass_at_k',
+           'evaluate', 'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot', 'rl', 'cli_rl',
+           'main']
 
 # %% ../nbs/10_rl.ipynb #5191a1f8
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
@@ -41,9 +42,10 @@ def resolve_config(**overrides) -> dict:
         raise LmlitError(f"samples must be ≥ 2, got {cfg['samples']}: the advantage is a sample's reward minus its group's mean, "
                          "and a group of one has no baseline (its advantage is always 0)")
     if cfg['task'] not in RL_TASKS: raise LmlitError(f"task must be one of {', '.join(RL_TASKS)}, got {cfg['task']!r}")
-    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'log_every', 'keep_last'):
+    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'eval_samples', 'log_every', 'keep_last'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
-    if cfg['temperature'] <= 0: raise LmlitError(f"temperature must be > 0 (RL samples), got {cfg['temperature']}")
+    for k in ('temperature', 'eval_temperature'):
+        if cfg[k] <= 0: raise LmlitError(f"{k} must be > 0 (RL and pass@k sample), got {cfg[k]}")
     if not cfg['lr_frac'] > 0: raise LmlitError(f"lr_frac must be > 0, got {cfg['lr_frac']}")
     if cfg['kl_coef'] < 0: raise LmlitError(f"kl_coef must be ≥ 0, got {cfg['kl_coef']}")
     cfg['stage'] = 'rl'
@@ -215,35 +217,50 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     return pg_loss(job.model, x, y, w, n_global, job.summary.get('ref'), job.cfg['kl_coef']) * job.accum * job.world
 
 # %% ../nbs/10_rl.ipynb #387dc0cd
+EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
+
 @torch.no_grad()
-def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu') -> dict:
-    "{'pass@1', 'pass@k', 'k', 'n'} over `items` (question, answer), summed over ranks."
-    K = cfg['samples']
+def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
+    """{'pass@1', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`, summed over ranks.
+    `stop()` true cancels the generation at once: the figures then cover the problems finished ('stopped': True)."""
+    K = cfg['eval_samples']
     mine = list(range(rank, len(items), world))
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)    # Σ pass@1, Σ pass@1², Σ pass@k, problems scored, stopped
     engine = Engine(model, tok, context=context)
-    for i in mine:
-        q, a = items[i]
-        request = Request(tok.render_for_completion([dict(role='user', content=q)]), max_tokens=cfg['max_new_tokens'],
-                          temperature=cfg['temperature'], top_k=cfg['top_k'], seed=10_000_019 + i, n=K)
-        replies = [[] for _ in range(K)]
-        for d in engine.generate([request]):
-            if d.token is not None and d.finish != 'stop': replies[d.sample].append(d.token)
-        right = [score(reward, q, tok.decode(r), a) > 0 for r in replies]
-        sums += torch.tensor([sum(right) / K, float(any(right))], dtype=torch.float64, device=device)
+    per_call = max(1, EVAL_ROWS // K)
+    for c in range(0, len(mine), per_call):
+        chunk = mine[c:c + per_call]
+        requests = [Request(tok.render_for_completion([dict(role='user', content=items[i][0])]), max_tokens=cfg['max_new_tokens'],
+                            temperature=cfg['eval_temperature'], top_k=cfg['top_k'], seed=10_000_019 + i, n=K) for i in chunk]
+        replies = [[[] for _ in range(K)] for _ in chunk]
+        for d in engine.generate(requests):
+            if stop is not None and not requests[0].cancelled and stop():
+                for r in requests: r.cancelled = True
+            if d.token is not None and d.finish != 'stop': replies[d.request][d.sample].append(d.token)
+        if requests[0].cancelled: sums[4] = 1; break
+        for (q, a), group in zip((items[i] for i in chunk), replies):
+            right = [score(reward, q, tok.decode(r), a) > 0 for r in group]
+            p1 = sum(right) / K
+            sums[:4] += torch.tensor([p1, p1 * p1, float(any(right)), 1.0], dtype=torch.float64, device=device)
     if world > 1: dist.all_reduce(sums)
-    return {'pass@1': sums[0].item() / len(items), 'pass@k': sums[1].item() / len(items), 'k': K, 'n': len(items)}
+    n = int(sums[3].item())
+    p1, p1sq = sums[0].item() / max(n, 1), sums[1].item() / max(n, 1)
+    se = math.sqrt(max(p1sq - p1 * p1, 0.0) / max(n - 1, 1))   # s.e. of pass@1 over problems (answers to one problem are not independent)
+    return {'pass@1': p1, 'pass@1_se': se, 'pass@k': sums[2].item() / max(n, 1), 'k': K, 'n': n, 'stopped': bool(sums[4].item())}
 
 def evaluate(job: Job, step: int) -> dict:
-    "Held-out pass@1 / pass@k at `step`, in metrics and the summary."
+    "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
     job.raw_model.eval()
     res = pass_at_k(job.raw_model, job.tokenizer, job.val_batches, job.summary['reward_fn'], job.cfg, job.summary['context'],
-                    job.rank, job.world, job.device)
+                    job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
+    if res['stopped']:
+        job.summary['stopped'] = 'signal'
+        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.val_batches)} problems (not recorded)")
+        return res
     job.metrics.write(kind='eval', step=step, time=time.time(), **res)
     job.summary['evals'].append((step, res['pass@1'], res['pass@k']))
-    se = math.sqrt(max(res['pass@1'] * (1 - res['pass@1']), 1e-12) / res['n'])
-    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {se:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems)")
+    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {res['pass@1_se']:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems × {res['k']} answers)")
     return res
 
 # %% ../nbs/10_rl.ipynb #12c95bdf
