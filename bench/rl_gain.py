@@ -4,7 +4,7 @@ Each setting runs the real RL job (`lmlit.rl.rl`) in a scratch run folder whose 
 source run's (the source run is never written), evaluating pass@1 on the same held-out problems every `--eval-every`
 steps. The control sets the reward to 0 everywhere: every group is zero-signal, nothing is trained, and its curve
 must stay flat (it measures the evaluation's own noise: same seeds, same model, same numbers).
-Run: OMP_NUM_THREADS=1 python bench/rl_gain.py RUN_DIR [--settings NAME ...] [--steps 40]
+Run: OMP_NUM_THREADS=1 python bench/rl_gain.py RUN_DIR [--settings NAME ...] [--steps 20] [--eval-every 5]
 Writes bench/rl_gain.png and bench/rl_gain.json (the curves, for RESULTS.md)."""
 import argparse, json, math, os, sys, tempfile, time
 from pathlib import Path
@@ -13,11 +13,12 @@ import torch
 def zero_reward(question, reply, answer): return 0.0   # the control: no answer is ever better than another
 
 # the settings compared; every other parameter is the RL job's default
+BASE = dict(samples=16, prompts=8, device_prompts=8, lr_frac=0.2, max_new_tokens=64, eval_samples=1)
 SETTINGS = {
-    'old: K=4, lr 0.05':         dict(samples=4, prompts=8, device_prompts=8, lr_frac=0.05),
-    'old: K=16, lr 0.5':         dict(samples=16, prompts=8, device_prompts=8, lr_frac=0.5),
-    'new defaults':              dict(),
-    'control (reward 0)':        dict(reward='rl_gain:zero_reward'),
+    'K=16, lr 0.2, T=1.0':                  dict(BASE),
+    'K=16, lr 0.2, T=0.7 tempered loss':    dict(BASE, temperature=0.7),
+    'K=16, lr 0.4, T=0.7 tempered loss':    dict(BASE, temperature=0.7, lr_frac=0.4),
+    'control: reward 0 (K=16, lr 0.2, T=0.7)': dict(BASE, temperature=0.7, reward='rl_gain:zero_reward', eval_reward='auto'),
 }
 
 def scratch_run(source: Path) -> Path:
@@ -43,15 +44,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('run', type=Path, help='a CPU-recipe run folder with an sft/ checkpoint')
     ap.add_argument('--settings', nargs='*', default=list(SETTINGS))
-    ap.add_argument('--steps', type=int, default=None, help='RL steps (default: the job default)')
+    ap.add_argument('--steps', type=int, default=20, help='RL steps')
     ap.add_argument('--eval-every', type=int, default=None)
     ap.add_argument('--eval-problems', type=int, default=200)
     ap.add_argument('--out', type=Path, default=Path(__file__).parent/'rl_gain')
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
     sys.path.insert(0, str(Path(__file__).parent))          # the control's reward is 'rl_gain:zero_reward'
-    from lmlit.rl import rl, DEFAULTS
-    steps = a.steps or DEFAULTS['steps']
+    from lmlit.rl import rl
+    steps = a.steps
     results = json.loads(a.out.with_suffix('.json').read_text()) if a.out.with_suffix('.json').exists() else {}
     for name in a.settings:
         run = scratch_run(a.run)

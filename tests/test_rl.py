@@ -78,7 +78,7 @@ def test_rl_on_a_one_token_reward_raises_that_token_in_the_sft_model(sft_run, tm
     env = {**_env(sft_run, tmp_path), 'RL_TEST_TOKENIZER': str(run/'tokenizer'), 'RL_TEST_TOKEN': str(target)}
     r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'onetoken', '-p', 'reward', 'rl_test_rewards:first_token', '-p', 'steps', '6',
                         '-p', 'prompts', '4', '-p', 'device_prompts', '4', '-p', 'samples', '16', '-p', 'max_new_tokens', '1', '-p', 'lr_frac', '1.0',
-                        '-p', 'eval_every', '0', '-p', 'plots', 'false'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=80)
+                        '-p', 'eval_every', '0', '-p', 'plots', 'false'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert max(_records(run/'rl', 'rl', 'reward')) > 0                    # the reward was earned: there was signal
     after = _first_token_probs(run, 'rl', held)
