@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from .core import LmlitError, dist_setup, print0, seed_all, write_json, write_provenance, keep_freed_memory
 from . import model as M, optim as O, tokenizer as T, chat_data as C
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
@@ -24,9 +25,10 @@ from .chat_eval import lenient_answer
 from .sft import warm_start, sample
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'resolve_config', 'problems', 'exact_answer', 'load_reward', 'score',
-           'advantages', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss', 'pass_at_k', 'evaluate',
-           'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot', 'rl', 'cli_rl', 'main']
+__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'resolve_config', 'problems', 'exact_answer', 'load_reward',
+           'score', 'advantages', 'token_nll', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss',
+           'pass_at_k', 'evaluate', 'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot',
+           'rl', 'cli_rl', 'main']
 
 # %% ../nbs/10_rl.ipynb #5191a1f8
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
@@ -41,9 +43,10 @@ def resolve_config(**overrides) -> dict:
         raise LmlitError(f"samples must be ≥ 2, got {cfg['samples']}: the advantage is a sample's reward minus its group's mean, "
                          "and a group of one has no baseline (its advantage is always 0)")
     if cfg['task'] not in RL_TASKS: raise LmlitError(f"task must be one of {', '.join(RL_TASKS)}, got {cfg['task']!r}")
-    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'log_every', 'keep_last'):
+    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'eval_samples', 'log_every', 'keep_last'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
-    if cfg['temperature'] <= 0: raise LmlitError(f"temperature must be > 0 (RL samples), got {cfg['temperature']}")
+    for k in ('temperature', 'eval_temperature'):
+        if cfg[k] <= 0: raise LmlitError(f"{k} must be > 0 (RL and pass@k sample), got {cfg[k]}")
     if not cfg['lr_frac'] > 0: raise LmlitError(f"lr_frac must be > 0, got {cfg['lr_frac']}")
     if cfg['kl_coef'] < 0: raise LmlitError(f"kl_coef must be ≥ 0, got {cfg['kl_coef']}")
     cfg['stage'] = 'rl'
@@ -92,13 +95,21 @@ def advantages(rewards: torch.Tensor, std_norm: bool = False) -> torch.Tensor:
     if std_norm: adv = adv / rewards.std(dim=1, keepdim=True).clamp(min=1e-6)
     return adv
 
-def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: torch.Tensor, ref=None, kl_coef: float = 0.0) -> torch.Tensor:
-    "Σ over sampled tokens of w·NLL (−advantage·log p) / n_global; targets −1 are masked; zero (with zero gradient) when none is sampled."
+def token_nll(model, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    "(B, T) −log p(y) under `model`'s distribution at `temperature` — the distribution the answers were sampled from; 0 where y is −1."
+    if temperature == 1.0: return model(x, y, loss_reduction='none')
+    logits = model(x) / temperature
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none').view_as(y)
+
+def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: torch.Tensor, ref=None, kl_coef: float = 0.0,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Σ over sampled tokens of w·NLL (−advantage·log p) / n_global, log p at the sampling `temperature`; targets −1 are masked;
+    zero (with zero gradient) when none is sampled."""
     keep = y != -1
-    nll = model(x, y, loss_reduction='none')
+    nll = token_nll(model, x, y, temperature)
     loss = (nll * w[:, None] * keep).sum()
     if kl_coef > 0 and ref is not None:
-        with torch.no_grad(): ref_nll = ref(x, y, loss_reduction='none')
+        with torch.no_grad(): ref_nll = token_nll(ref, x, y, temperature)
         r = nll - ref_nll                                  # log p_ref − log p (an NLL is −log p)
         loss = loss + kl_coef * ((torch.exp(r) - r - 1) * keep).sum()
     return loss / n_global.clamp(min=1)
@@ -212,38 +223,53 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     if n_local[k] == 0:
         safe = y.clone(); safe.view(-1)[0] = 0                    # one valid target so the loss is finite; weight 0 removes it
         return job.model(x, safe, loss_reduction='none').sum() * 0.0
-    return pg_loss(job.model, x, y, w, n_global, job.summary.get('ref'), job.cfg['kl_coef']) * job.accum * job.world
+    return pg_loss(job.model, x, y, w, n_global, job.summary.get('ref'), job.cfg['kl_coef'], job.cfg['temperature']) * job.accum * job.world
 
 # %% ../nbs/10_rl.ipynb #387dc0cd
+EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
+
 @torch.no_grad()
-def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu') -> dict:
-    "{'pass@1', 'pass@k', 'k', 'n'} over `items` (question, answer), summed over ranks."
-    K = cfg['samples']
+def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
+    """{'pass@1', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`, summed over ranks.
+    `stop()` true cancels the generation at once: the figures then cover the problems finished ('stopped': True)."""
+    K = cfg['eval_samples']
     mine = list(range(rank, len(items), world))
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)    # Σ pass@1, Σ pass@1², Σ pass@k, problems scored, stopped
     engine = Engine(model, tok, context=context)
-    for i in mine:
-        q, a = items[i]
-        request = Request(tok.render_for_completion([dict(role='user', content=q)]), max_tokens=cfg['max_new_tokens'],
-                          temperature=cfg['temperature'], top_k=cfg['top_k'], seed=10_000_019 + i, n=K)
-        replies = [[] for _ in range(K)]
-        for d in engine.generate([request]):
-            if d.token is not None and d.finish != 'stop': replies[d.sample].append(d.token)
-        right = [score(reward, q, tok.decode(r), a) > 0 for r in replies]
-        sums += torch.tensor([sum(right) / K, float(any(right))], dtype=torch.float64, device=device)
+    per_call = max(1, EVAL_ROWS // K)
+    for c in range(0, len(mine), per_call):
+        chunk = mine[c:c + per_call]
+        requests = [Request(tok.render_for_completion([dict(role='user', content=items[i][0])]), max_tokens=cfg['max_new_tokens'],
+                            temperature=cfg['eval_temperature'], top_k=cfg['top_k'], seed=10_000_019 + i, n=K) for i in chunk]
+        replies = [[[] for _ in range(K)] for _ in chunk]
+        for d in engine.generate(requests):
+            if stop is not None and not requests[0].cancelled and stop():
+                for r in requests: r.cancelled = True
+            if d.token is not None and d.finish != 'stop': replies[d.request][d.sample].append(d.token)
+        if requests[0].cancelled: sums[4] = 1; break
+        for (q, a), group in zip((items[i] for i in chunk), replies):
+            right = [score(reward, q, tok.decode(r), a) > 0 for r in group]
+            p1 = sum(right) / K
+            sums[:4] += torch.tensor([p1, p1 * p1, float(any(right)), 1.0], dtype=torch.float64, device=device)
     if world > 1: dist.all_reduce(sums)
-    return {'pass@1': sums[0].item() / len(items), 'pass@k': sums[1].item() / len(items), 'k': K, 'n': len(items)}
+    n = int(sums[3].item())
+    p1, p1sq = sums[0].item() / max(n, 1), sums[1].item() / max(n, 1)
+    se = math.sqrt(max(p1sq - p1 * p1, 0.0) / max(n - 1, 1))   # s.e. of pass@1 over problems (answers to one problem are not independent)
+    return {'pass@1': p1, 'pass@1_se': se, 'pass@k': sums[2].item() / max(n, 1), 'k': K, 'n': n, 'stopped': bool(sums[4].item())}
 
 def evaluate(job: Job, step: int) -> dict:
-    "Held-out pass@1 / pass@k at `step`, in metrics and the summary."
+    "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
     job.raw_model.eval()
-    res = pass_at_k(job.raw_model, job.tokenizer, job.val_batches, job.summary['reward_fn'], job.cfg, job.summary['context'],
-                    job.rank, job.world, job.device)
+    res = pass_at_k(job.raw_model, job.tokenizer, job.val_batches, job.summary['eval_fn'], job.cfg, job.summary['context'],
+                    job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
+    if res['stopped']:
+        job.summary['stopped'] = 'signal'
+        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.val_batches)} problems (not recorded)")
+        return res
     job.metrics.write(kind='eval', step=step, time=time.time(), **res)
     job.summary['evals'].append((step, res['pass@1'], res['pass@k']))
-    se = math.sqrt(max(res['pass@1'] * (1 - res['pass@1']), 1e-12) / res['n'])
-    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {se:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems)")
+    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {res['pass@1_se']:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems × {res['k']} answers)")
     return res
 
 # %% ../nbs/10_rl.ipynb #12c95bdf
@@ -263,6 +289,7 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
     held = problems(cfg['task'], 'validation')[:cfg['eval_problems']]
     reward = load_reward(cfg['reward'])
     score(reward, train[0][0], f"#### {train[0][1]}", train[0][1])
+    if cfg['eval_reward'] != 'reward': score(load_reward(cfg['eval_reward']), held[0][0], f"#### {held[0][1]}", held[0][1])
     order = list(range(len(train)))
     random.Random(cfg['seed']).shuffle(order)
     seen = [train[order[i % len(order)]][0] for i in range(cfg['steps'] * cfg['prompts'])] + [q for q, _ in held]
@@ -315,6 +342,7 @@ def setup_rl(cfg: dict) -> Job | None:
     if cfg['compile']: job.model = torch.compile(model)
     job.summary = dict(run=cfg['run'], stage='rl', run_dir=str(out), world_size=info.world_size, total_steps=cfg['steps'], losses=[],
                        rewards=[], evals=[], stopped=None, init=job.meta['init'], reward_fn=reward, context=mcfg.sequence_len,
+                       eval_fn=reward if cfg['eval_reward'] == 'reward' else load_reward(cfg['eval_reward']),
                        warned_data=True)   # the loop's data-wait warning is about loaders; RL's 'data' time is sampling, by design
     if cfg['kl_coef'] > 0:
         ref = M.build_model(mcfg, device); ref.load_state_dict(start['model']); ref.requires_grad_(False)
@@ -366,7 +394,7 @@ def rl(**params) -> dict:
         if job.start_step == 0 and cfg['eval_every']: evaluate(job, 0)   # the starting model's pass@1: the 'before'
         result = run_job(job, evaluate, sample, micro_loss=rl_loss)
         if job.is_main and cfg['plots']: result['plots'] = result.get('plots', []) + [str(reward_plot(job.run_dir))]
-        return {k: v for k, v in result.items() if k not in ('reward_fn', 'ref')}
+        return {k: v for k, v in result.items() if k not in ('reward_fn', 'eval_fn', 'ref')}
     finally:
         close_job(job)
 

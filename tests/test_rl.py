@@ -11,6 +11,12 @@ REWARDS = '''
 def odd_length(question, reply, answer): return float(len(reply) % 2)
 def broken(question, reply, answer): raise ValueError("verifier offline")
 def wordy(question, reply, answer): return "yes"
+def first_token(question, reply, answer):   # pays for replies that open with the text of token RL_TEST_TOKEN
+    import os
+    from lmlit.tokenizer import Tokenizer
+    global _opening
+    if '_opening' not in globals(): _opening = Tokenizer.load(os.environ['RL_TEST_TOKENIZER']).decode([int(os.environ['RL_TEST_TOKEN'])])
+    return float(reply.startswith(_opening))
 '''
 SMALL = ['-p', 'max_new_tokens', '24', '-p', 'eval_problems', '4', '-p', 'plots', 'false']
 
@@ -49,6 +55,56 @@ def test_policy_gradient_sign():
     _, down = toy_pg_run(-1.0)
     print(f"\np(target): before {before:.4f}, rewarded {up:.4f}, penalised {down:.4f}")
     assert up > before + 0.1 and down < before / 2, (before, up, down)
+
+def _first_token_probs(run, stage, prompts):
+    "The mean next-token distribution right after the assistant's turn opens, over `prompts`, under `stage`'s model."
+    import torch
+    from lmlit.checkpoint import load_model
+    model, tok, _ = load_model(run, stage=stage)
+    model.eval()
+    with torch.no_grad():
+        return torch.stack([torch.softmax(model(torch.tensor([tok.render_for_completion([dict(role='user', content=q)])]))[0, -1], -1)
+                            for q in prompts]).mean(0)
+
+@pytest.mark.timeout(300)   # the limit covers the module's SFT fixture too, when this test runs first
+def test_rl_on_a_one_token_reward_raises_that_token_in_the_sft_model(sft_run, tmp_path):
+    "The real job on the real (smoke) SFT checkpoint: a reward paying for one opening token raises its probability on held-out prompts."
+    from lmlit.rl import problems
+    run = _copy(sft_run, tmp_path, 'onetoken')
+    held = [q for q, _ in problems('arithmetic', 'validation')[:16]]      # never trained on: RL draws from the train split
+    before = _first_token_probs(run, 'sft', held)
+    ranked = [t for t in before.argsort(descending=True).tolist() if before[t] < 0.5]
+    target = ranked[0]                                                    # the likeliest opening with room to grow
+    env = {**_env(sft_run, tmp_path), 'RL_TEST_TOKENIZER': str(run/'tokenizer'), 'RL_TEST_TOKEN': str(target)}
+    r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'onetoken', '-p', 'reward', 'rl_test_rewards:first_token', '-p', 'steps', '6',
+                        '-p', 'prompts', '4', '-p', 'device_prompts', '4', '-p', 'samples', '16', '-p', 'max_new_tokens', '1', '-p', 'lr_frac', '1.0',
+                        '-p', 'eval_every', '0', '-p', 'plots', 'false'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert max(_records(run/'rl', 'rl', 'reward')) > 0                    # the reward was earned: there was signal
+    after = _first_token_probs(run, 'rl', held)
+    print(f"\np(token {target}) on held-out prompts: sft {before[target]:.4f} -> rl {after[target]:.4f}")
+    assert after[target] > 1.5 * before[target] and after[target] > before[target] + 0.05, (before[target].item(), after[target].item())
+
+@pytest.mark.timeout(300)
+def test_sigterm_during_the_held_out_eval_stops_promptly_with_a_checkpoint(sft_run, tmp_path):
+    "pass@k's k and size are the eval's own: a long eval (200 problems × 16 answers) cut by SIGTERM ends the job within seconds, checkpointed."
+    from lmlit.checkpoint import complete_checkpoints
+    run = _copy(sft_run, tmp_path, 'term')
+    p = subprocess.Popen([PY, '-m', 'lmlit.rl', '-p', 'run', 'term', '-p', 'steps', '4', '-p', 'samples', '2', '-p', 'eval_every', '2',
+                          '-p', 'eval_problems', '200', '-p', 'eval_samples', '16', '-p', 'max_new_tokens', '24', '-p', 'plots', 'false'],
+                         cwd=tmp_path, env=_env(sft_run, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 150
+    while time.time() < deadline and not (run/'rl'/'metrics.jsonl').exists(): time.sleep(0.05)
+    time.sleep(1.0)                                                       # inside the step-0 evaluation (3,200 answers: minutes)
+    t0 = time.time(); p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    took = time.time() - t0
+    print(f"\nstopped {took:.1f} s after SIGTERM")
+    assert p.returncode == 0, out[-3000:]
+    assert "evaluation stopped by signal" in out and "stopped by signal at step 1" in out, out[-2000:]
+    assert took < 30, took
+    assert [s for s, _ in complete_checkpoints(run/'rl')] == [1]
+    assert _records(run/'rl', 'eval', 'pass@1') == []                     # a cut evaluation is not recorded as if complete
 
 @pytest.mark.timeout(300)
 def test_two_ranks_match_one_rank(sft_run, tmp_path):
