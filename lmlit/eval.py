@@ -157,7 +157,6 @@ def _extract_olmo(name):
             return conv(table.to_pylist())
         return conv(olmo_docs(zf, task, variant))
 
-_olmo_docs = olmo_docs   # the name chat_eval imports until it imports olmo_docs
 
 # %% ../nbs/06_eval.ipynb #1e1169fc
 _BIGBENCH = {'bigbench_qa_wikidata': 'qa_wikidata', 'bigbench_dyck_languages': 'dyck_languages',
@@ -439,7 +438,6 @@ def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: in
                       "and were cut from the left")
     return records
 
-_gather = gather_records   # the name chat_eval imports until it imports gather_records
 
 # %% ../nbs/06_eval.ipynb #00ace734
 def expected_calibration_error(probs: list[list[float]], golds: list[int], bins: int = 10) -> float:

@@ -524,7 +524,6 @@ class Progress:
     def close(self):
         if self.live: self.bar.close()
 
-_Progress, _live_default = Progress, live_default   # the names train, sft and rl import until they import these
 
 # %% ../nbs/04d_loop.ipynb #b5cfc267
 def next_round(size: int) -> int:

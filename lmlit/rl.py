@@ -15,10 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from .core import LmlitError, dist_setup, print0, seed_all, write_json, write_provenance, keep_freed_memory
-from . import model as M, optim as O, tokenizer as T, chat_data as C
+from .model import build_model, GPTConfig
+from .optim import setup_optimizer
+from .tokenizer import Tokenizer
+from .chat_data import get_task, global_token_count
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, peak_flops, MetricsWriter, read_metrics,
-                        StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, _Progress, _live_default)
+                        StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, Progress, live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 from .chat_eval import lenient_answer
@@ -27,8 +30,8 @@ from .sft import warm_start, sample
 # %% auto #0
 __all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'resolve_config', 'problems', 'exact_answer', 'load_reward',
            'score', 'advantages', 'token_nll', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss',
-           'pass_at_k', 'evaluate', 'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot',
-           'rl', 'cli_rl', 'main']
+           'held_out_pass_rates', 'evaluate', 'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files',
+           'reward_plot', 'rl', 'cli_rl', 'main']
 
 # %% ../nbs/10_rl.ipynb #5191a1f8
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
@@ -60,7 +63,7 @@ def _text(message) -> str:
 def problems(task: str, split: str) -> list[tuple[str, str]]:
     "(question, reference number) of every conversation of `task`'s `split` whose last reply ends with a '#### N' answer."
     out = []
-    for conv in C.get_task(task).split(split):
+    for conv in get_task(task).split(split):
         answer = lenient_answer(_text(conv[-1]))
         if conv[0]['role'] == 'user' and answer is not None: out.append((conv[0]['content'], _text(conv[-1]).rsplit('####', 1)[1].strip()))
     if not out: raise LmlitError(f"task {task!r} split {split!r} has no problem with a '#### N' answer")
@@ -118,8 +121,8 @@ def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: 
 def toy_pg_run(sign: float, steps: int = 5, target: int = 3, K: int = 8, seed: int = 0) -> tuple[float, float]:
     "(probability of `target` after a fixed prefix before, after) `steps` policy-gradient steps of a tiny GPT rewarded `sign` for it."
     torch.manual_seed(seed)
-    net = M.build_model(M.GPTConfig(sequence_len=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32), 'cpu')
-    opt = O.setup_optimizer(net, unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.02, weight_decay=0.0, max_grad_norm=1.0)
+    net = build_model(GPTConfig(sequence_len=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32), 'cpu')
+    opt = setup_optimizer(net, unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.02, weight_decay=0.0, max_grad_norm=1.0)
     prefix = torch.tensor([[1, 2]])
     def prob():
         with torch.no_grad(): return torch.softmax(net(prefix)[0, -1], -1)[target].item()
@@ -211,7 +214,7 @@ def step_stats(batches: list, device) -> dict:
 def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     "Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the step's `rl` record."
     if k == 0:
-        n_global, n_local = C.global_token_count([b[1] for b in batches])
+        n_global, n_local = global_token_count([b[1] for b in batches])
         job.summary['counts'] = n_global, n_local
         job.tokens_per_step = int(n_global.item())
         step = job.start_step + len(job.summary['losses']) + 1
@@ -229,7 +232,7 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
 EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
 
 @torch.no_grad()
-def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
+def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
     """{'pass@1', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`, summed over ranks.
     `stop()` true cancels the generation at once: the figures then cover the problems finished ('stopped': True)."""
     K = cfg['eval_samples']
@@ -260,7 +263,7 @@ def pass_at_k(model, tok, items: list, reward, cfg: dict, context: int, rank: in
 def evaluate(job: Job, step: int) -> dict:
     "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
     job.raw_model.eval()
-    res = pass_at_k(job.raw_model, job.tokenizer, job.val_batches, job.summary['eval_fn'], job.cfg, job.summary['context'],
+    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.summary['eval_fn'], job.cfg, job.summary['context'],
                     job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
     if res['stopped']:
@@ -308,9 +311,9 @@ def setup_rl(cfg: dict) -> Job | None:
     init_stage, init_dir = init_checkpoint(cfg)
     root = run_path(cfg['run'])
     out = root/'rl'
-    tok = T.Tokenizer.load(root/'tokenizer')
+    tok = Tokenizer.load(root/'tokenizer')
     start = load_checkpoint(init_dir, rank=0, map_location='cpu')
-    mcfg = M.GPTConfig(**start['meta']['model_shape'])
+    mcfg = GPTConfig(**start['meta']['model_shape'])
     check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
     train, held, reward, accum = check_inputs(cfg, tok, mcfg.sequence_len, info.world_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +322,7 @@ def setup_rl(cfg: dict) -> Job | None:
         print0(f"run {cfg['run']!r} rl is complete at step {cfg['steps']}; pass steps > {cfg['steps']} to continue it"); return None
     ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
     seed_all(cfg['seed'])
-    model = M.build_model(mcfg, device)
+    model = build_model(mcfg, device)
     model.load_state_dict(start['model'])
     streams = cfg['prompts'] // cfg['device_prompts']
     loaders = {s: RLSampler(model, tok, train, reward, cfg, s, streams, device, mcfg.sequence_len)
@@ -328,7 +331,7 @@ def setup_rl(cfg: dict) -> Job | None:
         for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
     base = start['meta'].get('config') or {}
     lrs = {k: base.get(k, v) * cfg['lr_frac'] for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
-    optimizer = O.setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
+    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
     if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
     peak, peak_basis = peak_flops(device)
     job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer, batches=list(loaders.values()),
@@ -345,7 +348,7 @@ def setup_rl(cfg: dict) -> Job | None:
                        eval_fn=reward if cfg['eval_reward'] == 'reward' else load_reward(cfg['eval_reward']),
                        warned_data=True)   # the loop's data-wait warning is about loaders; RL's 'data' time is sampling, by design
     if cfg['kl_coef'] > 0:
-        ref = M.build_model(mcfg, device); ref.load_state_dict(start['model']); ref.requires_grad_(False)
+        ref = build_model(mcfg, device); ref.load_state_dict(start['model']); ref.requires_grad_(False)
         job.summary['ref'] = ref
     write_rl_files(job, peak_basis)
     return job
@@ -365,8 +368,8 @@ def write_rl_files(job: Job, peak_basis: str) -> None:
                       flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
     print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · task {cfg['task']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} problems × {cfg['samples']} samples (grad accum {job.accum})")
-    live = _live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
-    job.progress = _Progress(job.total_steps, job.start_step, live and job.is_main)
+    live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
+    job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
 
 # %% ../nbs/10_rl.ipynb #05d65d9b
 def reward_plot(run_dir) -> Path:
@@ -407,7 +410,7 @@ def cli_rl(argv=None) -> int:
     cfg = resolve_config(**params)
     _, init_dir = init_checkpoint(cfg)
     context = load_checkpoint(init_dir, rank=0)['meta']['model_shape']['sequence_len']
-    check_inputs(cfg, T.Tokenizer.load(run_path(cfg['run'])/'tokenizer'), context, args.nproc * nodes(args))
+    check_inputs(cfg, Tokenizer.load(run_path(cfg['run'])/'tokenizer'), context, args.nproc * nodes(args))
     notebook = Path(args.notebook) if args.notebook else stage_notebook('10_rl')
     out = run_path(cfg['run'])/'rl'
     if cfg['resume'] and not complete_checkpoints(out): raise LmlitError(f"resume=True but {out} has no complete checkpoint")
