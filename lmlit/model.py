@@ -154,20 +154,11 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_head != self.n_kv_head)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def fused_qkv(self) -> torch.Tensor:
-        "`c_q`, `c_k` and `c_v` stacked into one weight for generation; rebuilt whenever one of them changes (RL)."
-        weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
-        key = tuple((w.data_ptr(), w._version) for w in weights)
-        if getattr(self, '_qkv_key', None) != key:
-            self._qkv = torch.cat([w.detach() for w in weights])
-            self._qkv_key = key
-        return self._qkv
-
     def forward_cached(self, x, cos, sin, cache):
         "Generation: one matmul for q, k and v, RoPE and QK-norm over q's and k's heads at once, attention over `cache`."
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        qkv = F.linear(x, self.fused_qkv()).view(B, T, H + 2 * Hkv, D)
+        qkv = F.linear(x, cache.qkv_weight(self)).view(B, T, H + 2 * Hkv, D)
         qk = norm(rotate(qkv[:, :, :H + Hkv], cos, sin)).to(qkv.dtype)
         q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
         y = cache.attend(self.layer_idx, q, k, v, gqa=H != Hkv)
@@ -460,6 +451,7 @@ class KVCache:
         self.tokens = [[] for _ in range(batch_size)]
         self.max_len = max_len
         self.step = None
+        self.qkv = {}          # layer -> its q, k, v weights stacked, built on first use (see `qkv_weight`)
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int, dtype=None) -> 'KVCache':
@@ -473,8 +465,18 @@ class KVCache:
         "Rows `start:stop` as a cache of their own that shares this one's memory (new requests prefilled into free rows)."
         view = KVCache.__new__(KVCache)
         view.k, view.v, view.lengths = self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop]
-        view.tokens, view.max_len, view.step = self.tokens[start:stop], self.max_len, None
+        view.tokens, view.max_len, view.step, view.qkv = self.tokens[start:stop], self.max_len, None, self.qkv
         return view
+
+    def qkv_weight(self, attn) -> torch.Tensor:
+        """`attn`'s `c_q`, `c_k`, `c_v` stacked into one weight, built once per cache: a cache belongs to one generation
+        call (the engine makes one per batcher), and the weights must not change while it lives. Not keyed on the tensors'
+        versions: an optimizer that writes `p.data` (Muon here) does not bump them, and RL would sample an old policy."""
+        w = self.qkv.get(attn.layer_idx)
+        if w is None:
+            w = torch.cat([attn.c_q.weight, attn.c_k.weight, attn.c_v.weight]).detach()
+            self.qkv[attn.layer_idx] = w
+        return w
 
     def copy_row(self, src: int, dst: int):
         "Row `dst` becomes a copy of row `src` (samples of a prompt share its prefill; a finished row's place is refilled)."

@@ -341,3 +341,16 @@ def test_every_generation_path_goes_through_the_engine(tok):
     request = Request(prompt, max_tokens=24, temperature=0.7, top_k=50, seed=42)
     direct = [d.token for d in Engine(model, tok).generate([request]) if d.token is not None and d.finish != 'stop']
     assert chat_reply(model, tok, "What is 2 + 2?", 24, seed=42) == tok.decode(direct)
+
+def test_generation_sees_weights_an_optimizer_wrote_through_p_data(tok):
+    "Muon writes `p.data`, which leaves the tensors' version counters alone: the next generation must still use the new weights."
+    torch.manual_seed(5)
+    model = build_model(GPTConfig(sequence_len=64, vocab_size=tok.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
+    for p in model.parameters(): torch.nn.init.normal_(p, std=0.3)
+    prompt = [1, 2, 3, 4]
+    engine = Engine(model, None)
+    before = [d.token for d in engine.generate([Request(prompt, max_tokens=12, temperature=0)])]
+    for block in model.blocks:
+        for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v): lin.weight.data.mul_(-1.7).add_(0.05)
+    after = [d.token for d in engine.generate([Request(prompt, max_tokens=12, temperature=0)])]
+    assert after == _plain_greedy(model, prompt, 12) and after != before
