@@ -155,10 +155,14 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def forward_cached(self, x, cos, sin, cache):
-        "Generation: one matmul for q, k and v, RoPE and QK-norm over q's and k's heads at once, attention over `cache`."
+        "Generation: RoPE and QK-norm over q's and k's heads at once, attention over `cache`."
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        qkv = F.linear(x, cache.qkv_weight(self)).view(B, T, H + 2 * Hkv, D)
+        if T > 1:   # a prompt: three matmuls cost what one does here, and stacking weights would delay the first token
+            w = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+            qkv = torch.cat([F.linear(x, wi) for wi in w], dim=-1).view(B, T, H + 2 * Hkv, D)
+        else:       # a decode step: one matmul over the stacked weights (see `KVCache.qkv_weight`)
+            qkv = F.linear(x, cache.qkv_weight(self)).view(B, T, H + 2 * Hkv, D)
         qk = norm(rotate(qkv[:, :, :H + Hkv], cos, sin)).to(qkv.dtype)
         q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
         y = cache.attend(self.layer_idx, q, k, v, gqa=H != Hkv)
