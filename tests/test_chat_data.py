@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np, pytest, torch
 import pyarrow as pa, pyarrow.parquet as pq
 from lmlit.core import LmlitError
+from lmlit.sources import HUB_TASKS
 from lmlit.tokenizer import get_tokenizer
 from lmlit.model import GPTConfig, build_model
 import lmlit.chat_data as C
@@ -344,7 +345,7 @@ def test_hub_route_local_layout(tmp_path):
     assert len(mix) == len(smol['train']) + 4 * len(gsm['train'])
     # a dataset missing its column: the message names the folder, split and column
     _write(root/'bad/gsm8k/main/train-00000-of-00001.parquet', pa.table({'question': q}))
-    C.HUB_TASKS['bad'] = ('bad/gsm8k', 'main', 'main', 'train', None, ('question', 'answer'))
+    HUB_TASKS['bad'] = ('bad/gsm8k', 'main', 'main', 'train', None, ('question', 'answer'))
     try:
         with pytest.raises(LmlitError, match=r"bad/gsm8k/main split train: no \['answer'\] column"): C.hub_task('bad', root)
-    finally: del C.HUB_TASKS['bad']
+    finally: del HUB_TASKS['bad']

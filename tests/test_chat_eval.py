@@ -55,7 +55,8 @@ def test_right_number_in_the_wrong_format_is_a_format_failure():
 
 
 def test_thousands_separator_and_letters():
-    from lmlit.chat_eval import gsm8k_answer, lenient_answer, parse_letter
+    from lmlit.chat_data import gsm8k_answer, lenient_answer
+    from lmlit.chat_eval import parse_letter
     assert gsm8k_answer("#### 1,800") == '1800' and gsm8k_answer("#### 1800.00") == '1800.00'
     assert lenient_answer("#### 1,800") == 1800 and lenient_answer("#### 1800.00") == 1800
     assert gsm8k_answer("18") is None and lenient_answer("18") is None
