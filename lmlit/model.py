@@ -186,6 +186,7 @@ def relu2(h: torch.Tensor) -> torch.Tensor:
     if h.is_cpu and not torch.compiler.is_compiling(): return ReLUSquared.apply(h)
     return F.relu(h).square()
 
+# %% ../nbs/02_model.ipynb #458d4598
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
