@@ -363,8 +363,9 @@ def test_gpt_generate_gives_the_engines_tokens_greedy_and_seeded():
     engine = Engine(model, None)
     prompt = [5, 17, 42, 9]
     runs = {}
-    for name, kw in dict(greedy=dict(temperature=0), t1=dict(temperature=1.0, seed=11),
-                         topk=dict(temperature=1.0, top_k=30, seed=11), cool=dict(temperature=0.7, top_k=50, seed=4)).items():
+    settings = dict(greedy=dict(temperature=0), t1=dict(temperature=1.0, seed=11),
+                    topk=dict(temperature=1.0, top_k=30, seed=11), cool=dict(temperature=0.7, top_k=50, seed=4))
+    for name, kw in settings.items():
         runs[name] = list(model.generate(prompt, 24, **kw))
         assert [d.token for d in engine.generate([Request(prompt, max_tokens=24, **kw)])] == runs[name], name
     assert runs['t1'] != runs['greedy'] and runs['t1'] != runs['topk']      # the seeded runs really sampled
