@@ -313,7 +313,9 @@ class Batcher:
         gone = []
         for b, row in enumerate(self.rows):
             why = self._stopped(row)
-            if why: out.append(Delta(row.request, row.sample, None, finish=why)); gone.append(b)
+            if why:
+                out.append(Delta(row.request, row.sample, None, finish=why))
+                gone.append(b)
         if gone: self._leave(gone)
         if any(request.cancelled for _, request in self.queue):     # left before it started: nothing to compute
             out += [Delta(rid, s, None, finish='cancelled') for rid, r in self.queue if r.cancelled for s in range(r.n)]

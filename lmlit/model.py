@@ -313,7 +313,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
         for b in self.blocks:
             for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.mlp.c_fc): nn.init.uniform_(lin.weight, -bound, bound)
-            nn.init.zeros_(b.attn.c_proj.weight); nn.init.zeros_(b.mlp.c_proj.weight)
+            nn.init.zeros_(b.attn.c_proj.weight)
+            nn.init.zeros_(b.mlp.c_proj.weight)
         cos, sin = rope_tables(self.rope_len, self.config.head_dim, self.config.rope_base, device=self.lm_head.weight.device)
         self.cos, self.sin = cos, sin
         return self
