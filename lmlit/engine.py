@@ -12,15 +12,13 @@ import ast, codecs, math, random, time, warnings
 from collections import deque
 from dataclasses import dataclass, field
 import torch
-import torch.nn.functional as F
 from .core import LmlitError
-from .model import KVCache
+from .model import KVCache, row_seed, sample
 
 # %% auto #0
 __all__ = ['MAX_EXPR_CHARS', 'MAX_DEPTH', 'MAX_DIGITS', 'CALC_SECONDS', 'MAX_EXPRESSION_TOKENS', 'TOOL_MARKS', 'CalcError',
-           'format_number', 'calculate', 'model_step', 'sample_reference', 'sample', 'Request', 'Delta', 'row_seed',
-           'Engine', 'Batcher', 'ScriptedModel', 'scripted_step', 'TextStream', 'fit_conversation', 'ReplyText',
-           'complete']
+           'format_number', 'calculate', 'model_step', 'Request', 'Delta', 'Engine', 'Batcher', 'ScriptedModel',
+           'scripted_step', 'TextStream', 'fit_conversation', 'ReplyText', 'complete']
 
 # %% ../nbs/07_engine.ipynb #bafc33fd
 MAX_EXPR_CHARS = 300   # longer expressions are refused unparsed
@@ -109,62 +107,6 @@ def model_step(model, cache: KVCache, feeds: list[list[int]]) -> torch.Tensor:
     for b, f in enumerate(feeds): cache.tokens[b].extend(f)
     with torch.inference_mode(): return model(ids, kv_cache=cache, counts=counts)
 
-# %% ../nbs/07_engine.ipynb #c83896d7
-def sample_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u: float) -> int:
-    "One row (V,) by the definition above: greedy at temperature 0, else the token where `u` of the kept mass is crossed."
-    logits = logits.float()
-    if temperature == 0: return int(logits.argmax())
-    V = logits.numel()
-    k = top_k if 0 < top_k < V else V
-    if k == V and top_p >= 1:                                   # nothing cut: the vocabulary in its own order
-        cdf = (logits / temperature).softmax(-1).cumsum(-1)
-        return min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), V - 1)
-    values, order = logits.sort(descending=True)
-    values = values[:k] / temperature
-    if top_p < 1:                                  # the nucleus: shares of the whole distribution, the likeliest first
-        probs = (values - (logits / temperature).logsumexp(-1)).exp()
-        keep = probs.cumsum(-1) - probs < top_p
-        keep[0] = True
-        probs, last = probs * keep, int(keep.sum()) - 1
-    else: probs, last = values.softmax(-1), k - 1                  # top-k alone: shares of the k
-    cdf = probs.cumsum(-1)
-    return int(order[min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), last)])
-
-def sample(logits: torch.Tensor, temperature, top_k, top_p, u) -> torch.Tensor:
-    "A token per row of `logits` (B, V) in one set of ops; `temperature`, `top_k` (0 = all), `top_p`, `u` are (B,) tensors."
-    logits = logits.float()
-    B, V = logits.shape
-    hot = temperature > 0
-    n_hot = int(hot.sum())
-    if n_hot == 0: return logits.argmax(-1)
-    t = temperature.clamp(min=1e-6)[:, None]                   # greedy rows divide by anything: argmax decides them
-    k = torch.where((top_k > 0) & (top_k < V), top_k, V)
-    cuts = hot & ((k < V) | (top_p < 1))
-    n_cuts = int(cuts.sum())
-    token = None
-    if n_cuts < n_hot:                                          # the vocabulary in its own order: no sort
-        cdf = (logits / t).softmax(-1).cumsum(-1)
-        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=V - 1)
-    if n_cuts:                                                  # the likeliest first, only as many as the widest cut
-        width = int(k.max() if n_cuts == B else k[cuts].max())
-        values, order = logits.topk(width, dim=-1)
-        values = values / t
-        rank = torch.arange(width, device=logits.device)
-        if int(k.min()) < width: values = values.masked_fill(rank >= k[:, None], float('-inf'))
-        probs, last = values.softmax(-1), k - 1
-        nucleus = cuts & (top_p < 1)
-        if bool(nucleus.any()):
-            whole = (values - (logits / t).logsumexp(-1, keepdim=True)).exp()
-            keep = (whole.cumsum(-1) - whole < top_p[:, None]) & (rank < k[:, None])
-            keep[:, 0] = True
-            probs = torch.where(nucleus[:, None], whole * keep, probs)
-            last = torch.where(nucleus, keep.sum(-1) - 1, last)
-        cdf = probs.cumsum(-1)
-        pick = torch.minimum(torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0], last)
-        picked = order.gather(1, pick[:, None])[:, 0]
-        token = picked if token is None else torch.where(cuts, picked, token)
-    return token if n_hot == B else torch.where(hot, token, logits.argmax(-1))
-
 # %% ../nbs/07_engine.ipynb #a4abf897
 @dataclass
 class Request:
@@ -199,10 +141,6 @@ class _Row:
     emitted: int = 0
     expression: list | None = None
 
-def row_seed(seed: int, sample: int) -> int:
-    "The generator seed of sample `sample` of a request seeded `seed`."
-    return (seed * 1_000_003 + sample) % (2 ** 63)
-
 # %% ../nbs/07_engine.ipynb #86980ade
 MAX_EXPRESSION_TOKENS = 128   # a python block longer than this is abandoned (no output forced)
 
@@ -213,7 +151,7 @@ class Engine:
         self.context = context or model.config.sequence_len
         self.python_start = self.python_end = self.output_start = self.output_end = None
         self.stop_default = set()
-        if tokenizer is not None:          # no tokenizer (`GPT.generate`): no tool and no stop token
+        if tokenizer is not None:          # no tokenizer (a base model's text): no tool and no stop token
             special = tokenizer.encode_special
             self.python_start, self.python_end = special('<|python_start|>'), special('<|python_end|>')
             self.output_start, self.output_end = special('<|output_start|>'), special('<|output_end|>')
@@ -375,7 +313,9 @@ class Batcher:
         gone = []
         for b, row in enumerate(self.rows):
             why = self._stopped(row)
-            if why: out.append(Delta(row.request, row.sample, None, finish=why)); gone.append(b)
+            if why:
+                out.append(Delta(row.request, row.sample, None, finish=why))
+                gone.append(b)
         if gone: self._leave(gone)
         if any(request.cancelled for _, request in self.queue):     # left before it started: nothing to compute
             out += [Delta(rid, s, None, finish='cancelled') for rid, r in self.queue if r.cancelled for s in range(r.n)]

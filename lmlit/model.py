@@ -8,7 +8,7 @@ Docs: https://lmlit.github.io/lmlit/model.html.md"""
 
 # %% ../nbs/02_model.ipynb #d4287e40
 from __future__ import annotations
-import math
+import math, random
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from .core import LmlitError, get_device
 __all__ = ['ConfigError', 'padded_vocab_size', 'GPTConfig', 'RMSNorm', 'norm', 'rope_tables', 'apply_rope_reference', 'rotate',
            'Rotary', 'apply_rope', 'CausalSelfAttention', 'ReLUSquared', 'relu2', 'MLP', 'Block', 'SoftcapCrossEntropy',
            'ChunkedSoftcapCrossEntropy', 'GPT', 'build_model', 'num_params', 'flops_per_token',
-           'measured_flops_per_token', 'CacheStep', 'KVCache', 'generate']
+           'measured_flops_per_token', 'CacheStep', 'KVCache', 'sample_reference', 'sample', 'row_seed', 'generate']
 
 # %% ../nbs/02_model.ipynb #4efb083f
 class ConfigError(LmlitError, ValueError):
@@ -186,6 +186,7 @@ def relu2(h: torch.Tensor) -> torch.Tensor:
     if h.is_cpu and not torch.compiler.is_compiling(): return ReLUSquared.apply(h)
     return F.relu(h).square()
 
+# %% ../nbs/02_model.ipynb #458d4598
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -312,7 +313,8 @@ class GPT(nn.Module):
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
         for b in self.blocks:
             for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.mlp.c_fc): nn.init.uniform_(lin.weight, -bound, bound)
-            nn.init.zeros_(b.attn.c_proj.weight); nn.init.zeros_(b.mlp.c_proj.weight)
+            nn.init.zeros_(b.attn.c_proj.weight)
+            nn.init.zeros_(b.mlp.c_proj.weight)
         cos, sin = rope_tables(self.rope_len, self.config.head_dim, self.config.rope_base, device=self.lm_head.weight.device)
         self.cos, self.sin = cos, sin
         return self
@@ -536,17 +538,90 @@ class KVCache:
         else: self.lengths[:s.n] += torch.tensor(s.counts)
         self.step = None
 
+# %% ../nbs/02_model.ipynb #5a5146c1
+def sample_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, u: float) -> int:
+    "One row (V,) by the definition: greedy at temperature 0, else the token where `u` of the kept mass is crossed."
+    logits = logits.float()
+    if temperature == 0: return int(logits.argmax())
+    V = logits.numel()
+    k = top_k if 0 < top_k < V else V
+    if k == V and top_p >= 1:                                   # nothing cut: the vocabulary in its own order
+        cdf = (logits / temperature).softmax(-1).cumsum(-1)
+        return min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), V - 1)
+    values, order = logits.sort(descending=True)
+    values = values[:k] / temperature
+    if top_p < 1:                                  # the nucleus: shares of the whole distribution, the likeliest first
+        probs = (values - (logits / temperature).logsumexp(-1)).exp()
+        keep = probs.cumsum(-1) - probs < top_p
+        keep[0] = True
+        probs, last = probs * keep, int(keep.sum()) - 1
+    else: probs, last = values.softmax(-1), k - 1                  # top-k alone: shares of the k
+    cdf = probs.cumsum(-1)
+    return int(order[min(int(torch.searchsorted(cdf, u * cdf[-1:], right=True)), last)])
+
+# %% ../nbs/02_model.ipynb #a50981e7
+def sample(logits: torch.Tensor, temperature, top_k, top_p, u) -> torch.Tensor:
+    "A token per row of `logits` (B, V) in one set of ops; `temperature`, `top_k` (0 = all), `top_p`, `u`: (B,) each."
+    logits = logits.float()
+    B, V = logits.shape
+    hot = temperature > 0
+    n_hot = int(hot.sum())
+    if n_hot == 0: return logits.argmax(-1)
+    t = temperature.clamp(min=1e-6)[:, None]                   # greedy rows divide by anything: argmax decides them
+    k = torch.where((top_k > 0) & (top_k < V), top_k, V)
+    cuts = hot & ((k < V) | (top_p < 1))
+    n_cuts = int(cuts.sum())
+    token = None
+    if n_cuts < n_hot:                                          # the vocabulary in its own order: no sort
+        cdf = (logits / t).softmax(-1).cumsum(-1)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=V - 1)
+    if n_cuts:                                                  # the likeliest first, only as many as the widest cut
+        width = int(k.max() if n_cuts == B else k[cuts].max())
+        values, order = logits.topk(width, dim=-1)
+        values = values / t
+        rank = torch.arange(width, device=logits.device)
+        if int(k.min()) < width: values = values.masked_fill(rank >= k[:, None], float('-inf'))
+        probs, last = values.softmax(-1), k - 1
+        nucleus = cuts & (top_p < 1)
+        if bool(nucleus.any()):
+            whole = (values - (logits / t).logsumexp(-1, keepdim=True)).exp()
+            keep = (whole.cumsum(-1) - whole < top_p[:, None]) & (rank < k[:, None])
+            keep[:, 0] = True
+            probs = torch.where(nucleus[:, None], whole * keep, probs)
+            last = torch.where(nucleus, keep.sum(-1) - 1, last)
+        cdf = probs.cumsum(-1)
+        pick = torch.minimum(torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0], last)
+        picked = order.gather(1, pick[:, None])[:, 0]
+        token = picked if token is None else torch.where(cuts, picked, token)
+    return token if n_hot == B else torch.where(hot, token, logits.argmax(-1))
+
+# %% ../nbs/02_model.ipynb #19fd5ce9
+def row_seed(seed: int, sample: int) -> int:
+    "The generator seed of sample `sample` of a request seeded `seed`."
+    return (seed * 1_000_003 + sample) % (2 ** 63)
+
 # %% ../nbs/02_model.ipynb #a7253a76
-def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
-    """Yield `max_tokens` sampled ids continuing `tokens` (temperature 0 = greedy). This is `lmlit.engine.Engine`'s one
-    generation path with no tokenizer (no tool, no stop token), imported when called: chapter 07 builds on this one."""
-    from lmlit.engine import Engine, Request
+def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             seed: int | None = 42):
+    """Yield `max_tokens` sampled ids continuing `tokens` (temperature 0 = greedy): the prompt in one cached forward,
+    then one token per step, each drawn by `sample` with a uniform from the generator of `row_seed(seed, 0)`."""
     if not tokens: raise ConfigError("generate needs at least one prompt token (e.g. the BOS id)")
+    if max_tokens < 1: raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+    if temperature < 0: raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    dev = self.lm_head.weight.device
+    settings = [torch.tensor([x], device=dev) for x in (float(temperature), top_k or 0, 1.0)]   # temperature, k, p
+    seed = random.getrandbits(62) if seed is None else seed
+    generator = torch.Generator().manual_seed(row_seed(seed, 0))      # on the CPU, whatever the model's device
+    cache = KVCache.for_model(self, 1, len(tokens) + max_tokens)
     was_training = self.training
     self.eval()
     try:
-        request = Request(list(tokens), max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
-        for delta in Engine(self, None, context=len(tokens) + max_tokens).generate([request]): yield delta.token
+        feed = list(tokens)
+        for _ in range(max_tokens):
+            with torch.inference_mode(): logits = self(torch.tensor([feed], device=dev), kv_cache=cache)
+            u = torch.rand(1, generator=generator).to(dev)
+            feed = [int(sample(logits, *settings, u))]
+            yield feed[0]
     finally: self.train(was_training)
 
 GPT.generate = generate

@@ -354,3 +354,19 @@ def test_generation_sees_weights_an_optimizer_wrote_through_p_data(tok):
         for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v): lin.weight.data.mul_(-1.7).add_(0.05)
     after = [d.token for d in engine.generate([Request(prompt, max_tokens=12, temperature=0)])]
     assert after == _plain_greedy(model, prompt, 12) and after != before
+
+def test_gpt_generate_gives_the_engines_tokens_greedy_and_seeded():
+    "GPT.generate (chapter 02, no engine import) and the engine share the forward, the sampler and the seed rule."
+    torch.manual_seed(3)
+    model = build_model(GPTConfig(sequence_len=64, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
+    for p in model.parameters(): torch.nn.init.normal_(p, std=0.2)
+    engine = Engine(model, None)
+    prompt = [5, 17, 42, 9]
+    runs = {}
+    settings = dict(greedy=dict(temperature=0), t1=dict(temperature=1.0, seed=11),
+                    topk=dict(temperature=1.0, top_k=30, seed=11), cool=dict(temperature=0.7, top_k=50, seed=4))
+    for name, kw in settings.items():
+        runs[name] = list(model.generate(prompt, 24, **kw))
+        assert [d.token for d in engine.generate([Request(prompt, max_tokens=24, **kw)])] == runs[name], name
+    assert runs['t1'] != runs['greedy'] and runs['t1'] != runs['topk']      # the seeded runs really sampled
+    assert list(model.generate(prompt, 24, temperature=1.0, seed=12)) != runs['t1']   # and the seed matters
