@@ -103,7 +103,9 @@ def main(argv=None):
     ap.add_argument('--peak-gbs', type=float, default=4800.0, help='device memory bandwidth peak, GB/s (H200: 4800)')
     ap.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])
     ap.add_argument('--clients', type=int, default=32)
+    ap.add_argument('--threads', type=int, default=1, help='torch threads (1: the same count as bench/engine_vs_nanochat.py)')
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     config = GPTConfig(sequence_len=a.prompt + a.new, vocab_size=a.vocab, n_layer=a.depth, n_head=a.width // 64,
                        n_kv_head=a.width // 64, n_embd=a.width)

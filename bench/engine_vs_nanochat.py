@@ -101,6 +101,7 @@ def main(argv=None):
     ap.add_argument('--new', type=int, default=128)
     ap.add_argument('--prompt', type=int, default=32)
     ap.add_argument('--reps', type=int, default=5)
+    ap.add_argument('--profile', action='store_true', help="also print where each engine's batch-1 greedy decode spends time")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     for size in (['5m', '40m'] if a.size == 'both' else [a.size]):
@@ -115,7 +116,7 @@ def main(argv=None):
             y = [c[0] for c, _ in nano.generate(p, num_samples=1, max_tokens=32, temperature=0.0)]
             same += x == y
         params = sum(p.numel() for p in ours.parameters())
-        print(f"\n### {size}: {params / 1e6:.1f} M parameters, prompt {a.prompt}, {a.new} new tokens, {a.threads} thread(s), "
+        print(f"\n#### {size}: {params / 1e6:.1f} M parameters, prompt {a.prompt}, {a.new} new tokens, {a.threads} thread(s), "
               f"{a.device}; greedy outputs token-identical on {same}/20 prompts")
         rows = [('batch 1, greedy', dict(n=1), dict(n=1)),
                 ('batch 1, top-k 50, T=1', dict(n=1, temperature=1.0, top_k=50), dict(n=1, temperature=1.0, top_k=50)),
@@ -145,6 +146,24 @@ def main(argv=None):
         t_ours, t_theirs = min(ttft[0]) * 1e3, min(ttft[1]) * 1e3
         print(f"\ntime to first token, batch 1: lmlit {t_ours:.2f} ms, nanochat {t_theirs:.2f} ms "
               f"(lmlit / nanochat {t_ours / t_theirs:.2f})")
+        if a.profile:
+            print_profile('lmlit', lambda: run_ours(engine, [prompt], a.new))
+            print_profile('nanochat', lambda: run_theirs(nano, prompt, a.new))
+
+
+def print_profile(name, fn, top=8):
+    "cProfile of one batch-1 greedy decode: the functions with the most time of their own, as shares of the whole."
+    import cProfile, pstats
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    st = pstats.Stats(prof)
+    total = sum(v[2] for v in st.stats.values())
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    print(f"\n{name}: batch-1 greedy decode, {total * 1e3:.0f} ms profiled; own time by function\n")
+    print("| function | calls | own ms | share |\n|---|---:|---:|---:|")
+    for (file, line, func), (_, calls, own, _, _) in rows:
+        where = f"{Path(file).name}:{line}" if line else file
+        print(f"| `{func}` ({where}) | {calls:,} | {own * 1e3:.1f} | {own / total:.0%} |")
 
 
 if __name__ == '__main__': main()

@@ -317,7 +317,8 @@ def _plain_greedy(model, prompt, max_tokens, ends=()):
             if ids[-1] in ends: break
     return ids[len(prompt):]
 
-def test_every_generation_path_goes_through_the_engine(tok):
+def test_every_generation_path_gives_the_plain_greedy_decode(tok):
+    "Engine, chat eval, GPT.generate (the model's own cached loop, same sampler), base-model samples and SFT replies."
     from lmlit.chat_eval import engine_generator
     from lmlit.eval import sample_completions
     from lmlit.sft import chat_reply
