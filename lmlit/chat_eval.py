@@ -127,7 +127,8 @@ def load_items(data: str) -> tuple[list[dict], str]:
         return [json.loads(l) for l in p.read_text().splitlines()], meta['source']
     items, source = _READERS[data]()
     tmp = p.with_name(f'{p.name}.{os.getpid()}.tmp')
-    tmp.write_text(''.join(json.dumps(it) + '\n' for it in items)); os.replace(tmp, p)
+    tmp.write_text(''.join(json.dumps(it) + '\n' for it in items))
+    os.replace(tmp, p)
     write_json(p.with_suffix('.json'), dict(source=source, n=len(items)))
     return items, source
 
@@ -179,7 +180,9 @@ def engine_generator(model, tokenizer, top_k: int | None = 50):
     "A `generate(prompts, max_tokens, temperature, seed)` on lmlit's batched engine, with the calculator tool."
     engines = []   # built on the first generation: categorical tasks never need one (and may score a model that is not a GPT)
     def generate(prompts, max_tokens, temperature=0.0, seed=0):
-        if not engines: model.eval(); engines.append(Engine(model, tokenizer))
+        if not engines:
+            model.eval()
+            engines.append(Engine(model, tokenizer))
         engine = engines[0]
         groups = {}
         for j, p in enumerate(prompts): groups.setdefault(tuple(p), []).append(j)
@@ -505,10 +508,12 @@ def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max
 # %% ../nbs/11_chat_eval.ipynb #aa93ef4b
 def save_chat(res: ChatCoreResult, out_dir) -> Path:
     "Write chat.json, chat.md, chat.csv, chat_items.jsonl and chat.png into `out_dir/eval/`."
-    d = Path(out_dir)/'eval'; d.mkdir(parents=True, exist_ok=True)
+    d = Path(out_dir)/'eval'
+    d.mkdir(parents=True, exist_ok=True)
     write_json(d/'chat.json', res.to_dict())
     with open(d/'chat.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['task', 'kind', 'items', 'accuracy', 'stderr', 'baseline', 'centered', 'in_chatcore'])
+        w = csv.writer(f)
+        w.writerow(['task', 'kind', 'items', 'accuracy', 'stderr', 'baseline', 'centered', 'in_chatcore'])
         for t in res.tasks.values(): w.writerow([t.name, t.kind, t.n, f'{t.accuracy:.4f}', f'{t.stderr:.4f}', f'{t.baseline:.4f}', f'{t.centered:.4f}', int(t.in_chatcore)])
         for n, why in res.missing.items(): w.writerow([n, CHAT_TASKS[n].kind, 0, '', '', '', '', f'not run: {why}'])
     with open(d/'chat_items.jsonl', 'w') as f:
@@ -575,7 +580,8 @@ def cli_chat_eval(argv=None, load=None) -> int:
                             sandbox_kw=dict(unsafe=True) if a.unsafe_sandbox else None)
         if info.is_main:
             update_provenance(stage_dir(run_dir, stage), chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))
-            print(res.table()); print()
+            print(res.table())
+            print()
             for line in res.notes(): print('-', line)
             print(f"\n{res.summary()} · {res.seconds:.0f} s · files in {stage_dir(run_dir, stage)/'eval'}\n")
             print(f"## Chat eval by stage ({run_dir.name})\n\n{stage_table(run_dir)}")
