@@ -697,7 +697,8 @@ def start_stage(cfg: dict, stage: str, init: tuple[str, Path], plan) -> tuple | 
     out.mkdir(parents=True, exist_ok=True)
     meta = resume_point(out, cfg, total_steps, model_shape(mcfg), tok.hash())
     if meta is not None and meta['step'] == total_steps:
-        print0(f"run {cfg['run']!r} {stage} is complete at step {total_steps}; pass steps > {total_steps} to continue it")
+        print0(f"run {cfg['run']!r} {stage} is complete at step {total_steps}; pass steps > {total_steps} to "
+               "continue it")
         return None
     ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
     seed_all(cfg['seed'])

@@ -225,7 +225,8 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     if n_local[k] == 0:
         safe = y.clone(); safe.view(-1)[0] = 0                    # one valid target so the loss is finite; weight 0 removes it
         return job.model(x, safe, loss_reduction='none').sum() * 0.0
-    return pg_loss(job.model, x, y, w, n_global, job.state.get('ref'), job.cfg['kl_coef'], job.cfg['temperature']) * job.accum * job.world
+    loss = pg_loss(job.model, x, y, w, n_global, job.state.get('ref'), job.cfg['kl_coef'], job.cfg['temperature'])
+    return loss * job.accum * job.world
 
 # %% ../nbs/10_rl.ipynb #387dc0cd
 EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
@@ -262,7 +263,8 @@ def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int
 def evaluate(job: Job, step: int) -> dict:
     "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
     job.raw_model.eval()
-    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.state['eval_fn'], job.cfg, job.state['context'],
+    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.state['eval_fn'], job.cfg,
+                              job.state['context'],
                     job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
     if res['stopped']:
@@ -342,7 +344,8 @@ def write_rl_files(job: Job) -> None:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'], init=job.meta['init'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=job.peak_basis)
+                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
+                      mfu_basis=job.peak_basis)
     print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · task {cfg['task']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} problems × {cfg['samples']} samples (grad accum {job.accum})")
     live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
