@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import LmlitError, print0, dist_teardown, autocast_dtype, minor_faults
+from .core import (LmlitError, print0, dist_setup, dist_teardown, autocast_dtype, minor_faults, seed_all,
+                        keep_freed_memory)
 from . import optim   # called as optim.name: a test replaces optim.lr_multiplier to make a run blow up
 from .checkpoint import (save_checkpoint, rng_state, set_rng_state, complete_checkpoints, check_compat, read_meta,
-                              load_weights, check_shared_folder, write_record)
+                              load_weights, check_shared_folder, write_record, run_path, load_checkpoint,
+                              model_shape)
+from .model import GPTConfig, build_model
+from .tokenizer import Tokenizer
 
 # %% auto #0
 __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'PART_ORDER', 'parse_value', 'resolve_params',
@@ -25,7 +29,7 @@ __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'PART_ORDER
            'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job',
            'close_job', 'resolve_dtype', 'data_stats', 'step_record', 'make_plots', 'live_default', 'Progress',
            'next_round', 'window_size', 'part_means', 'step_windows', 'throughput_report', 'run_job', 'finish',
-           'write_stage_record']
+           'write_stage_record', 'warm_start', 'start_stage']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -262,11 +266,15 @@ class Job:
     clock: StepClock | None = None
     stats: StepStats = field(default_factory=StepStats)
     peak: float | None = None                     # the device's peak FLOP/s, for MFU
+    peak_basis: str = ''                          # where `peak` came from (a table or a measurement)
     flops_per_token: float = 0.0
     tokens_per_step: int = 0
     last_ckpt: int | None = None
     t_start: float = field(default_factory=time.perf_counter)
-    summary: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)  # what the stage reports: the run returns it, as it is
+    # working state the loop and the stage keep between steps but do not report (the step's token counts, RL's
+    # reference model and evaluation reward, the first batch's time, whether the data-wait warning was given)
+    state: dict = field(default_factory=dict)
     # a callable giving fresh validation batches, for the stage's evaluation
     val_batches: object = None
     progress: object = None                       # the progress display (below)
@@ -413,11 +421,11 @@ def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_
         print0(f"memory: planned {job.plan.get('total', 0)/2**20:.1f} MiB, measured {peak_bytes/2**20:.1f} MiB"
                + (" (growth of process peak RSS)" if job.device.type == 'cpu' else " (CUDA allocator peak)"))
     job.loop['smooth'] = loss if job.loop['smooth'] is None else 0.9 * job.loop['smooth'] + 0.1 * loss
-    if job.stats.seen >= 5 and not job.summary.get('warned_data'):
+    if job.stats.seen >= 5 and not job.state.get('warned_data'):
         warning = data_wait_warning(job.stats.avg('data'), job.stats.avg('step'))
         if warning:
             warnings.warn(warning)
-            job.summary['warned_data'] = True
+            job.state['warned_data'] = True
     return dict(kind='train', step=step, time=time.time(), elapsed=time.perf_counter() - job.t_start, loss=loss,
                 loss_smooth=job.loop['smooth'], lr_mult=lr_mult, lr=lr_mult * job.cfg.get('matrix_lr', 1.0),
                 tokens=job.loop['tokens'],
@@ -616,8 +624,8 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             job.clock.mark('ckpt')
             t = job.clock.stop()
             if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
-                t['data'] += job.summary.get('t_first_batch', 0.0)
-                t['step'] += job.summary.get('t_first_batch', 0.0)
+                t['data'] += job.state.get('t_first_batch', 0.0)
+                t['step'] += job.state.get('t_first_batch', 0.0)
             rec = step_record(job, step, t, loss, lr_mult, minor_faults() - faults if faults is not None else None)
             job.metrics.write(**rec)
             job.summary.setdefault('losses', []).append(loss)
@@ -642,7 +650,7 @@ def finish(job: Job, step: int) -> dict:
     if job.is_main: write_stage_record(job, step)
     if dist.is_available() and dist.is_initialized(): dist.barrier()
     if job.progress is not None: job.progress.close()
-    return {k: v for k, v in s.items() if k not in ('t_first_batch', 'warned_data', 'counts')}
+    return s
 
 def write_stage_record(job: Job, step: int, failed: BaseException | None = None) -> None:
     "The stage's record of its figures (`12_report` renders the run report from these): when the loop ends, or fails."
@@ -662,3 +670,55 @@ def write_stage_record(job: Job, step: int, failed: BaseException | None = None)
                  final_loss=(s.get('losses') or [None])[-1], val_bpb=evals[-1][1] if evals else None,
                  started_from=job.meta.get('init'), resumed_at=[job.start_step] if job.start_step else [],
                  stop_reason=reason)
+
+# %% ../nbs/04d_loop.ipynb #5e0b7c91
+def warm_start(optimizer, state: dict) -> None:
+    "Load a checkpoint's optimizer state (momentum, Adam moments) but keep this optimizer's learning rates and decay."
+    hyper = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+    optim.load_optimizer_state(optimizer, state)
+    for g, h in zip(optimizer.param_groups, hyper): g.update(h)
+
+# %% ../nbs/04d_loop.ipynb #3b9c6d52
+def start_stage(cfg: dict, stage: str, init: tuple[str, Path], plan) -> tuple | None:
+    """The start every post-training stage shares (text above), from `init` = (stage, folder) of its checkpoint.
+    `plan(tok, context, world)` checks the stage's inputs; it returns (total steps, grad accumulation, anything).
+    Returns (job, ck, start, anything): the Job without loaders, the stage's checkpoint it resumes (None: a fresh
+    start), the start checkpoint; None when the stage is already complete."""
+    info = dist_setup(cfg['device'])
+    device = info.device
+    if device.type == 'cpu': keep_freed_memory()
+    root = run_path(cfg['run'])
+    tok = Tokenizer.load(root/'tokenizer')
+    start = load_checkpoint(init[1], rank=0, map_location='cpu')
+    mcfg = GPTConfig(**start['meta']['model_shape'])
+    check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
+    total_steps, accum, planned = plan(tok, mcfg.sequence_len, info.world_size)
+    out = root/stage
+    out.mkdir(parents=True, exist_ok=True)
+    meta = resume_point(out, cfg, total_steps, model_shape(mcfg), tok.hash())
+    if meta is not None and meta['step'] == total_steps:
+        print0(f"run {cfg['run']!r} {stage} is complete at step {total_steps}; pass steps > {total_steps} to "
+               "continue it")
+        return None
+    ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
+    seed_all(cfg['seed'])
+    model = build_model(mcfg, device)
+    model.load_state_dict(start['model'])
+    base = start['meta'].get('config') or {}
+    lrs = {k: base.get(k, v) * cfg['lr_frac']   # the base run's learning rates (these when its config does not say)
+           for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
+    optimizer = optim.setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'],
+                                      max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
+    if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
+    peak, peak_basis = peak_flops(device)
+    job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer, batches=[],
+              accum=accum, total_steps=total_steps, rank=info.rank, world=info.world_size, device=device,
+              dtype=resolve_dtype(cfg['dtype'], device), tokenizer=tok, peak=peak, peak_basis=peak_basis,
+              meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=model.num_params()['total'],
+                        stage=stage, init=dict(stage=init[0], path=str(start['path']), step=start['meta']['step'])),
+              flops_per_token=model.flops_per_token(), stop=StopFlag())
+    if ck is not None: restore_job(job, ck)
+    if cfg['compile']: job.model = torch.compile(model)
+    job.summary = dict(run=cfg['run'], stage=stage, run_dir=str(out), world_size=info.world_size,
+                       total_steps=total_steps, losses=[], stopped=None, init=job.meta['init'])
+    return job, ck, start, planned

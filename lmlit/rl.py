@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from .core import LmlitError, dist_setup, print0, seed_all, write_json, write_provenance, keep_freed_memory
+from .core import LmlitError, print0, write_json, write_provenance
 from .model import build_model, GPTConfig
 from .optim import setup_optimizer
 from .tokenizer import Tokenizer
 from .chat_data import get_task, global_token_count, lenient_answer
-from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
-from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, peak_flops, MetricsWriter, read_metrics,
-                        StopFlag, resume_point, restore_job, close_job, resolve_dtype, run_job, Progress, live_default)
+from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
+from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, MetricsWriter, read_metrics,
+                        close_job, run_job, Progress, live_default, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
-from .sft import warm_start, sample
+from .sft import sample
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'resolve_config', 'problems', 'exact_answer', 'load_reward',
@@ -214,18 +214,19 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     "Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the step's `rl` record."
     if k == 0:
         n_global, n_local = global_token_count([b[1] for b in batches])
-        job.summary['counts'] = n_global, n_local
+        job.state['counts'] = n_global, n_local
         job.tokens_per_step = int(n_global.item())
         step = job.start_step + len(job.summary['losses']) + 1
         stats = step_stats(batches, job.device)
         job.metrics.write(kind='rl', step=step, time=time.time(), sampled_tokens=job.tokens_per_step, **stats)
         job.summary['rewards'].append(stats['reward'])
-    n_global, n_local = job.summary['counts']
+    n_global, n_local = job.state['counts']
     x, y, w, _ = batches[k]
     if n_local[k] == 0:
         safe = y.clone(); safe.view(-1)[0] = 0                    # one valid target so the loss is finite; weight 0 removes it
         return job.model(x, safe, loss_reduction='none').sum() * 0.0
-    return pg_loss(job.model, x, y, w, n_global, job.summary.get('ref'), job.cfg['kl_coef'], job.cfg['temperature']) * job.accum * job.world
+    loss = pg_loss(job.model, x, y, w, n_global, job.state.get('ref'), job.cfg['kl_coef'], job.cfg['temperature'])
+    return loss * job.accum * job.world
 
 # %% ../nbs/10_rl.ipynb #387dc0cd
 EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
@@ -262,7 +263,8 @@ def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int
 def evaluate(job: Job, step: int) -> dict:
     "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
     job.raw_model.eval()
-    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.summary['eval_fn'], job.cfg, job.summary['context'],
+    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.state['eval_fn'], job.cfg,
+                              job.state['context'],
                     job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
     if res['stopped']:
@@ -304,55 +306,33 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
 
 def setup_rl(cfg: dict) -> Job | None:
     "Everything before RL's first step, checks first; None when the stage is already complete."
-    info = dist_setup(cfg['device'])
-    device = info.device
-    if device.type == 'cpu': keep_freed_memory()
-    init_stage, init_dir = init_checkpoint(cfg)
-    root = run_path(cfg['run'])
-    out = root/'rl'
-    tok = Tokenizer.load(root/'tokenizer')
-    start = load_checkpoint(init_dir, rank=0, map_location='cpu')
-    mcfg = GPTConfig(**start['meta']['model_shape'])
-    check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
-    train, held, reward, accum = check_inputs(cfg, tok, mcfg.sequence_len, info.world_size)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = resume_point(out, cfg, cfg['steps'], model_shape(mcfg), tok.hash())
-    if meta is not None and meta['step'] == cfg['steps']:
-        print0(f"run {cfg['run']!r} rl is complete at step {cfg['steps']}; pass steps > {cfg['steps']} to continue it"); return None
-    ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
-    seed_all(cfg['seed'])
-    model = build_model(mcfg, device)
-    model.load_state_dict(start['model'])
+    def plan(tok, context: int, world: int):   # RL's checks, before anything is built
+        train, held, reward, accum = check_inputs(cfg, tok, context, world)
+        return cfg['steps'], accum, (train, held, reward)
+    started = start_stage(cfg, 'rl', init_checkpoint(cfg), plan)
+    if started is None: return None
+    job, ck, start, (train, held, reward) = started
+    context = start['meta']['model_shape']['sequence_len']
     streams = cfg['prompts'] // cfg['device_prompts']
-    loaders = {s: RLSampler(model, tok, train, reward, cfg, s, streams, device, mcfg.sequence_len)
-               for s in range(info.rank * accum, (info.rank + 1) * accum)}
+    job.loaders = {s: RLSampler(job.raw_model, job.tokenizer, train, reward, cfg, s, streams, job.device, context)
+                   for s in range(job.rank * job.accum, (job.rank + 1) * job.accum)}
     if ck is not None:
-        for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
-    base = start['meta'].get('config') or {}
-    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k, v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
-    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'], max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
-    if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
-    peak, peak_basis = peak_flops(device)
-    job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer, batches=list(loaders.values()),
-              accum=accum, total_steps=cfg['steps'], rank=info.rank, world=info.world_size, device=device,
-              dtype=resolve_dtype(cfg['dtype'], device), tokenizer=tok, loaders=loaders, peak=peak,
-              meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=model.num_params()['total'], stage='rl',
-                        init=dict(stage=init_stage, path=str(start['path']), step=start['meta']['step'])),
-              flops_per_token=model.flops_per_token(), tokens_per_step=0, stop=StopFlag())
+        for s, loader in job.loaders.items(): loader.load_state_dict(ck['loader_states'][s])
+    job.batches = list(job.loaders.values())
     job.val_batches = held
-    if ck is not None: restore_job(job, ck)
-    if cfg['compile']: job.model = torch.compile(model)
-    job.summary = dict(run=cfg['run'], stage='rl', run_dir=str(out), world_size=info.world_size, total_steps=cfg['steps'], losses=[],
-                       rewards=[], evals=[], stopped=None, init=job.meta['init'], reward_fn=reward, context=mcfg.sequence_len,
-                       eval_fn=reward if cfg['eval_reward'] == 'reward' else load_reward(cfg['eval_reward']),
-                       warned_data=True)   # the loop's data-wait warning is about loaders; RL's 'data' time is sampling, by design
+    job.summary.update(rewards=[], evals=[])
+    # the loop's data-wait warning is about loaders; RL's 'data' time is sampling, by design
+    job.state = dict(context=context, warned_data=True,
+                     eval_fn=reward if cfg['eval_reward'] == 'reward' else load_reward(cfg['eval_reward']))
     if cfg['kl_coef'] > 0:
-        ref = build_model(mcfg, device); ref.load_state_dict(start['model']); ref.requires_grad_(False)
-        job.summary['ref'] = ref
-    write_rl_files(job, peak_basis)
+        ref = build_model(GPTConfig(**start['meta']['model_shape']), job.device)
+        ref.load_state_dict(start['model'])
+        ref.requires_grad_(False)
+        job.state['ref'] = ref
+    write_rl_files(job)
     return job
 
-def write_rl_files(job: Job, peak_basis: str) -> None:
+def write_rl_files(job: Job) -> None:
     "config.json, provenance.json, the metrics' meta record (rank 0), and the opening line."
     cfg = job.cfg
     if job.is_main:
@@ -364,7 +344,8 @@ def write_rl_files(job: Job, peak_basis: str) -> None:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'], init=job.meta['init'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
+                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
+                      mfu_basis=job.peak_basis)
     print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · task {cfg['task']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} problems × {cfg['samples']} samples (grad accum {job.accum})")
     live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
@@ -396,7 +377,7 @@ def rl(**params) -> dict:
         if job.start_step == 0 and cfg['eval_every']: evaluate(job, 0)   # the starting model's pass@1: the 'before'
         result = run_job(job, evaluate, sample, micro_loss=rl_loss)
         if job.is_main and cfg['plots']: result['plots'] = result.get('plots', []) + [str(reward_plot(job.run_dir))]
-        return {k: v for k, v in result.items() if k not in ('reward_fn', 'eval_fn', 'ref')}
+        return result
     finally:
         close_job(job)
 

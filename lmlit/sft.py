@@ -12,23 +12,19 @@ import os, sys, json, math, time
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import LmlitError, dist_setup, print0, interactive, seed_all, write_json, write_provenance, keep_freed_memory
-from .model import GPTConfig, build_model
-from .optim import load_optimizer_state, setup_optimizer
-from .tokenizer import Tokenizer
+from .core import LmlitError, print0, interactive, write_json, write_provenance
 from .chat_data import (
     ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
-from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, model_shape, check_compat
-from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
-                        MetricsWriter, read_metrics, StopFlag, resume_point, restore_job, close_job, resolve_dtype,
-                        run_job, Progress, live_default)
+from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
+from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, MetricsWriter,
+                        read_metrics, close_job, run_job, Progress, live_default, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'warm_start', 'horizon', 'check_seq_len',
-           'setup_sft', 'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'held_out_table',
-           'tool_use', 'sft', 'cli_sft', 'main']
+__all__ = ['DEFAULTS', 'SAMPLE_CHATS', 'resolve_config', 'init_checkpoint', 'sft_loss', 'horizon', 'check_seq_len', 'setup_sft',
+           'write_sft_files', 'task_losses', 'evaluate', 'chat_reply', 'sample', 'held_out_table', 'tool_use', 'sft',
+           'cli_sft', 'main']
 
 # %% ../nbs/09_sft.ipynb #0dc4b232
 DEFAULTS = parameters_of(stage_notebook('09_sft'))   # the parameters cell below
@@ -65,17 +61,10 @@ def init_checkpoint(cfg: dict) -> tuple[str, Path]:
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     "Micro-batch `k`'s loss, normalised by the supervised tokens of the step's micro-batches on every rank."
-    if k == 0: job.summary['counts'] = global_token_count([y for _, y in batches])
-    n_global, n_local = job.summary['counts']
+    if k == 0: job.state['counts'] = global_token_count([y for _, y in batches])
+    n_global, n_local = job.state['counts']
     x, y = batches[k]
     return micro_batch_loss(job.model, x, y, n_local[k], n_global) * job.accum * job.world
-
-# %% ../nbs/09_sft.ipynb #24a6b1a9
-def warm_start(optimizer, state: dict) -> None:
-    "Load a checkpoint's optimizer state (momentum, Adam moments) but keep this optimizer's learning rates and decay."
-    hyper = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    load_optimizer_state(optimizer, state)
-    for g, h in zip(optimizer.param_groups, hyper): g.update(h)
 
 # %% ../nbs/09_sft.ipynb #d61adc9e
 def horizon(cfg: dict, mixture, tok) -> int:
@@ -96,61 +85,28 @@ def check_seq_len(cfg: dict, context: int) -> int:
 # %% ../nbs/09_sft.ipynb #c1510586
 def setup_sft(cfg: dict) -> Job | None:
     "Everything before SFT's first step, checks first; None when the stage is already complete."
-    info = dist_setup(cfg['device'])
-    device = info.device
-    if device.type == 'cpu': keep_freed_memory()
-    init_stage, init_dir = init_checkpoint(cfg)
-    root = run_path(cfg['run'])
-    out = root/cfg['stage']
-    tok = Tokenizer.load(root/'tokenizer')
-    start = load_checkpoint(init_dir, rank=0, map_location='cpu')
-    mcfg = GPTConfig(**start['meta']['model_shape'])
-    check_compat(start['meta'], model_shape(mcfg), tok.hash(), start['path'])
-    seq_len = check_seq_len(cfg, mcfg.sequence_len)
-    accum = grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, info.world_size)
-    mixture = get_mixture(cfg['mixture'], 'train', cfg['seed'])
-    total_steps = horizon(cfg, mixture, tok)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = resume_point(out, cfg, total_steps, model_shape(mcfg), tok.hash())
-    if meta is not None and meta['step'] == total_steps:
-        print0(f"run {cfg['run']!r} {cfg['stage']} is complete at step {total_steps}; pass steps > {total_steps} to "
-               "continue it")
-        return None
-    ck = load_checkpoint(out, map_location='cpu') if meta is not None else None
+    def plan(tok, context: int, world: int):   # SFT's checks and sizes, before anything is built
+        seq_len = check_seq_len(cfg, context)
+        accum = grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, world)
+        mixture = get_mixture(cfg['mixture'], 'train', cfg['seed'])
+        return horizon(cfg, mixture, tok), accum, (seq_len, mixture)
+    started = start_stage(cfg, cfg['stage'], init_checkpoint(cfg), plan)
+    if started is None: return None
+    job, ck, _, (seq_len, mixture) = started
     streams = data_streams(cfg['total_batch'], cfg['device_batch'], seq_len)
-    loaders = {s: ChatLoader(mixture, tok, cfg['device_batch'], seq_len, stream=s, streams=streams, device=device,
-                             all_tokens=cfg['stage'] == 'mid') for s in range(info.rank * accum,
-                                                                                (info.rank + 1) * accum)}
+    job.loaders = {s: ChatLoader(mixture, job.tokenizer, cfg['device_batch'], seq_len, stream=s, streams=streams,
+                                 device=job.device, all_tokens=cfg['stage'] == 'mid')
+                   for s in range(job.rank * job.accum, (job.rank + 1) * job.accum)}
     if ck is not None:
-        for s, loader in loaders.items(): loader.load_state_dict(ck['loader_states'][s])
-    seed_all(cfg['seed'])
-    model = build_model(mcfg, device)
-    model.load_state_dict(start['model'])
-    base = start['meta'].get('config') or {}
-    lrs = {k: base.get(k, v) * cfg['lr_frac'] for k,
-           v in dict(unembedding_lr=0.004, embedding_lr=0.2, matrix_lr=0.02).items()}
-    optimizer = setup_optimizer(model, **lrs, weight_decay=cfg['weight_decay'],
-                                max_grad_norm=cfg['grad_clip'] if cfg['grad_clip'] > 0 else None)
-    if cfg['warm_start'] and ck is None and start['optim'] is not None: warm_start(optimizer, start['optim'])
-    peak, peak_basis = peak_flops(device)
-    job = Job(cfg={**cfg, 'matrix_lr': lrs['matrix_lr']}, run_dir=out, model=model, optimizer=optimizer,
-              batches=list(loaders.values()),
-              accum=accum, total_steps=total_steps, rank=info.rank, world=info.world_size, device=device,
-              dtype=resolve_dtype(cfg['dtype'], device), tokenizer=tok, loaders=loaders, peak=peak,
-              meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=model.num_params()['total'],
-                        stage=cfg['stage'],
-                        init=dict(stage=init_stage, path=str(start['path']), step=start['meta']['step'])),
-              flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag())
-    job.val_batches = {name: mix for name,
-                       mix in get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task().items()}
-    if ck is not None: restore_job(job, ck)
-    if cfg['compile']: job.model = torch.compile(model)
-    job.summary = dict(run=cfg['run'], stage=cfg['stage'], run_dir=str(out), world_size=info.world_size,
-                       total_steps=total_steps, losses=[], val_loss=[], stopped=None, init=job.meta['init'])
-    write_sft_files(job, peak_basis, seq_len)
+        for s, loader in job.loaders.items(): loader.load_state_dict(ck['loader_states'][s])
+    job.batches = list(job.loaders.values())
+    job.tokens_per_step = cfg['total_batch']
+    job.val_batches = get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task()
+    job.summary['val_loss'] = []
+    write_sft_files(job, seq_len)
     return job
 
-def write_sft_files(job: Job, peak_basis: str, seq_len: int) -> None:
+def write_sft_files(job: Job, seq_len: int) -> None:
     """config.json (with the checkpoint it started from), provenance.json, the metrics' meta record (rank 0), and the
     opening lines."""
     cfg = job.cfg
@@ -166,7 +122,7 @@ def write_sft_files(job: Job, peak_basis: str, seq_len: int) -> None:
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
     job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
                       init=job.meta['init'], flops_per_token=job.flops_per_token, world_size=job.world,
-                      grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=peak_basis)
+                      grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=job.peak_basis)
     print0(f"lmlit {cfg['stage']}: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} "
            f"· mixture {cfg['mixture']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum "

@@ -175,7 +175,8 @@ def setup_job(cfg: dict) -> Job | None:
     if cfg['compile']: job.model = torch.compile(model)
     job.summary = dict(run=cfg['run'], run_dir=str(run_dir), world_size=info.world_size, total_steps=total_steps,
                        losses=[], val_bpb=[], plan_bytes=plan['total'], measured_peak_bytes=None, stopped=None,
-                       params=nparams, t_first_batch=t_first_batch)
+                       params=nparams)
+    job.state['t_first_batch'] = t_first_batch   # the loop adds it to the first step's data time
     write_run_files(job, source, peak_basis, limit)
     return job
 
