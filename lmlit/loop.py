@@ -598,11 +598,15 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
     "Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's. Returns the summary."
     cfg = job.cfg
     step = job.start_step
+    due_ckpt = False   # a checkpoint of `step` is due: written at the top of the next pass, after `step`'s metrics line
     try:
         while True:
             last = step == job.total_steps
             job.clock.start()
             faults = minor_faults()
+            if due_ckpt:   # so a checkpoint's step always has its line: a kill between the two cannot drop it
+                save_job(job, step)
+                job.clock.mark('ckpt')
             # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
             missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
             if due(cfg['eval_every'], step, job.start_step, last) or missed:
@@ -619,9 +623,6 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             step += 1
             check_loss(job, loss, step)
             job.loop['tokens'] += job.tokens_per_step
-            if stop_asked or (cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps):
-                save_job(job, step)
-            job.clock.mark('ckpt')
             t = job.clock.stop()
             if job.stats.seen == 0:   # the first batch may have been fetched before the model was built
                 t['data'] += job.state.get('t_first_batch', 0.0)
@@ -630,7 +631,9 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             job.metrics.write(**rec)
             job.summary.setdefault('losses', []).append(loss)
             if step % cfg['log_every'] == 0 or step == job.total_steps: job.progress.update(step, rec)
+            due_ckpt = cfg['checkpoint_every'] > 0 and step % cfg['checkpoint_every'] == 0 and step < job.total_steps
             if stop_asked:
+                save_job(job, step)
                 job.summary['stopped'] = 'signal'
                 print0(f"stopped by signal at step {step}; checkpoint saved. Continue with resume=True")
                 break
