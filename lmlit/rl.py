@@ -132,9 +132,13 @@ def toy_pg_run(sign: float, steps: int = 5, target: int = 3, K: int = 8, seed: i
         rewards = sign * (tokens == target).float()[None]
         w = advantages(rewards)[0]
         x = prefix.repeat(K, 1)
-        y = torch.full_like(x, -1); y[:, -1] = tokens                  # only the sampled token is trained
+        # only the sampled token is trained
+        y = torch.full_like(x, -1)
+        y[:, -1] = tokens
         loss = pg_loss(net, x, y, w, torch.tensor(float(K)))
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return before, prob()
 
 # %% ../nbs/10_rl.ipynb #24e8afdf
@@ -186,7 +190,9 @@ class RLSampler:
                 toks = [t for t, _ in answers[i][j]]
                 seq = r.prompt + toks
                 tgt = [-1] * (len(r.prompt) - 1) + [-1 if f or flat[i] else t for t, f in answers[i][j]]
-                rows.append(seq[:-1]); targets.append(tgt); weights.append(adv[i, j].item())
+                rows.append(seq[:-1])
+                targets.append(tgt)
+                weights.append(adv[i, j].item())
         T_ = max(len(s) for s in rows)
         x = torch.tensor([s + [0] * (T_ - len(s)) for s in rows], device=self.device)
         y = torch.tensor([t + [-1] * (T_ - len(t)) for t in targets], device=self.device)
@@ -223,7 +229,9 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     n_global, n_local = job.state['counts']
     x, y, w, _ = batches[k]
     if n_local[k] == 0:
-        safe = y.clone(); safe.view(-1)[0] = 0                    # one valid target so the loss is finite; weight 0 removes it
+        # one valid target so the loss is finite; weight 0 removes it
+        safe = y.clone()
+        safe.view(-1)[0] = 0
         return job.model(x, safe, loss_reduction='none').sum() * 0.0
     loss = pg_loss(job.model, x, y, w, n_global, job.state.get('ref'), job.cfg['kl_coef'], job.cfg['temperature'])
     return loss * job.accum * job.world
@@ -249,7 +257,9 @@ def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int
             if stop is not None and not requests[0].cancelled and stop():
                 for r in requests: r.cancelled = True
             if d.token is not None and d.finish != 'stop': replies[d.request][d.sample].append(d.token)
-        if requests[0].cancelled: sums[4] = 1; break
+        if requests[0].cancelled:
+            sums[4] = 1
+            break
         for (q, a), group in zip((items[i] for i in chunk), replies):
             right = [score(reward, q, tok.decode(r), a) > 0 for r in group]
             p1 = sum(right) / K
@@ -354,17 +364,24 @@ def write_rl_files(job: Job) -> None:
 # %% ../nbs/10_rl.ipynb #05d65d9b
 def reward_plot(run_dir) -> Path:
     "plots/reward.png: the mean reward per step and held-out pass@1 / pass@k."
-    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib
+    matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     run_dir = Path(run_dir)
     rl, ev = read_metrics(run_dir/'metrics.jsonl', 'rl'), read_metrics(run_dir/'metrics.jsonl', 'eval')
-    out = run_dir/'plots'; out.mkdir(parents=True, exist_ok=True)
+    out = run_dir/'plots'
+    out.mkdir(parents=True, exist_ok=True)
     f, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r['step'] for r in rl], [r['reward'] for r in rl], alpha=.6, label='mean reward (train samples)')
     ax.plot([r['step'] for r in ev], [r['pass@1'] for r in ev], 'o-', label='held-out pass@1')
     ax.plot([r['step'] for r in ev], [r['pass@k'] for r in ev], 's--', label='held-out pass@k')
-    ax.set_xlabel('step'); ax.set_ylim(-0.02, 1.02); ax.grid(alpha=.3); ax.legend(fontsize=7); f.tight_layout()
-    f.savefig(out/'reward.png', dpi=100); plt.close(f)
+    ax.set_xlabel('step')
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7)
+    f.tight_layout()
+    f.savefig(out/'reward.png', dpi=100)
+    plt.close(f)
     return out/'reward.png'
 
 def rl(**params) -> dict:
