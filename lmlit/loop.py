@@ -8,7 +8,7 @@ Docs: https://lmlit.github.io/lmlit/loop.html.md"""
 
 # %% ../nbs/04d_loop.ipynb #2e6947cd
 from __future__ import annotations
-import os, sys, json, math, time, ast, signal, difflib, threading, warnings
+import os, json, math, time, ast, signal, difflib, threading, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch

@@ -9,7 +9,7 @@ Docs: https://lmlit.github.io/lmlit/model.html.md"""
 # %% ../nbs/02_model.ipynb #d4287e40
 from __future__ import annotations
 import math, random
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -8,8 +8,7 @@ Docs: https://lmlit.github.io/lmlit/rl.html.md"""
 
 # %% ../nbs/10_rl.ipynb #70cde90f
 from __future__ import annotations
-import os, sys, json, math, time, random, importlib
-from fractions import Fraction
+import os, sys, math, time, random, importlib
 from pathlib import Path
 import torch
 import torch.distributed as dist

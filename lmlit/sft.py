@@ -12,7 +12,7 @@ import os, sys, json, math, time
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from .core import LmlitError, print0, interactive, write_json, write_provenance
+from .core import LmlitError, print0, write_json, write_provenance
 from .chat_data import (
     ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
