@@ -154,9 +154,12 @@ def test_regenerate_send_and_edit_mid_stream_replace_the_reply(page, served):
     model = served['model']
     _ask(page, 'long one')
     _streaming(page)
+    page.evaluate("document.querySelector('.streaming').dataset.old = '1'")   # the old reply's element, to tell it apart
     page.click('.streaming .regenerate')                 # regenerate mid-stream: the old reply stops, a new one streams
+    # A new element replaces the old one. (Waiting for its body to be empty raced: on a loaded machine the first
+    # tokens could land between two polls.)
     _wait(page, "document.querySelectorAll('.streaming').length === 1 && "
-                "document.querySelector('.streaming .body').textContent.length === 0", 10)
+                "!document.querySelector('.streaming').dataset.old", 10)
     _streaming(page)                                     # the new reply streams at once: the server let the old one go
     assert page.locator('.msg.assistant').count() == 1 and max(batch for batch, _ in model.calls[-5:]) == 1
     _ask(page, 'short question')                         # send mid-stream: the reply ends, the new question is answered
