@@ -26,10 +26,10 @@ from .engine import Engine, Request
 from .sft import sample
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'resolve_config', 'problems', 'exact_answer', 'load_reward',
-           'score', 'advantages', 'token_nll', 'pg_loss', 'toy_pg_run', 'RLSampler', 'step_stats', 'rl_loss',
-           'held_out_pass_rates', 'evaluate', 'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files',
-           'reward_plot', 'rl', 'cli_rl', 'main']
+__all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'FILTER_SEED', 'resolve_config', 'problems', 'exact_answer',
+           'load_reward', 'score', 'advantages', 'token_nll', 'pg_loss', 'toy_pg_run', 'train_order', 'RLSampler',
+           'step_stats', 'rl_loss', 'right_counts', 'held_out_pass_rates', 'evaluate', 'solvable_problems',
+           'init_checkpoint', 'check_inputs', 'setup_rl', 'write_rl_files', 'reward_plot', 'rl', 'cli_rl', 'main']
 
 # %% ../nbs/10_rl.ipynb #5191a1f8
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
@@ -50,6 +50,10 @@ def resolve_config(**overrides) -> dict:
         if cfg[k] <= 0: raise LmlitError(f"{k} must be > 0 (RL and pass@k sample), got {cfg[k]}")
     if not cfg['lr_frac'] > 0: raise LmlitError(f"lr_frac must be > 0, got {cfg['lr_frac']}")
     if cfg['kl_coef'] < 0: raise LmlitError(f"kl_coef must be ≥ 0, got {cfg['kl_coef']}")
+    if cfg['filter_problems'] < 0: raise LmlitError(f"filter_problems must be ≥ 0 (0: no pre-pass), got {cfg['filter_problems']}")
+    if cfg['filter_problems'] and cfg['filter_samples'] < 2:
+        raise LmlitError(f"filter_samples must be ≥ 2, got {cfg['filter_samples']}: the pre-pass keeps problems answered right "
+                         "sometimes but not always, which one answer cannot show")
     cfg['stage'] = 'rl'
     return cfg
 
@@ -90,11 +94,12 @@ def score(reward, question: str, reply: str, answer: str) -> float:
     return float(value)
 
 # %% ../nbs/10_rl.ipynb #461db074
-def advantages(rewards: torch.Tensor, std_norm: bool = False) -> torch.Tensor:
-    "(groups, K) rewards -> advantages: reward minus its group's mean, optionally ÷ the group's std (0 where all are equal)."
+def advantages(rewards: torch.Tensor, std_norm: bool = False, positive_only: bool = False) -> torch.Tensor:
+    """(groups, K) rewards -> advantages: reward minus its group's mean, optionally ÷ the group's std (0 where all are
+    equal); `positive_only`: a below-average answer gets 0, not a negative advantage (only the better ones are pushed up)."""
     adv = rewards - rewards.mean(dim=1, keepdim=True)
     if std_norm: adv = adv / rewards.std(dim=1, keepdim=True).clamp(min=1e-6)
-    return adv
+    return adv.clamp(min=0) if positive_only else adv
 
 def token_nll(model, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     "(B, T) −log p(y) under `model`'s distribution at `temperature` — the distribution the answers were sampled from; 0 where y is −1."
@@ -141,13 +146,18 @@ def toy_pg_run(sign: float, steps: int = 5, target: int = 3, K: int = 8, seed: i
     return before, prob()
 
 # %% ../nbs/10_rl.ipynb #24e8afdf
+def train_order(n: int, seed: int) -> list[int]:
+    "The fixed shuffled order of `n` training problems under `seed` (the samplers', the pre-pass's and the checks' order)."
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
 class RLSampler:
     "Sampler of stream `stream` of `streams`: each `next()` is one micro-batch (x, y, advantages, stats) sampled from `model`."
     def __init__(self, model, tok, train: list, reward, cfg: dict, stream: int, streams: int, device, context: int):
         self.model, self.tok, self.train, self.reward, self.cfg = model, tok, train, reward, cfg
         self.stream, self.streams, self.device, self.context = stream, streams, torch.device(device), context
-        self.order = list(range(len(train)))
-        random.Random(cfg['seed']).shuffle(self.order)
+        self.order = train_order(len(train), cfg['seed'])
         self.pos = 0                                  # micro-batches drawn
     def state_dict(self) -> dict: return dict(pos=self.pos, seed=self.cfg['seed'], stream=self.stream, streams=self.streams)
     def load_state_dict(self, state: dict):
@@ -181,7 +191,7 @@ class RLSampler:
         replies = [[self.tok.decode([t for t, _ in a[:len(a) - (finish[i][j] == 'stop')]]) for j, a in enumerate(group)]
                    for i, group in enumerate(answers)]
         rewards = torch.tensor([[score(self.reward, q, replies[i][j], a) for j in range(K)] for i, (q, a) in enumerate(picked)])
-        adv = advantages(rewards, cfg['std_norm'])
+        adv = advantages(rewards, cfg['std_norm'], cfg['positive_only'])
         flat = (rewards == rewards[:, :1]).all(dim=1)             # zero-signal groups
         rows, targets, weights = [], [], []
         for i, r in enumerate(requests):
@@ -216,14 +226,20 @@ def step_stats(batches: list, device) -> dict:
                 cut_frac=s['cut'] / s['samples'], t_gen=s['t_gen'] / world)   # t_gen: sampling seconds per rank
 
 def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
-    "Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the step's `rl` record."
+    """Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the step's
+    `rl` record. A step with no sampled token to train (every group zero-signal) sets the learning rates to 0."""
     if k == 0:
         n_global, n_local = global_token_count([b[1] for b in batches])
         job.state['counts'] = n_global, n_local
+        updated = n_global.item() > 0
+        if not updated:
+            # no answer of the step carries signal: no update. A zero gradient is not a no-op: Muon orthogonalises its
+            # decayed momentum into a full-sized step, and AdamW keeps moving on its moments. The loop sets lr again next step
+            for g in job.optimizer.param_groups: g['lr'] = 0.0
         job.tokens_per_step = int(n_global.item())
         step = job.start_step + len(job.summary['losses']) + 1
         stats = step_stats(batches, job.device)
-        job.metrics.write(kind='rl', step=step, time=time.time(), sampled_tokens=job.tokens_per_step, **stats)
+        job.metrics.write(kind='rl', step=step, time=time.time(), sampled_tokens=job.tokens_per_step, updated=updated, **stats)
         job.summary['rewards'].append(stats['reward'])
     n_global, n_local = job.state['counts']
     x, y, w, _ = batches[k]
@@ -239,35 +255,46 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
 EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
 
 @torch.no_grad()
-def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
-    """{'pass@1', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`, summed over ranks.
-    `stop()` true cancels the generation at once: the figures then cover the problems finished ('stopped': True)."""
-    K = cfg['eval_samples']
+def right_counts(model, tok, items: list, reward, K: int, temperature: float, seed0: int, cfg: dict, context: int,
+                 rank: int = 0, world: int = 1, device='cpu', stop=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(right, scored) per item of `items` (question, answer): how many of K answers sampled at `temperature` (seeds
+    `seed0` + the item's index) `reward` scores > 0, and whether the item was scored (not where a true `stop()` cancelled
+    the generation). Rank r answers items r, r + world, …, `EVAL_ROWS` answers per engine call; both sum over ranks."""
+    counts = torch.zeros(2, len(items), dtype=torch.float64, device=device)
     mine = list(range(rank, len(items), world))
-    sums = torch.zeros(5, dtype=torch.float64, device=device)    # Σ pass@1, Σ pass@1², Σ pass@k, problems scored, stopped
     engine = Engine(model, tok, context=context)
     per_call = max(1, EVAL_ROWS // K)
     for c in range(0, len(mine), per_call):
         chunk = mine[c:c + per_call]
         requests = [Request(tok.render_for_completion([dict(role='user', content=items[i][0])]), max_tokens=cfg['max_new_tokens'],
-                            temperature=cfg['eval_temperature'], top_k=cfg['top_k'], seed=10_000_019 + i, n=K) for i in chunk]
+                            temperature=temperature, top_k=cfg['top_k'], seed=seed0 + i, n=K) for i in chunk]
         replies = [[[] for _ in range(K)] for _ in chunk]
         for d in engine.generate(requests):
             if stop is not None and not requests[0].cancelled and stop():
                 for r in requests: r.cancelled = True
             if d.token is not None and d.finish != 'stop': replies[d.request][d.sample].append(d.token)
-        if requests[0].cancelled:
-            sums[4] = 1
-            break
-        for (q, a), group in zip((items[i] for i in chunk), replies):
-            right = [score(reward, q, tok.decode(r), a) > 0 for r in group]
-            p1 = sum(right) / K
-            sums[:4] += torch.tensor([p1, p1 * p1, float(any(right)), 1.0], dtype=torch.float64, device=device)
-    if world > 1: dist.all_reduce(sums)
-    n = int(sums[3].item())
-    p1, p1sq = sums[0].item() / max(n, 1), sums[1].item() / max(n, 1)
-    se = math.sqrt(max(p1sq - p1 * p1, 0.0) / max(n - 1, 1))   # s.e. of pass@1 over problems (answers to one problem are not independent)
-    return {'pass@1': p1, 'pass@1_se': se, 'pass@k': sums[2].item() / max(n, 1), 'k': K, 'n': n, 'stopped': bool(sums[4].item())}
+        if requests[0].cancelled: break
+        for i, group in zip(chunk, replies):
+            q, a = items[i]
+            counts[0, i] = sum(score(reward, q, tok.decode(r), a) > 0 for r in group)
+            counts[1, i] = 1
+    if world > 1: dist.all_reduce(counts)
+    return counts[0], counts[1] > 0
+
+def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
+    """{'pass@1', 'pass@1_se', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`
+    answers each at `eval_temperature`. `stop()` true cancels the generation at once: the figures then cover the problems
+    finished ('stopped': True)."""
+    K = cfg['eval_samples']
+    right, scored = right_counts(model, tok, items, reward, K, cfg['eval_temperature'], 10_000_019, cfg, context, rank, world,
+                                 device, stop)
+    p = right[scored] / K                                          # pass@1 of each problem scored
+    n = len(p)
+    p1 = p.mean().item() if n else 0.0
+    # s.e. of pass@1 over problems (answers to one problem are not independent)
+    se = math.sqrt(max((p * p).mean().item() - p1 * p1, 0.0) / max(n - 1, 1)) if n else 0.0
+    return {'pass@1': p1, 'pass@1_se': se, 'pass@k': (p > 0).double().mean().item() if n else 0.0, 'k': K, 'n': n,
+            'stopped': not bool(scored.all())}
 
 def evaluate(job: Job, step: int) -> dict:
     "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
@@ -284,6 +311,26 @@ def evaluate(job: Job, step: int) -> dict:
     job.summary['evals'].append((step, res['pass@1'], res['pass@k']))
     print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {res['pass@1_se']:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems × {res['k']} answers)")
     return res
+
+# %% ../nbs/10_rl.ipynb #f1a2b3c5
+FILTER_SEED = 30_000_001   # the pre-pass's sampling seeds (+ the problem's index): apart from training's and the eval's
+
+def solvable_problems(model, tok, train: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1,
+                      device='cpu') -> tuple[list[int] | None, dict]:
+    """(indices into `train` RL trains on, a report). The first `filter_problems` of the training order, answered
+    `filter_samples` times each: kept where 0 < right < filter_samples. None (every problem) when none qualifies."""
+    t0 = time.perf_counter()
+    K = cfg['filter_samples']
+    scanned = train_order(len(train), cfg['seed'])[:cfg['filter_problems']]
+    was_training = model.training
+    model.eval()
+    right, _ = right_counts(model, tok, [train[i] for i in scanned], reward, K, cfg['temperature'], FILTER_SEED, cfg, context,
+                            rank, world, device)
+    model.train(was_training)
+    keep = [i for i, r in zip(scanned, right.tolist()) if 0 < r < K]
+    report = dict(scanned=len(scanned), kept=len(keep), samples=K, seconds=round(time.perf_counter() - t0, 1),
+                  right_histogram=[int((right == c).sum()) for c in range(K + 1)], fallback=not keep)
+    return keep or None, report
 
 # %% ../nbs/10_rl.ipynb #12c95bdf
 def init_checkpoint(cfg: dict) -> tuple[str, Path]:
@@ -303,9 +350,10 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
     reward = load_reward(cfg['reward'])
     score(reward, train[0][0], f"#### {train[0][1]}", train[0][1])
     if cfg['eval_reward'] != 'reward': score(load_reward(cfg['eval_reward']), held[0][0], f"#### {held[0][1]}", held[0][1])
-    order = list(range(len(train)))
-    random.Random(cfg['seed']).shuffle(order)
-    seen = [train[order[i % len(order)]][0] for i in range(cfg['steps'] * cfg['prompts'])] + [q for q, _ in held]
+    order = train_order(len(train), cfg['seed'])
+    # the prompts training reads; with the pre-pass, every problem it tries (training's problems are among them)
+    n_seen = min(cfg['filter_problems'], len(order)) if cfg['filter_problems'] else cfg['steps'] * cfg['prompts']
+    seen = [train[order[i % len(order)]][0] for i in range(n_seen)] + [q for q, _ in held]
     longest = max(seen, key=lambda q: len(tok.render_for_completion([dict(role='user', content=q)])))
     n = len(tok.render_for_completion([dict(role='user', content=longest)]))
     if n + cfg['max_new_tokens'] > context:
@@ -315,13 +363,24 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
 
 def setup_rl(cfg: dict) -> Job | None:
     "Everything before RL's first step, checks first; None when the stage is already complete."
-    def plan(tok, context: int, world: int):   # RL's checks, before anything is built
+    def plan(tok, context: int, world: int):   # RL's checks, before anything is built (the pre-pass needs the model)
         train, held, reward, accum = check_inputs(cfg, tok, context, world)
         return cfg['steps'], accum, (train, held, reward)
     started = start_stage(cfg, 'rl', init_checkpoint(cfg), plan)
     if started is None: return None
     job, ck, start, (train, held, reward) = started
     context = start['meta']['model_shape']['sequence_len']
+    report = None
+    if cfg['filter_problems']:
+        wanted = [cfg['filter_problems'], cfg['filter_samples']]
+        if ck is None:   # the pre-pass, on the starting model; its list goes into every checkpoint
+            job.loop['rl_problems'], report = solvable_problems(job.raw_model, job.tokenizer, train, reward, cfg, context,
+                                                                job.rank, job.world, job.device)
+            job.loop['rl_filter'] = wanted
+        elif job.loop.get('rl_filter') != wanted:
+            raise LmlitError(f"the checkpoint's run filtered its training problems with filter_problems, filter_samples = "
+                             f"{job.loop.get('rl_filter', 'none')}, not {wanted}: resume with the run's values")
+        if job.loop['rl_problems'] is not None: train = [train[i] for i in job.loop['rl_problems']]
     streams = cfg['prompts'] // cfg['device_prompts']
     job.loaders = {s: RLSampler(job.raw_model, job.tokenizer, train, reward, cfg, s, streams, job.device, context)
                    for s in range(job.rank * job.accum, (job.rank + 1) * job.accum)}
@@ -339,6 +398,13 @@ def setup_rl(cfg: dict) -> Job | None:
         ref.requires_grad_(False)
         job.state['ref'] = ref
     write_rl_files(job)
+    if report is not None:
+        job.metrics.write(kind='filter', step=0, time=time.time(), **report)
+        print0(f"pre-pass: {report['kept']} of {report['scanned']} training problems answered right 1–{report['samples'] - 1} "
+               f"of {report['samples']} times; RL trains on them ({report['seconds']} s; problems by answers right: "
+               f"{report['right_histogram']})" if report['kept'] else
+               f"pre-pass: none of {report['scanned']} training problems was answered right sometimes but not always "
+               f"({report['right_histogram']} by answers right of {report['samples']}): RL trains on every problem")
     return job
 
 def write_rl_files(job: Job) -> None:

@@ -19,6 +19,7 @@ def first_token(question, reply, answer):   # pays for replies that open with th
     return float(reply.startswith(_opening))
 '''
 SMALL = ['-p', 'max_new_tokens', '24', '-p', 'eval_problems', '4', '-p', 'plots', 'false']
+FILTER = ['-p', 'filter_problems', '12', '-p', 'filter_samples', '4']   # the pre-pass (answers of odd length: kept 1-3 of 4)
 
 @pytest.fixture(scope='module')
 def sft_run(tmp_path_factory):
@@ -111,7 +112,7 @@ def test_two_ranks_match_one_rank(sft_run, tmp_path):
     one, two = _copy(sft_run, tmp_path, 'one'), _copy(sft_run, tmp_path, 'two')
     env = _env(sft_run, tmp_path)
     args = ['-p', 'steps', '2', '-p', 'eval_every', '-1', '-p', 'prompts', '2', '-p', 'device_prompts', '1',
-            '-p', 'reward', 'rl_test_rewards:odd_length', *SMALL]
+            '-p', 'reward', 'rl_test_rewards:odd_length', *FILTER, *SMALL]
     r1 = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'one', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r1.returncode == 0, r1.stderr[-3000:]
     r2 = subprocess.run([*LMLIT, 'rl', '--nproc', '2', '--run', 'two', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=250)
@@ -123,6 +124,9 @@ def test_two_ranks_match_one_rank(sft_run, tmp_path):
     print(f"\n1 rank {l1} rewards {rw1} tokens {n1}\n2 ranks {l2} rewards {rw2} tokens {n2}")
     # step 1: the same weights on every rank, the same seeds per problem -> the same sampled batch, split 2 micro-batches
     # on 1 rank or 1 micro-batch on each of 2 ranks; only the order of float sums differs
+    # the pre-pass: each rank answers its share of the problems, the counts are summed: both runs keep the same ones
+    f1, f2 = _records(one/'rl', 'filter', 'right_histogram'), _records(two/'rl', 'filter', 'right_histogram')
+    assert f1 == f2 and len(f1) == 1 and sum(f1[0]) == 12, (f1, f2)
     assert rw1[0] == rw2[0] and n1[0] == n2[0], (rw1, rw2, n1, n2)
     assert l1[0] != 0.0
     assert abs(l1[0] - l2[0]) < 1e-5, (l1, l2)
@@ -131,7 +135,8 @@ def test_two_ranks_match_one_rank(sft_run, tmp_path):
 def test_sigkill_then_resume_gives_the_same_losses(sft_run, tmp_path):
     ref, killed = _copy(sft_run, tmp_path, 'ref'), _copy(sft_run, tmp_path, 'killed')
     env = _env(sft_run, tmp_path)
-    args = ['-p', 'steps', '8', '-p', 'eval_every', '4', '-p', 'checkpoint_every', '2', '-p', 'reward', 'rl_test_rewards:odd_length', *SMALL]
+    args = ['-p', 'steps', '8', '-p', 'eval_every', '4', '-p', 'checkpoint_every', '2', '-p', 'reward', 'rl_test_rewards:odd_length',
+            *FILTER, *SMALL]
     r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'ref', *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
     p = subprocess.Popen([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', *args], cwd=tmp_path, env=env,
@@ -142,6 +147,11 @@ def test_sigkill_then_resume_gives_the_same_losses(sft_run, tmp_path):
     os.kill(p.pid, signal.SIGKILL); p.wait()
     done = [s for s, _ in complete_checkpoints(killed/'rl')]
     assert done and done[-1] < 8, done
+    # the kept problems are the run's: resuming with another pre-pass is refused, before any step, checkpoints kept
+    r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args, '-p', 'filter_problems', '10'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode != 0 and "filtered its training problems with filter_problems, filter_samples = [12, 4]" in r.stderr, r.stderr[-2000:]
+    assert [s for s, _ in complete_checkpoints(killed/'rl')] == done
     r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
