@@ -68,9 +68,10 @@ else
        -p eval_every 100 -p eval_batches 20 -p sample_every -1 -p checkpoint_every 200 -p log_every 10)
   SFT=(-p mixture sft-hub -p device_batch 8 -p total_batch 65536 -p steps -1 -p compile true -p eval_every 100 -p eval_batches 20
        -p sample_every -1 -p checkpoint_every 200 -p log_every 10)
-  # RL: GSM8K's 7,473 training problems once, 16 a step (2 per GPU), 16 answers each (nanochat's group size)
+  # RL: GSM8K's 7,473 training problems once, 16 a step (2 per GPU), 16 answers each (nanochat's group size), signed
+  # advantages as nanochat's (positive_only, lmlit's default, is measured on the CPU recipe's small model only)
   RL=(-p task gsm8k -p steps 467 -p prompts 16 -p device_prompts 2 -p samples 16 -p max_new_tokens 256 -p eval_every 60
-      -p eval_problems 400 -p checkpoint_every 60 -p sample_every -1 -p log_every 1)
+      -p eval_problems 400 -p checkpoint_every 60 -p sample_every -1 -p log_every 1 -p positive_only false)
   CHAT_FLAGS=(); BIGBENCH=--bigbench
 fi
 # shellcheck disable=SC2206
