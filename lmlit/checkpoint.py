@@ -100,7 +100,8 @@ def is_disk_full(error: BaseException | None) -> bool:
 
 # %% ../nbs/04b_checkpoint.ipynb #a1c0de06
 def _plain(value):
-    "Refuse rank state that would need unpickling to read back (weights_only=True reads tensors, numbers, strings, lists, dicts)."
+    """Refuse rank state that would need unpickling to read back (weights_only=True reads tensors, numbers, strings,
+    lists, dicts)."""
     if isinstance(value, dict): return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)): return type(value)(_plain(v) for v in value)
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)): return value
@@ -132,7 +133,8 @@ def _save_failed(error, step: int, folder: Path, rank: int, phase: str) -> Lmlit
 def save_checkpoint(run_dir, step: int, model_state: dict, optim_state: dict | None, rank_state: dict, meta: dict,
                     keep_last: int = 2) -> Path:
     """Write checkpoint `step` atomically (all ranks call this; each writes its own `rank<R>.pt`, rank 0 the weights,
-    optimizer and meta.json with every file's sha256); then delete all but the newest `keep_last`. Returns the final folder."""
+    optimizer and meta.json with every file's sha256); then delete all but the newest `keep_last`. Returns the final
+    folder."""
     rank = rank_world(joined=True)[0]
     folder = Path(run_dir)/'checkpoints'
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,7 +209,8 @@ def _load_plain(path: Path, meta: dict, map_location='cpu'):
                          "folder") from None
 
 def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
-    "The weights of checkpoint `folder`: model.safetensors (or an older checkpoint's model.pt, read with weights_only=True)."
+    """The weights of checkpoint `folder`: model.safetensors (or an older checkpoint's model.pt, read with
+    weights_only=True)."""
     if (folder/MODEL_FILE).exists() or meta.get('format') == FORMAT:
         path = _checked(folder, MODEL_FILE, meta)
         try: return safetensors_load_file(str(path), device=str(map_location))
@@ -219,8 +222,9 @@ def load_weights_file(folder: Path, meta: dict, map_location='cpu') -> dict:
 
 def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, map_location='cpu',
                     parts=('model', 'optim', 'rank')) -> dict:
-    """The newest complete checkpoint of `run_dir` (or `step`): dict(meta, path, model, optim, rank_state, loader_states).
-    Only the `parts` asked for are read (inference asks for 'model' alone); each file is checked against its sha256."""
+    """The newest complete checkpoint of `run_dir` (or `step`): dict(meta, path, model, optim, rank_state,
+    loader_states). Only the `parts` asked for are read (inference asks for 'model' alone); each file is checked
+    against its sha256."""
     checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
         raise LmlitError(f"no complete checkpoint in {Path(run_dir)/'checkpoints'}: train first, or resume=False to "
@@ -248,7 +252,8 @@ def load_checkpoint(run_dir, step: int | None = None, rank: int | None = None, m
 
 # %% ../nbs/04b_checkpoint.ipynb #197344da
 def rng_state() -> dict:
-    "Every generator's state as plain values and tensors: Python's, NumPy's (its key array as a list), torch's CPU one and each GPU's."
+    """Every generator's state as plain values and tensors: Python's, NumPy's (its key array as a list), torch's CPU one
+    and each GPU's."""
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
     return dict(python=random.getstate(), numpy=[kind, keys.tolist(), int(pos), int(has_gauss), float(cached_gauss)],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -282,7 +287,8 @@ def check_compat(meta: dict, shape: dict, tok_hash: str, where) -> None:
 STAGES = ('base', 'mid', 'sft', 'rl')   # in the order they run
 
 def run_path(run) -> Path:
-    "A run folder from a path or a name under `$LMLIT_RUNS` (a folder holding a run's files first); a clear error when neither exists."
+    """A run folder from a path or a name under `$LMLIT_RUNS` (a folder holding a run's files first); a clear error when
+    neither exists."""
     p = Path(run)
     if p.is_dir() and ((p/'config.json').exists() or (p/'metrics.jsonl').exists()): return p
     if (runs_dir()/str(run)).is_dir(): return runs_dir()/str(run)
@@ -351,7 +357,8 @@ def write_record(stage_dir, stage: str, status: str = 'complete', started=None, 
 
 # %% ../nbs/04b_checkpoint.ipynb #588340d0
 def read_records(run_dir) -> dict:
-    "{'base'|'mid'|'sft'|'rl': {'dir': Path, 'records': {stage: record}}} for the stage folders of `run_dir` that exist."
+    """{'base'|'mid'|'sft'|'rl': {'dir': Path, 'records': {stage: record}}} for the stage folders of `run_dir` that
+    exist."""
     run_dir = Path(run_dir)
     out = {}
     for label, sub in STAGE_FOLDERS.items():
@@ -366,7 +373,8 @@ def read_records(run_dir) -> dict:
 SHARED_CHECK = '.lmlit-shared-check'
 
 def check_shared_folder(folder) -> None:
-    "Every rank must see rank 0's `folder` (every rank calls this; a no-op in a single process); one line naming the node that does not."
+    """Every rank must see rank 0's `folder` (every rank calls this; a no-op in a single process); one line naming the
+    node that does not."""
     rank, world = rank_world(joined=True)
     if world == 1: return
     folder = Path(folder)
@@ -407,8 +415,8 @@ def load_weights(model, state: dict, where) -> None:
         raise LmlitError(f"the weights in {where} do not fit the model its meta.json describes: {detail}") from None
 
 def load_model(run, step: int | None = None, device='cpu', stage: str | None = None):
-    """(model in eval mode, tokenizer, meta) from the newest (or `step`) complete checkpoint of `stage` (default: the latest) of
-    `run`. Reads the weights only (never optimizer or rank state), checked against their sha256."""
+    """(model in eval mode, tokenizer, meta) from the newest (or `step`) complete checkpoint of `stage` (default: the
+    latest) of `run`. Reads the weights only (never optimizer or rank state), checked against their sha256."""
     stage = stage or latest_stage(run)
     folder = stage_dir(run, stage)
     ck = load_checkpoint(folder, step, rank=0, map_location='cpu', parts=('model',))

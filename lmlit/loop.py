@@ -57,7 +57,8 @@ def _coerce(name, v, default):
     raise LmlitError(f"parameter {name}={v!r} should be a {t.__name__} (default {default!r})")
 
 def resolve_params(defaults: dict, overrides: dict) -> dict:
-    "`defaults` updated with `overrides`, each coerced to its default's type; an unknown name is refused, naming the closest."
+    """`defaults` updated with `overrides`, each coerced to its default's type; an unknown name is refused, naming the
+    closest."""
     unknown = [k for k in overrides if k not in defaults]
     if unknown:
         name = unknown[0]
@@ -83,7 +84,8 @@ def grad_accum_steps(total_batch: int, device_batch: int, seq_len: int, world: i
 
 # %% ../nbs/04d_loop.ipynb #ad71fe3f
 def data_streams(total_batch: int, device_batch: int, seq_len: int) -> int:
-    "How many data streams a run has: micro-batches per global batch (= world size × grad accumulation, for every world size)."
+    """How many data streams a run has: micro-batches per global batch (= world size × grad accumulation, for every
+    world size)."""
     return total_batch // (device_batch * seq_len)
 
 # %% ../nbs/04d_loop.ipynb #1c40ed0a
@@ -138,7 +140,8 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world: 
 PARTS = ('data', 'fwdbwd', 'optim', 'eval', 'ckpt')
 
 class StepClock:
-    "Times the parts of one step: `start()`, then `mark(part)` after each part's work, then `stop()` -> dict of seconds."
+    """Times the parts of one step: `start()`, then `mark(part)` after each part's work, then `stop()` -> dict of
+    seconds."""
     def __init__(self, device='cpu'):
         self.cuda = torch.device(device).type == 'cuda'
     def _now(self):
@@ -227,7 +230,8 @@ class StopFlag:
 # %% ../nbs/04d_loop.ipynb #75f308b8
 @dataclass
 class StepStats:
-    "Running sums of the step-time parts, for amortised averages; a fresh run's first step (allocation, compile) is left out."
+    """Running sums of the step-time parts, for amortised averages; a fresh run's first step (allocation, compile) is
+    left out."""
     sums: dict = field(default_factory=lambda: {p: 0.0 for p in (*PARTS, 'step')})
     seen: int = 0      # steps this process has run
     counted: int = 0   # steps in the sums
@@ -288,12 +292,14 @@ class Job:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 def due(every: int, step: int, start: int, last: bool) -> bool:
-    "Whether an every-N-steps action (eval, samples, checkpoints) falls at `step`: N > 0 and a multiple, or the last step; 0 = never."
+    """Whether an every-N-steps action (eval, samples, checkpoints) falls at `step`: N > 0 and a multiple, or the last
+    step; 0 = never."""
     return bool(every) and ((every > 0 and step % every == 0 and step > start) or last)
 
 # %% ../nbs/04d_loop.ipynb #1db07e40
 def optimizer_step(job: Job, step: int, lr_mult: float, micro_loss=None) -> tuple[float, bool]:
-    "One optimizer step of `job` at `step`: (the loss averaged over micro-batches and ranks, whether any rank was asked to stop)."
+    """One optimizer step of `job` at `step`: (the loss averaged over micro-batches and ranks, whether any rank was
+    asked to stop)."""
     optim.set_lr(job.optimizer, lr_mult)
     optim.set_muon_momentum(job.optimizer, optim.muon_momentum(step))
     loss_sum = torch.zeros((), device=job.device)
@@ -359,7 +365,8 @@ def save_job(job: Job, step: int) -> None:
                          "last good "
                          f"checkpoint ({_last_good(job)}) is kept. Try a lower matrix_lr/embedding_lr, grad_clip=1.0, "
                          "or dtype='float32'")
-    optim_state = optim.optimizer_state_for_checkpoint(job.optimizer)   # every rank takes part; any world size can load it
+    # every rank takes part; any world size can load it
+    optim_state = optim.optimizer_state_for_checkpoint(job.optimizer)
     rank_state = dict(loaders={s: L.state_dict() for s, L in job.loaders.items()}, rng=rng_state())
     meta = {**job.meta, 'world_size': job.world, 'config': job.cfg, 'loop': job.loop}
     save_checkpoint(job.run_dir, step, job.raw_model.state_dict(), optim_state if job.is_main else None, rank_state,
@@ -373,7 +380,8 @@ def restore_job(job: Job, ck: dict) -> None:
     if ck['optim'] is not None: optim.load_optimizer_state(job.optimizer, ck['optim'])
     job.start_step = job.last_ckpt = ck['meta']['step']
     job.loop.update(ck['meta'].get('loop', {}))
-    if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None: set_rng_state(ck['rank_state']['rng'])
+    if ck['meta'].get('world_size') == job.world and ck['rank_state'] is not None:
+        set_rng_state(ck['rank_state']['rng'])
     elif ck['meta'].get('world_size') != job.world:
         print0(f"note: checkpoint was written by {ck['meta'].get('world_size')} rank(s), this run has {job.world}: "
                "model, optimizer "
@@ -381,7 +389,8 @@ def restore_job(job: Job, ck: dict) -> None:
     print0(f"resumed from {ck['path']} at step {job.start_step}")
 
 def close_job(job: Job | None) -> None:
-    "Restore signal handlers, stop the loaders' threads, close the metrics file, leave the process group (safe after a failure)."
+    """Restore signal handlers, stop the loaders' threads, close the metrics file, leave the process group (safe after a
+    failure)."""
     if job is not None:
         if job.stop is not None: job.stop.restore()
         for loader in job.loaders.values():
@@ -409,7 +418,8 @@ def data_stats(job: Job) -> dict:
             key in DATA_FIELDS.items() if stats and all(key in s for s in stats)}
 
 def step_record(job: Job, step: int, t: dict, loss: float, lr_mult: float, page_faults: int | None = None) -> dict:
-    "The metrics record of one optimizer step (fields above); updates the job's counters and averages, warns once on data wait."
+    """The metrics record of one optimizer step (fields above); updates the job's counters and averages, warns once on
+    data wait."""
     job.loop['train_time'] += t['step']
     job.stats.add(t, resumed=job.start_step > 0)
     n, sums = job.stats.counted, job.stats.sums
@@ -559,7 +569,8 @@ def part_means(recs) -> dict:
 
 def step_windows(recs: list[dict], tokens_per_step: float, n: int = 8, evals: list | None = None,
                  size: int | None = None) -> list[dict]:
-    "Consecutive windows of `recs` (`size` steps each, else a round size giving at most `n`): steps, tok/s, MFU, parts, evals."
+    """Consecutive windows of `recs` (`size` steps each, else a round size giving at most `n`): steps, tok/s, MFU,
+    parts, evals."""
     if not recs: return []
     size = size or window_size(recs[-1]['step'], n)
     eval_steps = [e['step'] for e in evals or []]
@@ -595,7 +606,8 @@ def throughput_report(run_dir, windows: int = 4) -> str:
 
 # %% ../nbs/04d_loop.ipynb #9621e25e
 def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
-    "Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's. Returns the summary."
+    """Train `job` from its start step to its last; `evaluate(job, step)` and `sample(job, step)` are the stage's.
+    Returns the summary."""
     cfg = job.cfg
     step = job.start_step
     due_ckpt = False   # a checkpoint of `step` is due: written at the top of the next pass, after `step`'s metrics line
@@ -607,8 +619,10 @@ def run_job(job: Job, evaluate, sample, micro_loss=None) -> dict:
             if due_ckpt:   # so a checkpoint's step always has its line: a kill between the two cannot drop it
                 save_job(job, step)
                 job.clock.mark('ckpt')
-            # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not) runs on resume
-            missed = step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0 and job.loop.get('evaluated') != step
+            # an evaluation a crash interrupted (the checkpoint was written, the evaluation after it was not)
+            # runs on resume
+            missed = (step == job.start_step > 0 and cfg['eval_every'] > 0 and step % cfg['eval_every'] == 0
+                      and job.loop.get('evaluated') != step)
             if due(cfg['eval_every'], step, job.start_step, last) or missed:
                 evaluate(job, step)
                 job.loop['evaluated'] = step
@@ -646,8 +660,8 @@ def finish(job: Job, step: int) -> dict:
     "The summary of a run that ended at `step`; plots (rank 0); every rank returns once rank 0's files are written."
     s = job.summary
     s['final_step'] = step
-    s['tok_per_s_avg'] = job.tokens_per_step * max(1,
-                                                   job.stats.counted) / job.stats.sums['step'] if job.stats.sums['step'] else None
+    s['tok_per_s_avg'] = (job.tokens_per_step * max(1, job.stats.counted) / job.stats.sums['step']
+                          if job.stats.sums['step'] else None)
     s['breakdown_avg'] = {p: job.stats.avg(p) for p in (*PARTS, 'step')}
     if job.is_main and job.cfg.get('plots', True): s['plots'] = [str(p) for p in make_plots(job.run_dir)]
     if job.is_main: write_stage_record(job, step)

@@ -44,15 +44,17 @@ class GPTConfig:
     def __post_init__(self):
         for k in ('sequence_len', 'vocab_size', 'n_layer', 'n_head', 'n_kv_head', 'n_embd'):
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1: raise ConfigError(f"GPTConfig.{k} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"GPTConfig.{k} must be a positive integer, got {v!r}")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                              f"choose n_head among {[h for h in range(1, self.n_embd+1) if self.n_embd % h == 0][:12]}")
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; choose n_head among "
+                              f"{[h for h in range(1, self.n_embd+1) if self.n_embd % h == 0][:12]}")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}: each key/value head "
                               f"must serve a whole group of query heads; use a divisor of {self.n_head}")
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim = n_embd/n_head = {self.head_dim} is odd; RoPE rotates pairs of channels, so it must be even")
+            raise ConfigError(f"head_dim = n_embd/n_head = {self.head_dim} is odd; RoPE rotates pairs of channels, "
+                              "so it must be even")
 
     @property
     def head_dim(self) -> int: return self.n_embd // self.n_head
@@ -61,11 +63,13 @@ class GPTConfig:
     def from_depth(cls, depth: int, vocab_size: int, sequence_len: int = 1024, aspect_ratio: int = 64,
                    head_dim: int = 128, n_kv_head: int | None = None, **kw) -> 'GPTConfig':
         "nanochat's one-knob sizing: width = depth * aspect_ratio, heads of `head_dim` channels."
-        if not isinstance(depth, int) or depth < 1: raise ConfigError(f"depth must be a positive integer, got {depth!r}")
+        if not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"depth must be a positive integer, got {depth!r}")
         dim = depth * aspect_ratio
         if dim % head_dim:
             raise ConfigError(f"model width {dim} (= depth {depth} x aspect_ratio {aspect_ratio}) is not divisible by "
-                              f"head_dim={head_dim}; pick a depth making the width a multiple of {head_dim}, or a smaller head_dim")
+                              f"head_dim={head_dim}; pick a depth making the width a multiple of {head_dim}, "
+                              "or a smaller head_dim")
         n_head = dim // head_dim
         return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head,
                    n_kv_head=n_head if n_kv_head is None else n_kv_head, n_embd=dim, **kw)
@@ -166,7 +170,8 @@ class CausalSelfAttention(nn.Module):
         qk = norm(rotate(qkv[:, :, :H + Hkv], cos, sin)).to(qkv.dtype)
         q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
         y = cache.attend(self.layer_idx, q, k, v, gqa=H != Hkv)
-        return F.linear(y.transpose(1, 2).reshape(B, T, -1), self.c_proj.weight)   # plain calls: no module hooks per token
+        # plain calls: no module hooks per token
+        return F.linear(y.transpose(1, 2).reshape(B, T, -1), self.c_proj.weight)
 
 # %% ../nbs/02_model.ipynb #d816ce63
 class ReLUSquared(torch.autograd.Function):
@@ -211,7 +216,8 @@ class Block(nn.Module):
 
 # %% ../nbs/02_model.ipynb #160910ab
 class SoftcapCrossEntropy(torch.autograd.Function):
-    "Mean cross-entropy of `softcap*tanh(x @ W[:V].T / softcap)`, in row blocks, gradient formed during forward (CPU training)."
+    """Mean cross-entropy of `softcap*tanh(x @ W[:V].T / softcap)`, in row blocks, gradient formed during forward (CPU
+    training)."""
     @staticmethod
     def forward(ctx, x, W, targets, V: int, softcap: float, chunk: int = 128):
         N = x.size(0)
@@ -252,7 +258,8 @@ class SoftcapCrossEntropy(torch.autograd.Function):
 
 # %% ../nbs/02_model.ipynb #b783b950
 class ChunkedSoftcapCrossEntropy(torch.autograd.Function):
-    "Mean cross-entropy of `softcap*tanh(x @ W[:V].T / softcap)`, `chunk` rows at a time; only d x and d W are kept for backward."
+    """Mean cross-entropy of `softcap*tanh(x @ W[:V].T / softcap)`, `chunk` rows at a time; only d x and d W are kept
+    for backward."""
     @staticmethod
     def forward(ctx, x, W, targets, V: int, softcap: float, chunk: int):
         dev = x.device.type
@@ -315,14 +322,17 @@ class GPT(nn.Module):
             for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.mlp.c_fc): nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(b.attn.c_proj.weight)
             nn.init.zeros_(b.mlp.c_proj.weight)
-        cos, sin = rope_tables(self.rope_len, self.config.head_dim, self.config.rope_base, device=self.lm_head.weight.device)
+        cos, sin = rope_tables(self.rope_len, self.config.head_dim, self.config.rope_base,
+                               device=self.lm_head.weight.device)
         self.cos, self.sin = cos, sin
         return self
 
     def loss_path(self, device_type: str, dtype: torch.dtype) -> str:
-        "The head + loss a training forward takes computing in `dtype` on `device_type`: 'chunked', 'fused_cpu' or 'plain'."
+        """The head + loss a training forward takes computing in `dtype` on `device_type`: 'chunked', 'fused_cpu' or
+        'plain'."""
         if self.loss_chunk: return 'chunked'
-        if self.fused_cpu_loss and device_type == 'cpu' and dtype == torch.float32 and not torch.compiler.is_compiling():
+        if (self.fused_cpu_loss and device_type == 'cpu' and dtype == torch.float32
+            and not torch.compiler.is_compiling()):
             return 'fused_cpu'
         return 'plain'
 
@@ -334,12 +344,14 @@ class GPT(nn.Module):
     def check_length(self, n: int):
         if n > self.rope_len:
             raise ConfigError(f"sequence of {n} positions is longer than the RoPE table ({self.rope_len} = "
-                              f"sequence_len {self.config.sequence_len} x rope_cache_mult {self.config.rope_cache_mult}); "
+                              f"sequence_len {self.config.sequence_len} x "
+                              f"rope_cache_mult {self.config.rope_cache_mult}); "
                               f"use shorter inputs or a larger sequence_len / rope_cache_mult")
 
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction: str = 'mean', counts=None):
         """Logits (B, T, V), or the loss when `targets` are given. With `kv_cache`: row b feeds `counts[b]` tokens of
-        `idx[b]` (default all T) after what the cache holds, and only the logits after each row's last token come back."""
+        `idx[b]` (default all T) after what the cache holds, and only the logits after each row's last token come
+        back."""
         if kv_cache is not None: return self.forward_cached(idx, kv_cache, counts)
         B, T = idx.shape
         self.check_length(T)
@@ -351,7 +363,8 @@ class GPT(nn.Module):
             else: x = block(x, cos, sin)
         x = norm(x)
         V = self.config.vocab_size
-        if targets is not None and loss_reduction == 'mean' and torch.is_grad_enabled() and self.lm_head.weight.requires_grad:
+        if (targets is not None and loss_reduction == 'mean' and torch.is_grad_enabled()
+            and self.lm_head.weight.requires_grad):
             dev = x.device.type
             path = self.loss_path(dev, torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
             args = (x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), V, self.config.softcap)
@@ -373,7 +386,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         step = cache.begin(B, T, counts)
         self.check_length(step.end)
-        if step.positions is None: cos, sin = self.cos[:, step.start:step.start + T], self.sin[:, step.start:step.start + T]
+        if step.positions is None:
+            cos, sin = self.cos[:, step.start:step.start + T], self.sin[:, step.start:step.start + T]
         else:                                       # rows at different positions: each row's own angles (B, T, 1, D/2)
             where = step.positions.clamp(max=self.rope_len - 1).to(idx.device)
             cos, sin = self.cos[0, where], self.sin[0, where]
@@ -408,7 +422,8 @@ def num_params(self) -> dict:
                 matrices=_count(self.blocks.parameters()), total=_count(self.parameters()))
 
 def flops_per_token(self) -> int:
-    "Training FLOPs per token (forward + backward): 6 x non-embedding weights + 12 x layers x heads x head_dim x sequence_len."
+    """Training FLOPs per token (forward + backward): 6 x non-embedding weights + 12 x layers x heads x head_dim x
+    sequence_len."""
     c = self.config
     n = self.num_params()
     return 6 * (n['total'] - n['embedding']) + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
@@ -434,7 +449,8 @@ def measured_flops_per_token(model: GPT, batch_size: int = 1) -> float:
 # %% ../nbs/02_model.ipynb #f7e4b9e3
 @dataclass
 class CacheStep:
-    "What one cached forward feeds: rows `0..n-1`, `T` tokens wide; `positions` is None when every row starts at `start`."
+    """What one cached forward feeds: rows `0..n-1`, `T` tokens wide; `positions` is None when every row starts at
+    `start`."""
     n: int
     T: int
     counts: list
@@ -453,7 +469,8 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long)   # on the host: planning a step never waits for the device
+        # on the host: planning a step never waits for the device
+        self.lengths = torch.zeros(batch_size, dtype=torch.long)
         self.tokens = [[] for _ in range(batch_size)]
         self.max_len = max_len
         self.step = None
@@ -468,7 +485,8 @@ class KVCache:
     def batch_size(self) -> int: return len(self.tokens)
 
     def rows(self, start: int, stop: int) -> 'KVCache':
-        "Rows `start:stop` as a cache of their own that shares this one's memory (new requests prefilled into free rows)."
+        """Rows `start:stop` as a cache of their own that shares this one's memory (new requests prefilled into free
+        rows)."""
         view = KVCache.__new__(KVCache)
         view.k, view.v, view.lengths = self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop]
         view.tokens, view.max_len, view.step, view.qkv = self.tokens[start:stop], self.max_len, None, self.qkv
@@ -476,8 +494,9 @@ class KVCache:
 
     def qkv_weight(self, attn) -> torch.Tensor:
         """`attn`'s `c_q`, `c_k`, `c_v` stacked into one weight, built once per cache: a cache belongs to one generation
-        call (the engine makes one per batcher), and the weights must not change while it lives. Not keyed on the tensors'
-        versions: an optimizer that writes `p.data` (Muon here) does not bump them, and RL would sample an old policy."""
+        call (the engine makes one per batcher), and the weights must not change while it lives. Not keyed on the
+        tensors' versions: an optimizer that writes `p.data` (Muon here) does not bump them, and RL would sample an old
+        policy."""
         w = self.qkv.get(attn.layer_idx)
         if w is None:
             w = torch.cat([attn.c_q.weight, attn.c_k.weight, attn.c_v.weight]).detach()
@@ -485,7 +504,8 @@ class KVCache:
         return w
 
     def copy_row(self, src: int, dst: int):
-        "Row `dst` becomes a copy of row `src` (samples of a prompt share its prefill; a finished row's place is refilled)."
+        """Row `dst` becomes a copy of row `src` (samples of a prompt share its prefill; a finished row's place is
+        refilled)."""
         n = int(self.lengths[src])
         self.k[:, dst, :, :n] = self.k[:, src, :, :n]
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
@@ -503,7 +523,8 @@ class KVCache:
         if end > self.max_len: raise ConfigError(f"KV cache holds {self.max_len} positions; {end} asked for")
         step = CacheStep(n, T, counts, starts[0], end)
         if min(starts) == max(starts) and min(counts) == T:           # every row at the same place: slices, no indices
-            if T > 1 and step.start > 0: step.mask = torch.ones(T, end, dtype=torch.bool).tril(end - T).to(self.k.device)
+            if T > 1 and step.start > 0:
+                step.mask = torch.ones(T, end, dtype=torch.bool).tril(end - T).to(self.k.device)
         else:
             dev = self.k.device
             positions = torch.tensor(starts)[:, None] + torch.arange(T)

@@ -93,7 +93,9 @@ def load_run(stage_dir, name: str | None = None, records: dict | None = None) ->
     return Run(name=name or d.name, dir=d, config=read_json(d/'config.json') or {},
                provenance=read_json(d/'provenance.json') or {},
                meta=[r for r in lines if r.get('kind') == 'meta'], train=_newest_per_step(lines, 'train'),
-               evals=_newest_per_step([r for r in lines if r.get('kind') == 'eval' and ('val_bpb' in r or 'val_loss' in r)], 'eval'),   # BPB: base; held-out loss: SFT
+               # BPB: base; held-out loss: SFT
+               evals=_newest_per_step([r for r in lines if r.get('kind') == 'eval'
+                                       and ('val_bpb' in r or 'val_loss' in r)], 'eval'),
                records=records or {}, core=core, core_steps=core_steps, notebook=nb)
 
 # %% ../nbs/12_report.ipynb #b1825e19
@@ -114,7 +116,8 @@ def _cause(win_parts, ref_parts) -> tuple[str, dict]:
     sizeable = [p for p in ('data', 'fwdbwd', 'optim', 'other')
                 if ref_parts['step'] and ref_parts[p] >= SIZEABLE_SHARE * ref_parts['step']]
     ratio_step = win_parts['step'] / ref_parts['step'] if ref_parts['step'] else 1.0
-    if len(sizeable) >= 2 and total > 0 and all(win_parts[p] / ref_parts[p] - 1 >= 0.5 * (ratio_step - 1) for p in sizeable):
+    if len(sizeable) >= 2 and total > 0 and all(win_parts[p] / ref_parts[p] - 1 >= 0.5 * (ratio_step - 1)
+                                                for p in sizeable):
         return 'machine', grow
     return max(PART_ORDER, key=lambda p: grow[p]), grow
 
@@ -159,7 +162,8 @@ def accuracy_sigma(accuracy: float, items: int) -> float:
 
 # %% ../nbs/12_report.ipynb #56deae8d
 def baseline_kind(task: str, baseline: float) -> str:
-    "Where a task's random baseline comes from: 'majority' (BoolQ: always *yes*), 'chance' (1 of k choices), 'zero' (generative)."
+    """Where a task's random baseline comes from: 'majority' (BoolQ: always *yes*), 'chance' (1 of k choices), 'zero'
+    (generative)."""
     if task == 'boolq': return 'majority'
     return 'chance' if baseline > 0 else 'zero'
 
@@ -255,7 +259,8 @@ def _fig(run: Run, stage: str, key: str):
     return ((run.records.get(stage) or {}).get('figures') or {}).get(key)
 
 def param_split(run: Run, stage: str = 'base') -> dict | None:
-    "Parameters by group: from the stage record, else counted on a meta-device model of the config's shape (no memory, no weights)."
+    """Parameters by group: from the stage record, else counted on a meta-device model of the config's shape (no memory,
+    no weights)."""
     rec = _fig(run, stage, 'params')
     if isinstance(rec, dict): return rec
     shape = (run.config.get('resolved') or {}).get('model')
@@ -287,7 +292,8 @@ def _epoch(iso):
 def training_table(run: Run, stage: str) -> dict | None:
     "Loss, val BPB, CORE best, throughput windows, tok/s, MFU and memory of one training stage."
     if not run.train: return None
-    tps_step = run.config.get('total_batch') or (run.train[1]['tokens'] - run.train[0]['tokens'] if len(run.train) > 1 else None)
+    tps_step = run.config.get('total_batch') or (run.train[1]['tokens'] - run.train[0]['tokens']
+                                                 if len(run.train) > 1 else None)
     losses = [(r['step'], r['loss']) for r in run.train if isinstance(r.get('loss'),
                                                                       (int, float)) and math.isfinite(r['loss'])]
     best = min(losses, key=lambda x: x[1]) if losses else (None, None)
@@ -302,7 +308,8 @@ def training_table(run: Run, stage: str) -> dict | None:
     wins = step_windows(steady, tps_step or 0, evals=run.evals)
     peaks = [r['mem_peak_gb'] for r in run.train if r.get('mem_peak_gb') is not None]
     plan = (run.meta[-1].get('plan') or {}).get('total') if run.meta else None
-    on_gpu = bool((run.provenance.get('devices') or {}).get('gpus')) or 'cuda' in str((run.config.get('resolved') or {}).get('device', ''))
+    on_gpu = (bool((run.provenance.get('devices') or {}).get('gpus'))
+              or 'cuda' in str((run.config.get('resolved') or {}).get('device', '')))
     return dict(loss=dict(initial=run.train[0].get('loss'), final=run.train[-1].get('loss'), best=best[1],
                           best_step=best[0]),
                 val_bpb=dict(first=bpbs[0][1] if bpbs else None, first_step=bpbs[0][0] if bpbs else None,
@@ -312,7 +319,8 @@ def training_table(run: Run, stage: str) -> dict | None:
                 core=dict(best=best_core['core'] if best_core else None,
                           best_step=best_core['step'] if best_core else None),
                 windows=wins, tok_per_s=tps_step * len(steady) / t if t and tps_step else None,
-                # an MFU over 100 % means the peak it is measured against was too low (a CPU peak measured once, on a busy machine): never a figure
+                # an MFU over 100 % means the peak it is measured against was too low
+                # (a CPU peak measured once, on a busy machine): never a figure
                 mfu=mfu if mfu is None or mfu <= 1 else None,
                 mfu_over_100=bool(mfu and mfu > 1) + sum(w['mfu_over_100'] for w in wins),
                 mfu_basis=(run.meta[-1].get('mfu_basis') if run.meta else None),
@@ -355,12 +363,13 @@ def overview(run: Run, stages: dict, price_per_hour: float | None = None) -> dic
                 tokens_seen=_fig(run, 'base', 'tokens') or last.get('tokens'),
                 tokens_per_step=cfg.get('total_batch'), steps_done=_fig(run, 'base', 'steps_done') or last.get('step'),
                 steps_planned=_fig(run, 'base', 'steps_planned') or resolved.get('total_steps'),
-                config={k: cfg[k] for k in CONFIG_KEYS if k in cfg} | {k: resolved[k] for k in ('grad_accum',
-                                                                                                'world_size') if k in resolved},
+                config={k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+                       | {k: resolved[k] for k in ('grad_accum', 'world_size') if k in resolved},
                 device_hours=hours, price_per_hour=price_per_hour,
                 cost=hours * price_per_hour if hours is not None and price_per_hour is not None else None,
                 tokenizer=dict(vocab_size=trec.get('vocab_size') or tok.get('vocab_size'),
-                               val_bytes_per_token=trec.get('val_bytes_per_token') or tok.get('val_bytes_per_token')) if (tok or trec) else None)
+                               val_bytes_per_token=trec.get('val_bytes_per_token') or tok.get('val_bytes_per_token'))
+                          if (tok or trec) else None)
 
 # %% ../nbs/12_report.ipynb #cd01e4e5
 PART_NAMES = dict(en=dict(data='data wait', fwdbwd='forward+backward', optim='optimizer', eval='eval',
@@ -470,7 +479,8 @@ def _problem(code, severity, stage, text_key=None, **figures) -> dict:
 
 # %% ../nbs/12_report.ipynb #cf032223
 def part_names(stage: str, lang: str) -> dict:
-    "The names of the step's parts in `lang`; in RL the data part is the sampling of answers (generation), and is called so."
+    """The names of the step's parts in `lang`; in RL the data part is the sampling of answers (generation), and is
+    called so."""
     names = dict(PART_NAMES[lang])
     if stage == 'rl': names['data'] = 'sampling (generation)' if lang == 'en' else '采样（生成）(sampling)'
     return names
@@ -484,7 +494,8 @@ def _is_warm_up(drop: dict, wins: list[dict]) -> bool:
 def _throughput_problems(stage, table) -> list[dict]:
     out = []
     if table.get('mfu_over_100'):
-        where = ', '.join(f"steps {w['first_step']}–{w['last_step']}" for w in table['windows'] if w.get('mfu_over_100')) or 'the run average'
+        where = ', '.join(f"steps {w['first_step']}–{w['last_step']}" for w in table['windows']
+                          if w.get('mfu_over_100')) or 'the run average'
         out.append(_problem('mfu_over_100', 'note', stage, where=where,
                             basis=table.get('mfu_basis') or 'the device peak'))
     for d in throughput_drops(table['windows']):
@@ -542,7 +553,8 @@ def _core_problems(core: dict | None) -> list[dict]:
                     noise=t['noise_2sigma'] * (1 - b), baseline_kind=t['baseline_kind'])
         for lang, key in (('en', 'text'), ('zh', 'text_zh')):
             why = BASELINE_WHY[lang][t['baseline_kind']].format(k=round(1 / b) if b else 0)
-            word = ('beyond' if -gap > figs['noise'] else 'within') if lang == 'en' else ('超出' if -gap > figs['noise'] else '未超出')
+            word = (('beyond' if -gap > figs['noise'] else 'within') if lang == 'en'
+                    else ('超出' if -gap > figs['noise'] else '未超出'))
             entry[key] = TEXT[lang]['negative_centered'].format(baseline_why=why, noise_word=word, bias=bias, **figs)
         entry['figures'] = jsonable(figs)
         out.append(entry)
@@ -557,13 +569,15 @@ def _memory_problem(stage, table) -> dict:
     ratio = m['peak_gb'] / m['planned_gb'] if m['planned_gb'] else None
     entry = dict(code='memory', stage=stage, text_key='memory',
                  figures=jsonable(dict(figs, headroom=headroom, ratio_to_plan=ratio)))
-    entry['severity'] = 'problem' if headroom is not None and headroom < 0.10 else 'note' if ratio and ratio > 1.25 else 'ok'
+    entry['severity'] = ('problem' if headroom is not None and headroom < 0.10
+                         else 'note' if ratio and ratio > 1.25 else 'ok')
     for lang, key in (('en', 'text'), ('zh', 'text_zh')):
         device = (f" of {m['device_gb']:.1f} GiB on the "
                   "device" if lang == 'en' else f"，设备共 {m['device_gb']:.1f} GiB") if m['device_gb'] else \
                  (" (device memory not recorded)" if lang == 'en' else "（未记录设备内存）")
         verdict = ''
-        if headroom is not None: verdict += TEXT[lang]['memory_tight' if headroom < 0.10 else 'memory_fine'].format(headroom=headroom)
+        if headroom is not None:
+            verdict += TEXT[lang]['memory_tight' if headroom < 0.10 else 'memory_fine'].format(headroom=headroom)
         if ratio and ratio > 1.25: verdict += TEXT[lang]['memory_over_plan'].format(ratio=ratio)
         entry[key] = TEXT[lang]['memory'].format(stage=stage, device=device, verdict=verdict, **figs)
     return entry
@@ -574,7 +588,8 @@ def _run_problems(stage, run: Run, table) -> list[dict]:
     rec = run.records.get(stage) or {}
     figs = rec.get('figures') or {}
     step = table and run.train[-1]['step']
-    planned = figs.get('steps_planned') or (run.config.get('resolved') or {}).get('total_steps') or (run.meta[-1].get('total_steps') if run.meta else None)
+    planned = (figs.get('steps_planned') or (run.config.get('resolved') or {}).get('total_steps')
+               or (run.meta[-1].get('total_steps') if run.meta else None))
     err = run.notebook.get('error')
     reason_en = f": {figs.get('stop_reason') or err}" if (figs.get('stop_reason') or err) else ''
     if rec.get('status') == 'failed' or (not rec and err):
@@ -594,7 +609,8 @@ def _noise_problems(core, cores, comparisons) -> list[dict]:
     out = []
     if core and core.get('noise_2sigma') is not None:
         zero = abs(core['core']) < core['noise_2sigma']
-        for_lang = {lang: TEXT[lang]['noise_core_small'] + (TEXT[lang]['noise_core_zero'] if zero else '') for lang in ('en', 'zh')}
+        for_lang = {lang: TEXT[lang]['noise_core_small'] + (TEXT[lang]['noise_core_zero'] if zero else '')
+                    for lang in ('en', 'zh')}
         figs = dict(core=core['core'], noise=core['noise_2sigma'], per_task=core.get('max_per_task') or 'all')
         out.append(dict(code='noise_core', severity='note' if zero else 'ok', stage='base', text_key='noise_core',
                         figures=jsonable(figs),
@@ -665,11 +681,13 @@ def build_report(run_dir, compare_with=(), price_per_hour: float | None = None) 
                overview=overview(base, stages, price_per_hour), stages=stage_out, core=core, core_over_steps=cores,
                chat_eval=chat_evals(stages), problems=[], comparison=[], plots=[], missing=missing)
     for label, v in rep['chat_eval'].items():
-        if v is None and stage_out[label]['present']: missing[f'chat_eval:{label}'] = f"no chat eval record for the {label} stage"
+        if v is None and stage_out[label]['present']:
+            missing[f'chat_eval:{label}'] = f"no chat eval record for the {label} stage"
     for other in compare_with:
         other_dir = run_path(other)
         other_rep = read_json(other_dir/'report.json') if (other_dir/'report.json').exists() else None
-        if not other_rep or other_rep.get('schema_version') != REPORT_SCHEMA_VERSION: other_rep = build_report(other_dir)
+        if not other_rep or other_rep.get('schema_version') != REPORT_SCHEMA_VERSION:
+            other_rep = build_report(other_dir)
         rep['comparison'].append(compare(rep, other_rep))
     if not compare_with: missing['comparison'] = 'no earlier run given (--compare OTHER)'
     problems += _noise_problems(core, cores, rep['comparison'])
@@ -831,8 +849,8 @@ def _f(x, spec=',.4g'):
 
 def _table(head, rows) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    lines += ['| ' + ' | '.join(_f(c) if not isinstance(c, str) else c.replace('|', '\\|').replace('\n',
-                                                                                                   ' ') for c in r) + ' |' for r in rows]
+    lines += ['| ' + ' | '.join(_f(c) if not isinstance(c, str) else c.replace('|', '\\|').replace('\n', ' ')
+                                for c in r) + ' |' for r in rows]
     return '\n'.join(lines)
 
 def _hms(s):
@@ -899,7 +917,8 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
         tr = st['training']
         if not tr: continue
         out += [f"### {label}", '']
-        def mfu_cell(w): return f"{100 * w['mfu']:.2f}%" if w['mfu'] is not None else ('> 100 %' if w.get('mfu_over_100') else '—')
+        def mfu_cell(w):
+            return f"{100 * w['mfu']:.2f}%" if w['mfu'] is not None else ('> 100 %' if w.get('mfu_over_100') else '—')
         rows = [(f"{w['first_step']}–{w['last_step']}", _f(w['tok_per_s'] or None, ',.0f'), mfu_cell(w),
                  *[f"{1e3 * w['parts'][p]:.1f}" for p in (*PART_ORDER, 'step')],
                  str(w['evals'])) for w in tr['windows']]
@@ -972,7 +991,8 @@ def render_markdown(rep: dict, lang: str = 'en') -> str:
 # %% ../nbs/12_report.ipynb #5ccb8c0e
 def write_report(run, compare_with=(), price_per_hour: float | None = None, lang: str = 'en',
                  plots: bool = True) -> dict:
-    "Build the report of run `run` (name or path) and write report.md, report.json and plots/report_*.png into its folder."
+    """Build the report of run `run` (name or path) and write report.md, report.json and plots/report_*.png into its
+    folder."""
     if lang not in LABELS: raise LmlitError(f"--lang {lang!r}: expected one of {', '.join(LABELS)}")
     if price_per_hour is not None and not (price_per_hour >= 0 and math.isfinite(price_per_hour)):
         raise LmlitError(f"--price-per-gpu-hour must be a number ≥ 0 (e.g. 2.5), got {price_per_hour}")

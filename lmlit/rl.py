@@ -35,25 +35,28 @@ __all__ = ['DEFAULTS', 'RL_TASKS', 'STAT_NAMES', 'EVAL_ROWS', 'FILTER_SEED', 're
 DEFAULTS = parameters_of(stage_notebook('10_rl'))   # the parameters cell below
 
 # %% ../nbs/10_rl.ipynb #ae1a0c0f
-RL_TASKS = ('arithmetic', 'spelling', 'gsm8k')   # gsm8k: GSM8K train from the hub (08_chat_data, HF_ENDPOINT honoured), what GPU users run
+# gsm8k: GSM8K train from the hub (08_chat_data, HF_ENDPOINT honoured), what GPU users run
+RL_TASKS = ('arithmetic', 'spelling', 'gsm8k')
 
 def resolve_config(**overrides) -> dict:
     "The parameters cell's defaults updated with `overrides`, checked; raises `LmlitError` on bad input."
     cfg = resolve_params(DEFAULTS, overrides)
     if cfg['samples'] < 2:
-        raise LmlitError(f"samples must be ≥ 2, got {cfg['samples']}: the advantage is a sample's reward minus its group's mean, "
-                         "and a group of one has no baseline (its advantage is always 0)")
+        raise LmlitError(f"samples must be ≥ 2, got {cfg['samples']}: the advantage is a sample's reward minus its "
+                         "group's mean, and a group of one has no baseline (its advantage is always 0)")
     if cfg['task'] not in RL_TASKS: raise LmlitError(f"task must be one of {', '.join(RL_TASKS)}, got {cfg['task']!r}")
-    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'eval_samples', 'log_every', 'keep_last'):
+    for k in ('prompts', 'device_prompts', 'max_new_tokens', 'steps', 'eval_problems', 'eval_samples', 'log_every',
+              'keep_last'):
         if cfg[k] < 1: raise LmlitError(f"{k} must be ≥ 1, got {cfg[k]}")
     for k in ('temperature', 'eval_temperature'):
         if cfg[k] <= 0: raise LmlitError(f"{k} must be > 0 (RL and pass@k sample), got {cfg[k]}")
     if not cfg['lr_frac'] > 0: raise LmlitError(f"lr_frac must be > 0, got {cfg['lr_frac']}")
     if cfg['kl_coef'] < 0: raise LmlitError(f"kl_coef must be ≥ 0, got {cfg['kl_coef']}")
-    if cfg['filter_problems'] < 0: raise LmlitError(f"filter_problems must be ≥ 0 (0: no pre-pass), got {cfg['filter_problems']}")
+    if cfg['filter_problems'] < 0:
+        raise LmlitError(f"filter_problems must be ≥ 0 (0: no pre-pass), got {cfg['filter_problems']}")
     if cfg['filter_problems'] and cfg['filter_samples'] < 2:
-        raise LmlitError(f"filter_samples must be ≥ 2, got {cfg['filter_samples']}: the pre-pass keeps problems answered right "
-                         "sometimes but not always, which one answer cannot show")
+        raise LmlitError(f"filter_samples must be ≥ 2, got {cfg['filter_samples']}: the pre-pass keeps problems "
+                         "answered right sometimes but not always, which one answer cannot show")
     cfg['stage'] = 'rl'
     return cfg
 
@@ -63,11 +66,13 @@ def _text(message) -> str:
     return content if isinstance(content, str) else ''.join(p['text'] for p in content if p['type'] == 'text')
 
 def problems(task: str, split: str) -> list[tuple[str, str]]:
-    "(question, reference number) of every conversation of `task`'s `split` whose last reply ends with a '#### N' answer."
+    """(question, reference number) of every conversation of `task`'s `split` whose last reply ends with a '#### N'
+    answer."""
     out = []
     for conv in get_task(task).split(split):
         answer = lenient_answer(_text(conv[-1]))
-        if conv[0]['role'] == 'user' and answer is not None: out.append((conv[0]['content'], _text(conv[-1]).rsplit('####', 1)[1].strip()))
+        if conv[0]['role'] == 'user' and answer is not None:
+            out.append((conv[0]['content'], _text(conv[-1]).rsplit('####', 1)[1].strip()))
     if not out: raise LmlitError(f"task {task!r} split {split!r} has no problem with a '#### N' answer")
     return out
 
@@ -85,32 +90,37 @@ def load_reward(name: str):
     except (ImportError, AttributeError) as e: raise LmlitError(f"reward {name!r} cannot be loaded: {e}") from None
 
 def score(reward, question: str, reply: str, answer: str) -> float:
-    "`reward(question, reply, answer)` as a finite float; a reward that raises or returns anything else is a clear error."
+    """`reward(question, reply, answer)` as a finite float; a reward that raises or returns anything else is a clear
+    error."""
     name = getattr(reward, '__qualname__', repr(reward))
     try: value = reward(question, reply, answer)
-    except Exception as e: raise LmlitError(f"reward function {name} raised {type(e).__name__}: {e} (on reply {reply[:80]!r})") from None
+    except Exception as e:
+        raise LmlitError(f"reward function {name} raised {type(e).__name__}: {e} (on reply {reply[:80]!r})") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise LmlitError(f"reward function {name} returned {value!r} ({type(value).__name__}); it must return a finite number")
+        raise LmlitError(f"reward function {name} returned {value!r} ({type(value).__name__}); "
+                         "it must return a finite number")
     return float(value)
 
 # %% ../nbs/10_rl.ipynb #461db074
 def advantages(rewards: torch.Tensor, std_norm: bool = False, positive_only: bool = False) -> torch.Tensor:
     """(groups, K) rewards -> advantages: reward minus its group's mean, optionally ÷ the group's std (0 where all are
-    equal); `positive_only`: a below-average answer gets 0, not a negative advantage (only the better ones are pushed up)."""
+    equal); `positive_only`: a below-average answer gets 0, not a negative advantage (only the better ones are pushed
+    up)."""
     adv = rewards - rewards.mean(dim=1, keepdim=True)
     if std_norm: adv = adv / rewards.std(dim=1, keepdim=True).clamp(min=1e-6)
     return adv.clamp(min=0) if positive_only else adv
 
 def token_nll(model, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    "(B, T) −log p(y) under `model`'s distribution at `temperature` — the distribution the answers were sampled from; 0 where y is −1."
+    """(B, T) −log p(y) under `model`'s distribution at `temperature` — the distribution the answers were sampled from;
+    0 where y is −1."""
     if temperature == 1.0: return model(x, y, loss_reduction='none')
     logits = model(x) / temperature
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction='none').view_as(y)
 
-def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: torch.Tensor, ref=None, kl_coef: float = 0.0,
-            temperature: float = 1.0) -> torch.Tensor:
-    """Σ over sampled tokens of w·NLL (−advantage·log p) / n_global, log p at the sampling `temperature`; targets −1 are masked;
-    zero (with zero gradient) when none is sampled."""
+def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: torch.Tensor, ref=None,
+            kl_coef: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+    """Σ over sampled tokens of w·NLL (−advantage·log p) / n_global, log p at the sampling `temperature`; targets −1
+    are masked; zero (with zero gradient) when none is sampled."""
     keep = y != -1
     nll = token_nll(model, x, y, temperature)
     loss = (nll * w[:, None] * keep).sum()
@@ -122,17 +132,20 @@ def pg_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, n_global: 
 
 # %% ../nbs/10_rl.ipynb #cfd07736
 def toy_pg_run(sign: float, steps: int = 5, target: int = 3, K: int = 8, seed: int = 0) -> tuple[float, float]:
-    "(probability of `target` after a fixed prefix before, after) `steps` policy-gradient steps of a tiny GPT rewarded `sign` for it."
+    """(probability of `target` after a fixed prefix before, after) `steps` policy-gradient steps of a tiny GPT
+    rewarded `sign` for it."""
     torch.manual_seed(seed)
     net = build_model(GPTConfig(sequence_len=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32), 'cpu')
-    opt = setup_optimizer(net, unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.02, weight_decay=0.0, max_grad_norm=1.0)
+    opt = setup_optimizer(net, unembedding_lr=0.05, embedding_lr=0.05, matrix_lr=0.02, weight_decay=0.0,
+                          max_grad_norm=1.0)
     prefix = torch.tensor([[1, 2]])
     def prob():
         with torch.no_grad(): return torch.softmax(net(prefix)[0, -1], -1)[target].item()
     before = prob()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        with torch.no_grad(): tokens = torch.multinomial(torch.softmax(net(prefix)[0, -1], -1), K, replacement=True, generator=gen)
+        with torch.no_grad():
+            tokens = torch.multinomial(torch.softmax(net(prefix)[0, -1], -1), K, replacement=True, generator=gen)
         rewards = sign * (tokens == target).float()[None]
         w = advantages(rewards)[0]
         x = prefix.repeat(K, 1)
@@ -147,21 +160,25 @@ def toy_pg_run(sign: float, steps: int = 5, target: int = 3, K: int = 8, seed: i
 
 # %% ../nbs/10_rl.ipynb #24e8afdf
 def train_order(n: int, seed: int) -> list[int]:
-    "The fixed shuffled order of `n` training problems under `seed` (the samplers', the pre-pass's and the checks' order)."
+    """The fixed shuffled order of `n` training problems under `seed` (the samplers', the pre-pass's and the checks'
+    order)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return order
 
 class RLSampler:
-    "Sampler of stream `stream` of `streams`: each `next()` is one micro-batch (x, y, advantages, stats) sampled from `model`."
+    """Sampler of stream `stream` of `streams`: each `next()` is one micro-batch (x, y, advantages, stats) sampled from
+    `model`."""
     def __init__(self, model, tok, train: list, reward, cfg: dict, stream: int, streams: int, device, context: int):
         self.model, self.tok, self.train, self.reward, self.cfg = model, tok, train, reward, cfg
         self.stream, self.streams, self.device, self.context = stream, streams, torch.device(device), context
         self.order = train_order(len(train), cfg['seed'])
         self.pos = 0                                  # micro-batches drawn
-    def state_dict(self) -> dict: return dict(pos=self.pos, seed=self.cfg['seed'], stream=self.stream, streams=self.streams)
+    def state_dict(self) -> dict:
+        return dict(pos=self.pos, seed=self.cfg['seed'], stream=self.stream, streams=self.streams)
     def load_state_dict(self, state: dict):
-        if state['seed'] != self.cfg['seed']: raise LmlitError(f"the checkpoint's sampler seed {state['seed']} differs from seed={self.cfg['seed']}")
+        if state['seed'] != self.cfg['seed']:
+            raise LmlitError(f"the checkpoint's sampler seed {state['seed']} differs from seed={self.cfg['seed']}")
         self.pos = state['pos']
     def indices(self, pos: int) -> list[int]:
         "Positions in the shuffled order of micro-batch `pos`'s problems."
@@ -173,8 +190,9 @@ class RLSampler:
         cfg = self.cfg
         t0 = time.perf_counter()
         picked = [self.train[self.order[i]] for i in self.indices(self.pos)]
-        requests = [Request(self.tok.render_for_completion([dict(role='user', content=q)]), max_tokens=cfg['max_new_tokens'],
-                            temperature=cfg['temperature'], top_k=cfg['top_k'], seed=cfg['seed'] * 7919 + i, n=cfg['samples'])
+        requests = [Request(self.tok.render_for_completion([dict(role='user', content=q)]),
+                            max_tokens=cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
+                            seed=cfg['seed'] * 7919 + i, n=cfg['samples'])
                     for q, i in zip((q for q, _ in picked), self.indices(self.pos))]
         K = cfg['samples']
         answers = [[[] for _ in range(K)] for _ in requests]      # (token, forced) per sample
@@ -190,7 +208,8 @@ class RLSampler:
         # the reply a verifier reads: the sampled text without its closing stop token (which is trained, not scored)
         replies = [[self.tok.decode([t for t, _ in a[:len(a) - (finish[i][j] == 'stop')]]) for j, a in enumerate(group)]
                    for i, group in enumerate(answers)]
-        rewards = torch.tensor([[score(self.reward, q, replies[i][j], a) for j in range(K)] for i, (q, a) in enumerate(picked)])
+        rewards = torch.tensor([[score(self.reward, q, replies[i][j], a) for j in range(K)]
+                                for i, (q, a) in enumerate(picked)])
         adv = advantages(rewards, cfg['std_norm'], cfg['positive_only'])
         flat = (rewards == rewards[:, :1]).all(dim=1)             # zero-signal groups
         rows, targets, weights = [], [], []
@@ -208,8 +227,10 @@ class RLSampler:
         w = torch.tensor(weights, device=self.device)
         python_start = self.tok.encode_special('<|python_start|>')
         stats = torch.tensor([rewards.sum().item(), rewards.numel(), flat.sum().item(), len(requests),
-                              sum(len(a) for g in answers for a in g), sum(any(t == python_start for t, _ in a) for g in answers for a in g),
-                              sum(f == 'length' for g in finish for f in g), time.perf_counter() - t0], dtype=torch.float64)
+                              sum(len(a) for g in answers for a in g),
+                              sum(any(t == python_start for t, _ in a) for g in answers for a in g),
+                              sum(f == 'length' for g in finish for f in g), time.perf_counter() - t0],
+                             dtype=torch.float64)
         return x, y, w, stats
 
 # %% ../nbs/10_rl.ipynb #787a6d70
@@ -226,20 +247,22 @@ def step_stats(batches: list, device) -> dict:
                 cut_frac=s['cut'] / s['samples'], t_gen=s['t_gen'] / world)   # t_gen: sampling seconds per rank
 
 def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
-    """Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the step's
-    `rl` record. A step with no sampled token to train (every group zero-signal) sets the learning rates to 0."""
+    """Micro-batch `k`'s policy-gradient loss, normalised by the sampled tokens of the step on every rank; writes the
+    step's `rl` record. A step with no sampled token to train (every group zero-signal) sets the learning rates to 0."""
     if k == 0:
         n_global, n_local = global_token_count([b[1] for b in batches])
         job.state['counts'] = n_global, n_local
         updated = n_global.item() > 0
         if not updated:
             # no answer of the step carries signal: no update. A zero gradient is not a no-op: Muon orthogonalises its
-            # decayed momentum into a full-sized step, and AdamW keeps moving on its moments. The loop sets lr again next step
+            # decayed momentum into a full-sized step, and AdamW keeps moving on its moments. The loop sets lr again
+            # next step
             for g in job.optimizer.param_groups: g['lr'] = 0.0
         job.tokens_per_step = int(n_global.item())
         step = job.start_step + len(job.summary['losses']) + 1
         stats = step_stats(batches, job.device)
-        job.metrics.write(kind='rl', step=step, time=time.time(), sampled_tokens=job.tokens_per_step, updated=updated, **stats)
+        job.metrics.write(kind='rl', step=step, time=time.time(), sampled_tokens=job.tokens_per_step, updated=updated,
+                          **stats)
         job.summary['rewards'].append(stats['reward'])
     n_global, n_local = job.state['counts']
     x, y, w, _ = batches[k]
@@ -252,22 +275,25 @@ def rl_loss(job: Job, batches: list, k: int) -> torch.Tensor:
     return loss * job.accum * job.world
 
 # %% ../nbs/10_rl.ipynb #387dc0cd
-EVAL_ROWS = 256   # answers generated together in one batched engine call (the engine's rows are independent: same results)
+# answers generated together in one batched engine call (the engine's rows are independent: same results)
+EVAL_ROWS = 256
 
 @torch.no_grad()
 def right_counts(model, tok, items: list, reward, K: int, temperature: float, seed0: int, cfg: dict, context: int,
                  rank: int = 0, world: int = 1, device='cpu', stop=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(right, scored) per item of `items` (question, answer): how many of K answers sampled at `temperature` (seeds
-    `seed0` + the item's index) `reward` scores > 0, and whether the item was scored (not where a true `stop()` cancelled
-    the generation). Rank r answers items r, r + world, …, `EVAL_ROWS` answers per engine call; both sum over ranks."""
+    `seed0` + the item's index) `reward` scores > 0, and whether the item was scored (not where a true `stop()`
+    cancelled the generation). Rank r answers items r, r + world, …, `EVAL_ROWS` answers per engine call; both sum over
+    ranks."""
     counts = torch.zeros(2, len(items), dtype=torch.float64, device=device)
     mine = list(range(rank, len(items), world))
     engine = Engine(model, tok, context=context)
     per_call = max(1, EVAL_ROWS // K)
     for c in range(0, len(mine), per_call):
         chunk = mine[c:c + per_call]
-        requests = [Request(tok.render_for_completion([dict(role='user', content=items[i][0])]), max_tokens=cfg['max_new_tokens'],
-                            temperature=temperature, top_k=cfg['top_k'], seed=seed0 + i, n=K) for i in chunk]
+        requests = [Request(tok.render_for_completion([dict(role='user', content=items[i][0])]),
+                            max_tokens=cfg['max_new_tokens'], temperature=temperature, top_k=cfg['top_k'],
+                            seed=seed0 + i, n=K) for i in chunk]
         replies = [[[] for _ in range(K)] for _ in chunk]
         for d in engine.generate(requests):
             if stop is not None and not requests[0].cancelled and stop():
@@ -281,13 +307,14 @@ def right_counts(model, tok, items: list, reward, K: int, temperature: float, se
     if world > 1: dist.all_reduce(counts)
     return counts[0], counts[1] > 0
 
-def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1, device='cpu', stop=None) -> dict:
+def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int, rank: int = 0, world: int = 1,
+                        device='cpu', stop=None) -> dict:
     """{'pass@1', 'pass@1_se', 'pass@k', 'k', 'n', 'stopped'} over `items` (question, answer), k = `cfg['eval_samples']`
-    answers each at `eval_temperature`. `stop()` true cancels the generation at once: the figures then cover the problems
-    finished ('stopped': True)."""
+    answers each at `eval_temperature`. `stop()` true cancels the generation at once: the figures then cover the
+    problems finished ('stopped': True)."""
     K = cfg['eval_samples']
-    right, scored = right_counts(model, tok, items, reward, K, cfg['eval_temperature'], 10_000_019, cfg, context, rank, world,
-                                 device, stop)
+    right, scored = right_counts(model, tok, items, reward, K, cfg['eval_temperature'], 10_000_019, cfg, context, rank,
+                                 world, device, stop)
     p = right[scored] / K                                          # pass@1 of each problem scored
     n = len(p)
     p1 = p.mean().item() if n else 0.0
@@ -297,7 +324,8 @@ def held_out_pass_rates(model, tok, items: list, reward, cfg: dict, context: int
             'stopped': not bool(scored.all())}
 
 def evaluate(job: Job, step: int) -> dict:
-    "Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then checkpoints and stops)."
+    """Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then
+    checkpoints and stops)."""
     job.raw_model.eval()
     res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.state['eval_fn'], job.cfg,
                               job.state['context'],
@@ -305,11 +333,13 @@ def evaluate(job: Job, step: int) -> dict:
     job.raw_model.train()
     if res['stopped']:
         job.summary['stopped'] = 'signal'
-        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.val_batches)} problems (not recorded)")
+        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.val_batches)} "
+               "problems (not recorded)")
         return res
     job.metrics.write(kind='eval', step=step, time=time.time(), **res)
     job.summary['evals'].append((step, res['pass@1'], res['pass@k']))
-    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {res['pass@1_se']:.3f} · pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems × {res['k']} answers)")
+    print0(f"step {step:5d} · held-out pass@1 {res['pass@1']:.3f} ± {res['pass@1_se']:.3f} · "
+           f"pass@{res['k']} {res['pass@k']:.3f} ({res['n']} problems × {res['k']} answers)")
     return res
 
 # %% ../nbs/10_rl.ipynb #f1a2b3c5
@@ -324,8 +354,8 @@ def solvable_problems(model, tok, train: list, reward, cfg: dict, context: int, 
     scanned = train_order(len(train), cfg['seed'])[:cfg['filter_problems']]
     was_training = model.training
     model.eval()
-    right, _ = right_counts(model, tok, [train[i] for i in scanned], reward, K, cfg['temperature'], FILTER_SEED, cfg, context,
-                            rank, world, device)
+    right, _ = right_counts(model, tok, [train[i] for i in scanned], reward, K, cfg['temperature'], FILTER_SEED, cfg,
+                            context, rank, world, device)
     model.train(was_training)
     keep = [i for i, r in zip(scanned, right.tolist()) if 0 < r < K]
     report = dict(scanned=len(scanned), kept=len(keep), samples=K, seconds=round(time.perf_counter() - t0, 1),
@@ -349,7 +379,8 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
     held = problems(cfg['task'], 'validation')[:cfg['eval_problems']]
     reward = load_reward(cfg['reward'])
     score(reward, train[0][0], f"#### {train[0][1]}", train[0][1])
-    if cfg['eval_reward'] != 'reward': score(load_reward(cfg['eval_reward']), held[0][0], f"#### {held[0][1]}", held[0][1])
+    if cfg['eval_reward'] != 'reward':
+        score(load_reward(cfg['eval_reward']), held[0][0], f"#### {held[0][1]}", held[0][1])
     order = train_order(len(train), cfg['seed'])
     # the prompts training reads; with the pre-pass, every problem it tries (training's problems are among them)
     n_seen = min(cfg['filter_problems'], len(order)) if cfg['filter_problems'] else cfg['steps'] * cfg['prompts']
@@ -357,8 +388,8 @@ def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
     longest = max(seen, key=lambda q: len(tok.render_for_completion([dict(role='user', content=q)])))
     n = len(tok.render_for_completion([dict(role='user', content=longest)]))
     if n + cfg['max_new_tokens'] > context:
-        raise LmlitError(f"a prompt of {n} tokens + max_new_tokens {cfg['max_new_tokens']} exceeds the model's context of {context} "
-                         f"(the problem {longest[:60]!r}); lower max_new_tokens to ≤ {context - n}")
+        raise LmlitError(f"a prompt of {n} tokens + max_new_tokens {cfg['max_new_tokens']} exceeds the model's context "
+                         f"of {context} (the problem {longest[:60]!r}); lower max_new_tokens to ≤ {context - n}")
     return train, held, reward, accum
 
 def setup_rl(cfg: dict) -> Job | None:
@@ -374,12 +405,13 @@ def setup_rl(cfg: dict) -> Job | None:
     if cfg['filter_problems']:
         wanted = [cfg['filter_problems'], cfg['filter_samples']]
         if ck is None:   # the pre-pass, on the starting model; its list goes into every checkpoint
-            job.loop['rl_problems'], report = solvable_problems(job.raw_model, job.tokenizer, train, reward, cfg, context,
-                                                                job.rank, job.world, job.device)
+            job.loop['rl_problems'], report = solvable_problems(job.raw_model, job.tokenizer, train, reward, cfg,
+                                                                context, job.rank, job.world, job.device)
             job.loop['rl_filter'] = wanted
         elif job.loop.get('rl_filter') != wanted:
-            raise LmlitError(f"the checkpoint's run filtered its training problems with filter_problems, filter_samples = "
-                             f"{job.loop.get('rl_filter', 'none')}, not {wanted}: resume with the run's values")
+            raise LmlitError(f"the checkpoint's run filtered its training problems with filter_problems, "
+                             f"filter_samples = {job.loop.get('rl_filter', 'none')}, not {wanted}: "
+                             "resume with the run's values")
         if job.loop['rl_problems'] is not None: train = [train[i] for i in job.loop['rl_problems']]
     streams = cfg['prompts'] // cfg['device_prompts']
     job.loaders = {s: RLSampler(job.raw_model, job.tokenizer, train, reward, cfg, s, streams, job.device, context)
@@ -400,9 +432,9 @@ def setup_rl(cfg: dict) -> Job | None:
     write_rl_files(job)
     if report is not None:
         job.metrics.write(kind='filter', step=0, time=time.time(), **report)
-        print0(f"pre-pass: {report['kept']} of {report['scanned']} training problems answered right 1–{report['samples'] - 1} "
-               f"of {report['samples']} times; RL trains on them ({report['seconds']} s; problems by answers right: "
-               f"{report['right_histogram']})" if report['kept'] else
+        print0(f"pre-pass: {report['kept']} of {report['scanned']} training problems answered right "
+               f"1–{report['samples'] - 1} of {report['samples']} times; RL trains on them ({report['seconds']} s; "
+               f"problems by answers right: {report['right_histogram']})" if report['kept'] else
                f"pre-pass: none of {report['scanned']} training problems was answered right sometimes but not always "
                f"({report['right_histogram']} by answers right of {report['samples']}): RL trains on every problem")
     return job
@@ -411,18 +443,21 @@ def write_rl_files(job: Job) -> None:
     "config.json, provenance.json, the metrics' meta record (rank 0), and the opening line."
     cfg = job.cfg
     if job.is_main:
-        write_json(job.run_dir/'config.json', {**cfg, 'resolved': dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
-                                                                       init=job.meta['init'], model=job.meta['model_shape'],
-                                                                       held_out=f"{cfg['task']} validation[:{cfg['eval_problems']}]")})
-        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], stage='rl', init=job.meta['init'], task=cfg['task'])
+        write_json(job.run_dir/'config.json',
+                   {**cfg, 'resolved': dict(world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
+                                            init=job.meta['init'], model=job.meta['model_shape'],
+                                            held_out=f"{cfg['task']} validation[:{cfg['eval_problems']}]")})
+        write_provenance(job.run_dir, tokenizer_hash=job.meta['tokenizer_hash'], stage='rl', init=job.meta['init'],
+                         task=cfg['task'])
         if not cfg['resume']:
             for f in ('metrics.jsonl', 'samples.md'): (job.run_dir/f).unlink(missing_ok=True)
     job.metrics = MetricsWriter(job.run_dir/'metrics.jsonl', enabled=job.is_main)
-    job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'], init=job.meta['init'],
-                      flops_per_token=job.flops_per_token, world_size=job.world, grad_accum=job.accum, total_steps=job.total_steps,
-                      mfu_basis=job.peak_basis)
-    print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · task {cfg['task']} · "
-           f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} problems × {cfg['samples']} samples (grad accum {job.accum})")
+    job.metrics.write(kind='meta', step=job.start_step, time=time.time(), config=cfg, params=job.meta['params'],
+                      init=job.meta['init'], flops_per_token=job.flops_per_token, world_size=job.world,
+                      grad_accum=job.accum, total_steps=job.total_steps, mfu_basis=job.peak_basis)
+    print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · "
+           f"task {cfg['task']} · {job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} "
+           f"problems × {cfg['samples']} samples (grad accum {job.accum})")
     live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
     job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
 
@@ -466,7 +501,8 @@ def rl(**params) -> dict:
 # %% ../nbs/10_rl.ipynb #5b51d350
 def cli_rl(argv=None) -> int:
     "`lmlit rl --run NAME [--nproc N] [torchrun multi-node flags] [-p name value]...`"
-    args = launch_parser('lmlit rl', 'Reinforcement learning on verifiable tasks: papermill on the 10_rl notebook.').parse_args(argv)
+    args = launch_parser('lmlit rl', 'Reinforcement learning on verifiable tasks: papermill on the '
+                         '10_rl notebook.').parse_args(argv)
     params = params_from_pairs(args.param)
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
@@ -475,9 +511,11 @@ def cli_rl(argv=None) -> int:
     check_inputs(cfg, Tokenizer.load(run_path(cfg['run'])/'tokenizer'), context, args.nproc * nodes(args))
     notebook = Path(args.notebook) if args.notebook else stage_notebook('10_rl')
     out = run_path(cfg['run'])/'rl'
-    if cfg['resume'] and not complete_checkpoints(out): raise LmlitError(f"resume=True but {out} has no complete checkpoint")
+    if cfg['resume'] and not complete_checkpoints(out):
+        raise LmlitError(f"resume=True but {out} has no complete checkpoint")
     params['run'] = str(run_path(cfg['run']).resolve())
-    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS}, args.grace)
+    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS},
+                  args.grace)
 
 def main(argv=None) -> int:
     "`python -m lmlit.rl [-p name value]...`: run `rl()` in this process."

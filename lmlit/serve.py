@@ -295,7 +295,8 @@ def _run(self: Worker):
             if d.request not in jobs: continue          # a row that ended on a stop string, dropped a step later
             job, reply, started = jobs[d.request]
             if job.queued: self.forget(job)             # its first delta: it runs now
-            if d.token is not None and isinstance(job.request, ReplyRequest): job.request.sampled[d.sample].append(d.token)
+            if d.token is not None and isinstance(job.request, ReplyRequest):
+                job.request.sampled[d.sample].append(d.token)
             piece = reply.push(d)
             if piece: job.send((*piece, reply.tokens.get(piece[0], 0)))
             if reply.done:
@@ -394,12 +395,14 @@ from .chat import PartStream, collect_parts
 # %% ../nbs/07b_serve.ipynb #7735acea
 @dataclass
 class ReplyRequest(Request):
-    "An engine `Request` that keeps the token ids of each sample (`sampled[j]`); the worker appends each as it is emitted."
+    """An engine `Request` that keeps the token ids of each sample (`sampled[j]`); the worker appends each as it is
+    emitted."""
     sampled: list = field(default_factory=list)
 
 # %% ../nbs/07b_serve.ipynb #f1d2a032
 async def whole_reply(http: HttpRequest, job: ReplyJob, worker: Worker, head: dict, prompt_tokens: int, tokenizer):
-    "The chat.completion for `job` (text and parts), or nothing if the client leaves first (its rows are then cancelled)."
+    """The chat.completion for `job` (text and parts), or nothing if the client leaves first (its rows are then
+    cancelled)."""
     n = job.request.n
     texts = [[] for _ in range(n)]
     streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(n)]
@@ -422,7 +425,8 @@ async def whole_reply(http: HttpRequest, job: ReplyJob, worker: Worker, head: di
         return Response(status_code=499)              # nobody reads it
     leaving.cancel()
     collecting.result()
-    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j]), lmlit_parts=collect_parts(part_deltas[j])),
+    choices = [dict(index=j, message=dict(role='assistant', content=''.join(texts[j]),
+                                          lmlit_parts=collect_parts(part_deltas[j])),
                     finish_reason=finishes[j]) for j in range(n)]
     usage = dict(prompt_tokens=prompt_tokens, completion_tokens=sum(tokens), total_tokens=prompt_tokens + sum(tokens))
     return dict(**head, object='chat.completion', choices=choices, usage=usage)
@@ -431,7 +435,8 @@ async def whole_reply(http: HttpRequest, job: ReplyJob, worker: Worker, head: di
 def _event(payload: dict) -> str: return f"data: {json.dumps(payload)}\n\n"
 
 async def stream_reply(job: ReplyJob, worker: Worker, head: dict, prompt_tokens: int, include_usage: bool, tokenizer):
-    "Server-sent `chat.completion.chunk`s for `job` (text and part deltas), a usage chunk last when asked, then `[DONE]`."
+    """Server-sent `chat.completion.chunk`s for `job` (text and part deltas), a usage chunk last when asked, then
+    `[DONE]`."""
     streams = [PartStream(tokenizer, job.request.sampled[j]) for j in range(job.request.n)]
     for j in range(job.request.n):
         opening = dict(index=j, delta=dict(role='assistant', content=''), finish_reason=None)
@@ -527,7 +532,8 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
     def index(): return page
 
     @app.get('/health')
-    def health(): return {'status': 'ok', 'model': model_name, 'queued': worker.queued_rows, 'running': worker.running_rows}
+    def health():
+        return {'status': 'ok', 'model': model_name, 'queued': worker.queued_rows, 'running': worker.running_rows}
 
     @app.get('/v1/models')
     def models(): return {'object': 'list', 'data': [card]}
@@ -547,12 +553,14 @@ def make_app(engine: Engine, model_name: str = 'lmlit', limits: Limits | None = 
                                                             args['max_tokens'], engine.context)
         except LmlitError as error: raise BadRequest(str(error), param='messages')
         request = ReplyRequest(prompt, max_tokens=max_tokens, temperature=args['temperature'], top_k=args['top_k'],
-                               top_p=args['top_p'], seed=args['seed'], n=args['n'], sampled=[[] for _ in range(args['n'])])
+                               top_p=args['top_p'], seed=args['seed'], n=args['n'],
+                               sampled=[[] for _ in range(args['n'])])
         job = ReplyJob(request, args['stop'], asyncio.get_running_loop(), asyncio.Queue())
         worker.submit(job)
         head = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=model_name)
         if args['stream']:
-            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage'], engine.tokenizer),
+            return StreamingResponse(stream_reply(job, worker, head, len(prompt), args['include_usage'],
+                                                  engine.tokenizer),
                                      media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
         return await whole_reply(http, job, worker, head, len(prompt), engine.tokenizer)
     app.state.worker = worker

@@ -50,8 +50,8 @@ def resolve_config(**overrides) -> dict:
 # %% ../nbs/09_sft.ipynb #b1e092f5
 def init_checkpoint(cfg: dict) -> tuple[str, Path]:
     "(stage, folder) this stage starts from: the newest checkpoint of the stage before it, or of `init_from`."
-    before = {'mid': ['base'], 'sft': ['mid',
-                                       'base']}[cfg['stage']] if cfg['init_from'] == 'auto' else [cfg['init_from']]
+    before_stage = {'mid': ['base'], 'sft': ['mid', 'base']}
+    before = before_stage[cfg['stage']] if cfg['init_from'] == 'auto' else [cfg['init_from']]
     for stage in before:
         folder = stage_dir(cfg['run'], stage)
         if complete_checkpoints(folder): return stage, folder
