@@ -28,8 +28,8 @@ __all__ = ['GPU_PEAK_FLOPS', 'PARTS', 'TRAIN_FIELDS', 'DATA_FIELDS', 'PART_ORDER
            'mfu', 'StepClock', 'data_wait_warning', 'MetricsWriter', 'metrics_lines', 'read_metrics', 'StopFlag',
            'StepStats', 'Job', 'due', 'optimizer_step', 'check_loss', 'resume_point', 'save_job', 'restore_job',
            'close_job', 'resolve_dtype', 'data_stats', 'step_record', 'make_plots', 'live_default', 'Progress',
-           'next_round', 'window_size', 'part_means', 'step_windows', 'throughput_report', 'run_job', 'finish',
-           'write_stage_record', 'warm_start', 'start_stage']
+           'job_progress', 'next_round', 'window_size', 'part_means', 'step_windows', 'throughput_report', 'run_job',
+           'finish', 'write_stage_record', 'warm_start', 'start_stage']
 
 # %% ../nbs/04d_loop.ipynb #9687decf
 def parse_value(s):
@@ -501,26 +501,27 @@ def live_default() -> bool:
         return type(ip).__name__ == 'ZMQInteractiveShell' and getattr(ip, 'kernel', None) is not None
     except NameError: return False
 
-def _fmt_line(step, total, r) -> str:
+def _fmt_line(step, total, r, data_label='data') -> str:
     mfu_s = f"{100*r['mfu_avg']:.1f}%" if r.get('mfu_avg') is not None else 'unknown'
-    parts = ' '.join(f"{p} {1e3*r[f't_{p}']:.0f}" for p in PARTS if r[f't_{p}'] >= 5e-4)
+    parts = ' '.join(f"{data_label if p == 'data' else p} {1e3*r[f't_{p}']:.0f}" for p in PARTS
+                     if r[f't_{p}'] >= 5e-4)
     mem = f" · mem {r['mem_peak_gb']:.2f}G" if r.get('mem_peak_gb') is not None else ''
     return (f"step {step:5d}/{total} · loss {r['loss']:.4f} · lr× {r['lr_mult']:.2f} · {r['tok_per_s']:,.0f} tok/s "
             f"(avg {r['tok_per_s_avg']:,.0f}) · MFU {mfu_s}{mem} · ms: {parts}")
 
 class Progress:
-    def __init__(self, total, start, live):
-        self.total, self.live, self.hist = total, live, []
+    def __init__(self, total, start, live, desc='train', data_label='data'):
+        self.total, self.live, self.hist, self.data_label = total, live, [], data_label
         if live:
             from tqdm.auto import tqdm
             import ipywidgets
             from IPython.display import display
-            self.bar = tqdm(total=total, initial=start, desc='train')
+            self.bar = tqdm(total=total, initial=start, desc=desc)
             self.out = ipywidgets.Output()
             display(self.out)
     def update(self, step, r):
         if not self.live:
-            print0(_fmt_line(step, self.total, r))
+            print0(_fmt_line(step, self.total, r, self.data_label))
             return
         self.bar.n = step
         self.bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:,.0f}")
@@ -541,6 +542,13 @@ class Progress:
                 plt.close(f)
     def close(self):
         if self.live: self.bar.close()
+
+
+# %% ../nbs/04d_loop.ipynb #d52e8f1a
+def job_progress(job, desc: str = 'train', data_label: str = 'data') -> Progress:
+    "The job's progress display: live (bar and plot) in a notebook frontend when `live` is 'auto', on rank 0 only."
+    live = live_default() if job.cfg['live'] == 'auto' else bool(job.cfg['live'])
+    return Progress(job.total_steps, job.start_step, live and job.is_main, desc, data_label)
 
 
 # %% ../nbs/04d_loop.ipynb #b5cfc267

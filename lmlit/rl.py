@@ -20,7 +20,7 @@ from .tokenizer import Tokenizer
 from .chat_data import get_task, global_token_count, lenient_answer
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, MetricsWriter, read_metrics,
-                        close_job, run_job, Progress, live_default, start_stage)
+                        close_job, run_job, job_progress, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 from .sft import sample
@@ -458,8 +458,7 @@ def write_rl_files(job: Job) -> None:
     print0(f"lmlit rl: run {cfg['run']!r} from {job.meta['init']['stage']} step {job.meta['init']['step']} · "
            f"task {cfg['task']} · {job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['prompts']} "
            f"problems × {cfg['samples']} samples (grad accum {job.accum})")
-    live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
-    job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
+    job.progress = job_progress(job, 'rl', data_label='sampling')
 
 # %% ../nbs/10_rl.ipynb #05d65d9b
 def reward_plot(run_dir) -> Path:

@@ -17,7 +17,7 @@ from .chat_data import (
     ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, MetricsWriter,
-                        read_metrics, close_job, run_job, Progress, live_default, start_stage)
+                        read_metrics, close_job, run_job, job_progress, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
 from .engine import Engine, Request
 
@@ -127,8 +127,7 @@ def write_sft_files(job: Job, seq_len: int) -> None:
            f"· mixture {cfg['mixture']} · "
            f"{job.world} rank(s) on {job.device} · {job.total_steps} steps × {cfg['total_batch']} tokens (grad accum "
            f"{job.accum}) · rows of {seq_len}")
-    live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
-    job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
+    job.progress = job_progress(job, cfg['stage'])
 
 # %% ../nbs/09_sft.ipynb #d1d78eed
 @torch.no_grad()

@@ -25,7 +25,7 @@ from .checkpoint import (complete_checkpoints, load_checkpoint, save_checkpoint,
 from .memory import fit_memory, PeakMemory
 from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_steps, data_streams, peak_flops,
                         MetricsWriter, read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job,
-                        step_record, make_plots, throughput_report, Progress, live_default, resume_point, close_job,
+                        step_record, make_plots, throughput_report, job_progress, resume_point, close_job,
                         resolve_dtype, run_job)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
 
@@ -204,8 +204,7 @@ def write_run_files(job: Job, source, peak_basis: str, limit_gb: float) -> None:
            f"{plan['grads']/2**20:.1f}, "
            f"optimizer {plan['optim']/2**20:.1f}, activations {plan['activations']/2**20:.1f}, transient "
            f"{plan['transient']/2**20:.1f})" + (f" of limit {limit_gb:.1f} GiB" if limit_gb else ''))
-    live = live_default() if cfg['live'] == 'auto' else bool(cfg['live'])
-    job.progress = Progress(job.total_steps, job.start_step, live and job.is_main)
+    job.progress = job_progress(job)
 
 # %% ../nbs/05_train.ipynb #dc286887
 SAMPLE_PROMPTS = ['The ', 'And then ', 'To be']
