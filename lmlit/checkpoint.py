@@ -302,12 +302,18 @@ def stage_dir(run, stage: str = 'base') -> Path:
     root = run_path(run)
     return root if stage == 'base' else root/stage
 
-def latest_stage(run) -> str:
-    "The last stage of `run` (rl > sft > mid > base) that has a complete checkpoint."
-    for stage in reversed(STAGES):
+def latest_stage(run, among=STAGES, to_start: str | None = None, hint: str = 'train it first') -> str:
+    """The last of the stages `among` (rl > sft > mid > base) that has a complete checkpoint in `run`. `to_start`: the
+    stage that would start from it, named in the error with `hint` (what to run first)."""
+    for stage in among: stage_dir(run, stage)   # an unknown stage's name is a clear error
+    looked = [stage for stage in reversed(STAGES) if stage in among]
+    for stage in looked:
         d = stage_dir(run, stage)
         if d.is_dir() and complete_checkpoints(d): return stage
-    raise LmlitError(f"run {str(run)!r} has no complete checkpoint in any stage ({', '.join(STAGES)}); train it first")
+    if to_start:
+        raise LmlitError(f"run {str(run)!r} has no checkpoint to start {to_start} from "
+                         f"(looked in: {', '.join(looked)}); {hint}")
+    raise LmlitError(f"run {str(run)!r} has no complete checkpoint in any stage ({', '.join(looked)}); {hint}")
 
 # %% ../nbs/04b_checkpoint.ipynb #951a9ed3
 RECORD_SCHEMA_VERSION = 1

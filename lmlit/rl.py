@@ -18,7 +18,7 @@ from .model import build_model, GPTConfig
 from .optim import setup_optimizer
 from .tokenizer import Tokenizer
 from .chat_data import get_task, global_token_count, lenient_answer
-from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
+from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, MetricsWriter, read_metrics,
                         close_job, run_job, job_progress, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
@@ -365,12 +365,10 @@ def solvable_problems(model, tok, train: list, reward, cfg: dict, context: int, 
 # %% ../nbs/10_rl.ipynb #12c95bdf
 def init_checkpoint(cfg: dict) -> tuple[str, Path]:
     "(stage, folder) RL starts from: the newest checkpoint of sft, else mid, else base (or of `init_from`)."
-    before = ['sft', 'mid', 'base'] if cfg['init_from'] == 'auto' else [cfg['init_from']]
-    for stage in before:
-        folder = stage_dir(cfg['run'], stage)
-        if complete_checkpoints(folder): return stage, folder
-    raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start rl from (looked in: {', '.join(before)}); "
-                     f"train and fine-tune first: lmlit train --run {cfg['run']}; lmlit sft --run {cfg['run']}")
+    among = ['base', 'mid', 'sft'] if cfg['init_from'] == 'auto' else [cfg['init_from']]
+    stage = latest_stage(cfg['run'], among, 'rl',
+                         f"train and fine-tune first: lmlit train --run {cfg['run']}; lmlit sft --run {cfg['run']}")
+    return stage, stage_dir(cfg['run'], stage)
 
 def check_inputs(cfg: dict, tok, context: int, world: int) -> tuple:
     "(train problems, held-out problems, reward function, grad accumulation) after every check that needs no model."

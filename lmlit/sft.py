@@ -15,7 +15,7 @@ import torch.distributed as dist
 from .core import LmlitError, print0, write_json, write_provenance
 from .chat_data import (
     ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
-from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints
+from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, MetricsWriter,
                         read_metrics, close_job, run_job, job_progress, start_stage)
 from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
@@ -50,13 +50,11 @@ def resolve_config(**overrides) -> dict:
 # %% ../nbs/09_sft.ipynb #b1e092f5
 def init_checkpoint(cfg: dict) -> tuple[str, Path]:
     "(stage, folder) this stage starts from: the newest checkpoint of the stage before it, or of `init_from`."
-    before_stage = {'mid': ['base'], 'sft': ['mid', 'base']}
-    before = before_stage[cfg['stage']] if cfg['init_from'] == 'auto' else [cfg['init_from']]
-    for stage in before:
-        folder = stage_dir(cfg['run'], stage)
-        if complete_checkpoints(folder): return stage, folder
-    raise LmlitError(f"run {cfg['run']!r} has no checkpoint to start {cfg['stage']} from (looked in: "
-                     f"{', '.join(before)}); train the base model first: lmlit train --run {cfg['run']}")
+    earlier = {'mid': ['base'], 'sft': ['base', 'mid']}[cfg['stage']]
+    among = earlier if cfg['init_from'] == 'auto' else [cfg['init_from']]
+    stage = latest_stage(cfg['run'], among, cfg['stage'],
+                         f"train the base model first: lmlit train --run {cfg['run']}")
+    return stage, stage_dir(cfg['run'], stage)
 
 # %% ../nbs/09_sft.ipynb #947a3208
 def sft_loss(job: Job, batches: list, k: int) -> torch.Tensor:
