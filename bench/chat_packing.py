@@ -11,7 +11,8 @@ is measured in this run). Prints a markdown table.
 """
 import argparse, time
 import numpy as np
-from lmlit.chat_data import get_mixture, ChatLoader, admit
+from lmlit.chat_data import get_mixture
+from lmlit.chat_loader import ChatLoader, admit
 from lmlit.tokenizer import get_tokenizer
 
 def main():

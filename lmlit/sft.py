@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from .core import LmlitError, print0, write_json, write_provenance
-from .chat_data import (
-    ChatLoader, get_mixture, get_task, global_token_count, lenient_answer, micro_batch_loss, mixture_table)
+from .chat_data import get_mixture, get_task, lenient_answer, mixture_table
+from .chat_loader import ChatLoader, global_token_count, micro_batch_loss
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, MetricsWriter,
                         read_metrics, close_job, run_job, job_progress, start_stage)

@@ -1,6 +1,7 @@
-"""Conversation data (lmlit.chat_data): rendering per task type with hand-checked tokens and masks, splits that
-never leak (spelling by word, arithmetic by problem, no CORE / chat-eval test item in any training task), the
-mixture, best-fit packing with masks, exact resume, streams, the global loss normalisation, and bad input."""
+"""Conversation data (lmlit.chat_data) and its loader (lmlit.chat_loader): rendering per task type with hand-checked
+tokens and masks, splits that never leak (spelling by word, arithmetic by problem, no CORE / chat-eval test item in
+any training task), the mixture, best-fit packing with masks, exact resume, streams, the global loss normalisation,
+and bad input."""
 import json, math
 from pathlib import Path
 import numpy as np, pytest, torch
@@ -10,6 +11,7 @@ from lmlit.sources import HUB_TASKS
 from lmlit.tokenizer import get_tokenizer
 from lmlit.model import GPTConfig, build_model
 import lmlit.chat_data as C
+import lmlit.chat_loader as CL
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,7 +37,7 @@ def test_render_multiple_choice(tok):
     assert ids == want
     n_ans = len(tok.encode(letter)) + 1
     assert mask == [0] * (len(want) - n_ans) + [1] * n_ans               # only the letter and <|assistant_end|> are trained
-    x, y = C.to_batch(np.array([ids + [tok.bos_id]]), np.array([mask + [0]]))
+    x, y = CL.to_batch(np.array([ids + [tok.bos_id]]), np.array([mask + [0]]))
     assert [t for t in y[0].tolist() if t != -1] == tok.encode(letter) + [S(tok, '<|assistant_end|>')]
 
 
@@ -195,12 +197,12 @@ def _fake_mixture(convs):
 def test_overlong_cropped_or_dropped_and_counted():
     convs = _toy([(5, 2), (30, 25), (30, 2), (7, 3)])                    # row_len 17: #1 cropped (keeps supervised), #2 dropped
     mix, ft = _fake_mixture(convs)
-    loader = C.ChatLoader(mix, ft, batch_size=1, seq_len=16, epochs=1)
+    loader = CL.ChatLoader(mix, ft, batch_size=1, seq_len=16, epochs=1)
     rows = [x for x, _ in loader]
     st = loader.stats()
     assert (st['cropped'], st['dropped'], st['conversations']) == (1, 1, 4)
     assert rows[0][0].tolist() == convs[1][0][:16]                      # the crop keeps the conversation's beginning
-    assert C.admit(*convs[2], 17)[2] == 'dropped' and C.admit(*convs[1], 17)[2] == 'cropped'
+    assert CL.admit(*convs[2], 17)[2] == 'dropped' and CL.admit(*convs[1], 17)[2] == 'cropped'
 
 
 def test_stream_matches_reference_and_masks(tok):
@@ -208,46 +210,46 @@ def test_stream_matches_reference_and_masks(tok):
     convs = _toy([(int(rng.integers(3, 40)), int(rng.integers(1, 3))) for _ in range(60)])
     mix, ft = _fake_mixture(convs)
     order = mix.order(0)
-    ref = C.pack_reference([convs[i] for _, i in order], 33, pad_id=0)
-    stream = C.ChatStream(mix, ft, batch_size=4, seq_len=32, buffer=1000, epochs=1)
+    ref = CL.pack_reference([convs[i] for _, i in order], 33, pad_id=0)
+    stream = CL.ChatStream(mix, ft, batch_size=4, seq_len=32, buffer=1000, epochs=1)
     got = [(ids[b].tolist(), mask[b].tolist()) for ids, mask, _ in stream.batches() for b in range(4)]
     assert got[:len(ref)] == ref and all(sum(m) == 0 and all(t == 0 for t in i) for i, m in got[len(ref):])
-    for ids, mask, _ in C.ChatStream(mix, ft, batch_size=4, seq_len=32, buffer=8, epochs=1).batches():
-        x, y = C.to_batch(ids, mask)
+    for ids, mask, _ in CL.ChatStream(mix, ft, batch_size=4, seq_len=32, buffer=8, epochs=1).batches():
+        x, y = CL.to_batch(ids, mask)
         for b in range(4):
-            assert y[b].tolist() == C.row_targets(ids[b].tolist(), mask[b].tolist())[1]   # -1 where mask 0 or padding
+            assert y[b].tolist() == CL.row_targets(ids[b].tolist(), mask[b].tolist())[1]   # -1 where mask 0 or padding
         assert (y != -1).sum() > 0                                       # no micro-batch is all padding
         assert ids[:, 0].tolist() == [0] * 4 or (mask[:, 1:].sum(1) == 0).any()   # rows start at a BOS (or are padding)
 
 
 def test_exact_resume(tok):
     mix = C.get_mixture({'identity': 3, 'chatterbot': 1, 'arithmetic': 0.02})
-    a = C.ChatLoader(mix, tok, batch_size=3, seq_len=96, buffer=16)
+    a = CL.ChatLoader(mix, tok, batch_size=3, seq_len=96, buffer=16)
     for _ in range(7): next(a)
     state = json.loads(json.dumps(a.state_dict()))                      # through a checkpoint file
     after = [next(a) for _ in range(6)]
-    b = C.ChatLoader(mix, tok, batch_size=3, seq_len=96, buffer=16)
+    b = CL.ChatLoader(mix, tok, batch_size=3, seq_len=96, buffer=16)
     b.load_state_dict(state)
     for (x1, y1), (x2, y2) in zip(after, [next(b) for _ in range(6)]):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    c = C.ChatLoader(mix, tok, batch_size=3, seq_len=128, buffer=16)
+    c = CL.ChatLoader(mix, tok, batch_size=3, seq_len=128, buffer=16)
     with pytest.raises(LmlitError, match='seq_len'): c.load_state_dict(state)
 
 
 def test_streams_cover_each_example_once_and_ranks_agree(tok):
     mix = C.get_mixture({'identity': 1, 'chatterbot': 0.1})
     streams = 4
-    shares = [C.ChatStream(mix, tok, 2, 64, s, streams).share(0) for s in range(streams)]
+    shares = [CL.ChatStream(mix, tok, 2, 64, s, streams).share(0) for s in range(streams)]
     assert sorted(map(tuple, sum(shares, []))) == sorted(map(tuple, mix.order(0)))
-    drained = [C.ChatLoader(mix, tok, 2, 64, s, streams, epochs=1) for s in range(streams)]
+    drained = [CL.ChatLoader(mix, tok, 2, 64, s, streams, epochs=1) for s in range(streams)]
     for ld in drained: list(ld)
     assert sum(ld.stats()['conversations'] for ld in drained) == len(mix)
     # 2 ranks x 1 micro-batch of B rows == 1 rank x 2 micro-batches: the same rows in the same order
-    assert C.rank_streams(0, 2, 2) == [0] and C.rank_streams(1, 2, 2) == [1] and C.rank_streams(0, 1, 2) == [0, 1]
-    two_ranks = [torch.cat([next(C.ChatLoader(mix, tok, 2, 64, s, 2))[0] for r in range(2) for s in C.rank_streams(r, 2, 2)])]
-    one_rank = [torch.cat([next(C.ChatLoader(mix, tok, 2, 64, s, 2))[0] for s in C.rank_streams(0, 1, 2)])]
+    assert CL.rank_streams(0, 2, 2) == [0] and CL.rank_streams(1, 2, 2) == [1] and CL.rank_streams(0, 1, 2) == [0, 1]
+    two_ranks = [torch.cat([next(CL.ChatLoader(mix, tok, 2, 64, s, 2))[0] for r in range(2) for s in CL.rank_streams(r, 2, 2)])]
+    one_rank = [torch.cat([next(CL.ChatLoader(mix, tok, 2, 64, s, 2))[0] for s in CL.rank_streams(0, 1, 2)])]
     assert torch.equal(two_ranks[0], one_rank[0])
-    with pytest.raises(LmlitError, match='multiple of the world size'): C.rank_streams(0, 3, 4)
+    with pytest.raises(LmlitError, match='multiple of the world size'): CL.rank_streams(0, 3, 4)
 
 
 # ---------------------------------------------------------------- the loss: global normalisation
@@ -259,10 +261,10 @@ def model():
 
 def _grads(model, batches, norm='global'):
     model.zero_grad()
-    n_global, local = C.global_token_count([y for _, y in batches])
+    n_global, local = CL.global_token_count([y for _, y in batches])
     total = 0.0
     for (x, y), n in zip(batches, local):
-        loss = C.micro_batch_loss(model, x, y, n, n_global) if norm == 'global' else model(x, y) / len(batches)
+        loss = CL.micro_batch_loss(model, x, y, n, n_global) if norm == 'global' else model(x, y) / len(batches)
         loss.backward(); total += float(loss.detach())
     return total, torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -284,10 +286,10 @@ def test_all_padding_micro_batch_is_zero_not_nan(model):
     x = torch.randint(0, 128, (2, 512)); y = torch.full((2, 512), -1)
     for grad in (True, False):                                           # the fused CPU loss (training) and the plain path
         with torch.set_grad_enabled(grad):
-            loss = C.micro_batch_loss(model, x, y, 0, torch.tensor(0.))
+            loss = CL.micro_batch_loss(model, x, y, 0, torch.tensor(0.))
         assert float(loss.detach()) == 0.0 and not torch.isnan(loss)
     model.zero_grad()
-    C.micro_batch_loss(model, x, y, 0, torch.tensor(37.)).backward()
+    CL.micro_batch_loss(model, x, y, 0, torch.tensor(37.)).backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.isfinite(grads).all() and float(grads.abs().max()) == 0.0
 

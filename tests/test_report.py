@@ -3,6 +3,7 @@ import gzip, json, math, shutil
 from pathlib import Path
 import pytest
 from lmlit import report as R
+from lmlit import report_render as RR
 from lmlit.checkpoint import write_record
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,9 +22,9 @@ def _train(d):
 
 def test_real_run_every_section(tmp_path):
     d = _real_run(tmp_path, 'r1')
-    rep = R.write_report(d)
+    rep = RR.write_report(d)
     md = (d/'report.md').read_text()
-    for key in R.SECTIONS: assert f"## {R.LABELS['en'][key]}" in md
+    for key in RR.SECTIONS: assert f"## {RR.LABELS['en'][key]}" in md
     assert 'no sft/ folder: the sft stage was not run' in md
     assert rep['stages']['sft']['present'] is False and rep['chat_eval']['sft'] is None
     assert 'boolq' in md and 'majority' in md
@@ -36,12 +37,12 @@ def test_real_run_every_section(tmp_path):
 
 def test_report_zh_same_numbers(tmp_path):
     d = _real_run(tmp_path, 'r1')
-    R.write_report(d)
+    RR.write_report(d)
     english = (d/'report.md').read_text()
-    rep = R.write_report(d, lang='zh')
+    rep = RR.write_report(d, lang='zh')
     md_zh = (d/'report.zh.md').read_text()          # beside the English report, which is left as it was
     assert (d/'report.md').read_text() == english and (d/'report.zh.json').exists()
-    md_en = R.render_markdown(rep, 'en')
+    md_en = RR.render_markdown(rep, 'en')
     assert '训练概况' in md_zh and '发现的问题' in md_zh
     nums = lambda s: [[c for c in l.split('|')[2:] if any(ch.isdigit() for ch in c)] for l in s.splitlines() if l.startswith('| 2') or l.startswith('| hellaswag')]
     assert nums(md_zh) == nums(md_en) and nums(md_en)
@@ -52,7 +53,7 @@ def test_report_zh_same_numbers(tmp_path):
 def test_throughput_drop_cause(tmp_path, kw, cause):
     d = tmp_path/'syn'
     R.synthetic_metrics(d/'metrics.jsonl', **kw)
-    rep = R.write_report(d, plots=False)
+    rep = RR.write_report(d, plots=False)
     drops = [p for p in rep['problems'] if p['code'] == 'throughput_drop']
     assert [(p['figures']['first_step'], p['figures']['last_step'], p['figures']['cause']) for p in drops] == [(41, 50, cause)]
     md = (d/'report.md').read_text()
@@ -60,7 +61,7 @@ def test_throughput_drop_cause(tmp_path, kw, cause):
 
 def test_comparison_deltas(tmp_path):
     a, b = _real_run(tmp_path, 'r1'), _real_run(tmp_path, 'r2')
-    rep = R.write_report(a, compare_with=[str(b)])
+    rep = RR.write_report(a, compare_with=[str(b)])
     rows = {r['key']: r for r in rep['comparison'][0]['rows']}
     ta, tb = _train(a), _train(b)
     assert math.isclose(rows['loss_final']['delta'], ta[-1]['loss'] - tb[-1]['loss'])
@@ -76,7 +77,7 @@ def test_schema_pngs_markdown(tmp_path):
     from markdown_it import MarkdownIt
     import matplotlib.image as mpimg
     a, b = _real_run(tmp_path, 'r1'), _real_run(tmp_path, 'r2')
-    R.write_report(a, compare_with=[str(b)], price_per_hour=2.5)
+    RR.write_report(a, compare_with=[str(b)], price_per_hour=2.5)
     rep = json.loads((a/'report.json').read_text())
     jsonschema.validate(rep, R.REPORT_SCHEMA)
     bad = dict(rep, stages={**rep['stages'], 'base': dict(rep['stages']['base'], source='guess')})
@@ -87,7 +88,7 @@ def test_schema_pngs_markdown(tmp_path):
         assert img.shape[0] > 100 and img.shape[1] > 100
     md = (a/'report.md').read_text()
     html = MarkdownIt('commonmark').enable('table').render(md)
-    assert html.count('<h2>') == len(R.SECTIONS)
+    assert html.count('<h2>') == len(RR.SECTIONS)
     assert html.count('<table>') == md.count('\n|---|') and html.count('<table>') >= 8
     assert html.count('<img ') == 6
 
@@ -95,7 +96,7 @@ def test_records_preferred(tmp_path):
     d = _real_run(tmp_path, 'r1')
     write_record(d, 'base', status='stopped', started=0, ended=100, steps_done=30, steps_planned=60, stop_reason='signal SIGTERM',
                  device_memory_gb=0.06)
-    rep = R.write_report(d, plots=False)
+    rep = RR.write_report(d, plots=False)
     assert rep['stages']['base']['status'] == 'stopped' and rep['stages']['base']['source'] == 'record'
     stop = next(p for p in rep['problems'] if p['code'] == 'stopped')
     assert 'signal SIGTERM' in stop['text'] and '30 of 60' in stop['text']
