@@ -19,7 +19,7 @@ from .checkpoint import complete_checkpoints
 __all__ = ['PR_SET_PDEATHSIG', 'PR_GET_PDEATHSIG', 'KERNEL_DIES_WITH_RANK', 'LOCK_FILE', 'TORCHRUN_FLAGS', 'package_dir',
            'stage_notebook', 'parameters_cell', 'parameters_of', 'die_with_parent', 'parent_death_signal',
            'segment_notebook', 'run_rank', 'RunLock', 'launch_parser', 'nodes', 'job_key', 'start_step', 'launch',
-           'run_here']
+           'run_here', 'stage_command_notebook', 'launch_stage']
 
 # %% ../nbs/04e_launch.ipynb #4d60dbea
 def package_dir() -> Path:
@@ -327,6 +327,24 @@ def run_here(stage: str, job, argv=None) -> int:
         print(f"lmlit {stage}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/04e_launch.ipynb #a7b8c9d0
+def stage_command_notebook(args, name: str) -> Path:
+    "The notebook a stage command runs: `--notebook`, else the packaged `name`; a clear error when it is missing."
+    notebook = Path(args.notebook) if args.notebook else stage_notebook(name)
+    if not notebook.exists():
+        raise LmlitError(f"{name} notebook not found at {notebook}: pass --notebook PATH/TO/{name}.ipynb, or omit "
+                         "it for the packaged one")
+    return notebook
+
+def launch_stage(args, notebook, params: dict, stage_folder, resume: bool) -> int:
+    """A stage command's last step: refuse `resume` without a complete checkpoint in `stage_folder`, then `launch`
+    `notebook` with `params` under the command line's torchrun flags, ranks' notebooks in `stage_folder`/notebooks."""
+    stage_folder = Path(stage_folder)
+    if resume and not complete_checkpoints(stage_folder):
+        raise LmlitError(f"resume=True but {stage_folder} has no complete checkpoint to resume from")
+    torchrun = {flag: getattr(args, flag) for flag in TORCHRUN_FLAGS}
+    return launch(notebook, params, stage_folder/'notebooks', args.nproc, torchrun, args.grace)
 
 # %% ../nbs/04e_launch.ipynb #5fd36733
 # a rank process, not this notebook's kernel

@@ -22,7 +22,8 @@ from .chat_loader import global_token_count
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, MetricsWriter, read_metrics,
                         close_job, run_job, job_progress, start_stage)
-from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
+from .launch import (stage_notebook, parameters_of, launch_parser, launch_stage, nodes, run_here,
+                          stage_command_notebook)
 from .engine import Engine, Request
 from .sft import sample
 
@@ -507,13 +508,9 @@ def cli_rl(argv=None) -> int:
     _, init_dir = init_checkpoint(cfg)
     context = load_checkpoint(init_dir, rank=0)['meta']['model_shape']['sequence_len']
     check_inputs(cfg, Tokenizer.load(run_path(cfg['run'])/'tokenizer'), context, args.nproc * nodes(args))
-    notebook = Path(args.notebook) if args.notebook else stage_notebook('10_rl')
-    out = run_path(cfg['run'])/'rl'
-    if cfg['resume'] and not complete_checkpoints(out):
-        raise LmlitError(f"resume=True but {out} has no complete checkpoint")
+    notebook = stage_command_notebook(args, '10_rl')
     params['run'] = str(run_path(cfg['run']).resolve())
-    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS},
-                  args.grace)
+    return launch_stage(args, notebook, params, run_path(cfg['run'])/'rl', cfg['resume'])
 
 def main(argv=None) -> int:
     "`python -m lmlit.rl [-p name value]...`: run `rl()` in this process."

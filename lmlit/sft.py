@@ -18,7 +18,8 @@ from .chat_loader import ChatLoader, global_token_count, micro_batch_loss
 from .checkpoint import stage_dir, run_path, load_checkpoint, complete_checkpoints, latest_stage
 from .loop import (Job, resolve_params, params_from_pairs, grad_accum_steps, data_streams, MetricsWriter,
                         read_metrics, close_job, run_job, job_progress, start_stage)
-from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, run_here, TORCHRUN_FLAGS
+from .launch import (stage_notebook, parameters_of, launch_parser, launch_stage, nodes, run_here,
+                          stage_command_notebook)
 from .engine import Engine, Request
 
 # %% auto #0
@@ -246,13 +247,9 @@ def cli_sft(argv=None) -> int:
     context = load_checkpoint(init_checkpoint(cfg)[1], rank=0)['meta']['model_shape']['sequence_len']
     seq_len = check_seq_len(cfg, context)
     grad_accum_steps(cfg['total_batch'], cfg['device_batch'], seq_len, args.nproc * nodes(args))
-    notebook = Path(args.notebook) if args.notebook else stage_notebook('09_sft')
-    out = run_path(cfg['run'])/cfg['stage']
-    if cfg['resume'] and not complete_checkpoints(out):
-        raise LmlitError(f"resume=True but {out} has no complete checkpoint")
+    notebook = stage_command_notebook(args, '09_sft')
     params['run'] = str(run_path(cfg['run']).resolve())
-    return launch(notebook, params, out/'notebooks', args.nproc, {f: getattr(args, f) for f in TORCHRUN_FLAGS},
-                  args.grace)
+    return launch_stage(args, notebook, params, run_path(cfg['run'])/cfg['stage'], cfg['resume'])
 
 # %% ../nbs/09_sft.ipynb #d39bedef
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ from .loop import (Job, PARTS, resolve_params, params_from_pairs, grad_accum_ste
                         MetricsWriter, read_metrics, StopFlag, due, optimizer_step, check_loss, save_job, restore_job,
                         step_record, make_plots, throughput_report, job_progress, resume_point, close_job,
                         resolve_dtype, run_job)
-from .launch import stage_notebook, parameters_of, launch, launch_parser, nodes, TORCHRUN_FLAGS
+from .launch import stage_notebook, parameters_of, launch_parser, launch_stage, nodes, stage_command_notebook
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'SAMPLE_PROMPTS', 'model_config', 'resolve_config', 'open_data', 'horizon', 'setup_job', 'write_run_files',
@@ -330,16 +330,9 @@ def cli_train(argv=None) -> int:
     if args.run: params['run'] = args.run
     cfg = resolve_config(**params)
     grad_accum_steps(cfg['total_batch'], cfg['device_batch'], cfg['seq_len'], args.nproc * nodes(args))
-    notebook = Path(args.notebook) if args.notebook else stage_notebook('05_train')
-    if not notebook.exists():
-        raise LmlitError(f"training notebook not found at {notebook}: pass --notebook PATH/TO/05_train.ipynb, or omit "
-                         "it for the packaged one")
+    notebook = stage_command_notebook(args, '05_train')   # before prepare's data and tokenizer work
     prep = prepare(cfg)
-    if cfg['resume'] and not complete_checkpoints(prep['run_dir']):
-        raise LmlitError(f"resume=True but run {cfg['run']!r} has no complete checkpoint in "
-                         f"{prep['run_dir']/'checkpoints'}")
-    torchrun = {f: getattr(args, f) for f in TORCHRUN_FLAGS}
-    return launch(notebook, {k: cfg[k] for k in params}, prep['run_dir']/'notebooks', args.nproc, torchrun, args.grace)
+    return launch_stage(args, notebook, {k: cfg[k] for k in params}, prep['run_dir'], cfg['resume'])
 
 # %% ../nbs/05_train.ipynb #7823823a
 if __name__ == '__main__' and '__file__' in globals():  # `python -m lmlit.train`, not this notebook's kernel

@@ -113,6 +113,6 @@ def test_launcher_rejects_bad_input_before_launch(tmp_path):
     assert r.returncode == 2 and 'not a multiple of device_batch × seq_len × world = 4 × 128 × 2 = 1024; try 1024' in r.stderr, r.stderr
     r = subprocess.run([*LMLIT, 'train', '--notebook', str(tmp_path/'nope.ipynb')], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=50)
-    assert r.returncode == 2 and 'training notebook not found' in r.stderr, r.stderr
+    assert r.returncode == 2 and '05_train notebook not found' in r.stderr, r.stderr
     r = subprocess.run([*LMLIT, 'train', '-p', 'stepz', '3'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50)
     assert r.returncode == 2 and "did you mean 'steps'" in r.stderr, r.stderr
