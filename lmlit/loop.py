@@ -279,8 +279,9 @@ class Job:
     # working state the loop and the stage keep between steps but do not report (the step's token counts, RL's
     # reference model and evaluation reward, the first batch's time, whether the data-wait warning was given)
     state: dict = field(default_factory=dict)
-    # a callable giving fresh validation batches, for the stage's evaluation
-    val_batches: object = None
+    # the held-out data the stage's evaluation reads: base, a callable giving fresh validation batches; SFT and mid,
+    # {task: Mixture} of the validation split; RL, the held-out [(question, answer)] problems
+    held_out: object = None
     progress: object = None                       # the progress display (below)
     def __post_init__(self):
         if self.raw_model is None: self.raw_model = self.model

@@ -329,13 +329,13 @@ def evaluate(job: Job, step: int) -> dict:
     """Held-out pass@1 / pass@k at `step`, in metrics and the summary; a SIGTERM/SIGINT cuts it short (the loop then
     checkpoints and stops)."""
     job.raw_model.eval()
-    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.val_batches, job.state['eval_fn'], job.cfg,
+    res = held_out_pass_rates(job.raw_model, job.tokenizer, job.held_out, job.state['eval_fn'], job.cfg,
                               job.state['context'],
                     job.rank, job.world, job.device, stop=lambda: job.stop is not None and job.stop.signal is not None)
     job.raw_model.train()
     if res['stopped']:
         job.summary['stopped'] = 'signal'
-        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.val_batches)} "
+        print0(f"step {step:5d} · held-out evaluation stopped by signal after {res['n']} of {len(job.held_out)} "
                "problems (not recorded)")
         return res
     job.metrics.write(kind='eval', step=step, time=time.time(), **res)
@@ -419,7 +419,7 @@ def setup_rl(cfg: dict) -> Job | None:
     if ck is not None:
         for s, loader in job.loaders.items(): loader.load_state_dict(ck['loader_states'][s])
     job.batches = list(job.loaders.values())
-    job.val_batches = held
+    job.held_out = held
     job.summary.update(rewards=[], evals=[])
     # the loop's data-wait warning is about loaders; RL's 'data' time is sampling, by design
     job.state = dict(context=context, warned_data=True,

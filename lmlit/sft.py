@@ -100,7 +100,7 @@ def setup_sft(cfg: dict) -> Job | None:
         for s, loader in job.loaders.items(): loader.load_state_dict(ck['loader_states'][s])
     job.batches = list(job.loaders.values())
     job.tokens_per_step = cfg['total_batch']
-    job.val_batches = get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task()
+    job.held_out = get_mixture(cfg['mixture'], 'validation', cfg['seed']).per_task()
     job.summary['val_loss'] = []
     write_sft_files(job, seq_len)
     return job
@@ -134,7 +134,7 @@ def task_losses(job: Job, batches: int) -> dict:
     "{task: validation nats per supervised token} (None for a task with no supervised token), summed over ranks."
     seq_len = job.batches[0].stream.T
     out = {}
-    for name, mixture in job.val_batches.items():
+    for name, mixture in job.held_out.items():
         loader = ChatLoader(mixture, job.tokenizer, job.cfg['device_batch'], seq_len, stream=job.rank,
                             streams=job.world, device=job.device, epochs=1,
                             all_tokens=job.cfg['stage'] == 'mid') if len(mixture) >= job.world else []

@@ -169,7 +169,7 @@ def setup_job(cfg: dict) -> Job | None:
               plan=plan, memory=memory,
               meta=dict(model_shape=model_shape(mcfg), tokenizer_hash=tok.hash(), params=nparams), peak=peak,
               flops_per_token=model.flops_per_token(), tokens_per_step=cfg['total_batch'], stop=StopFlag(),
-              val_batches=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'], rank=info.rank,
+              held_out=lambda: val_loader(source.val_files, tok, cfg['device_batch'], cfg['seq_len'], rank=info.rank,
                                              world_size=info.world_size, device=device, requeue=cfg['requeue']))
     if ck is not None: restore_job(job, ck)
     if cfg['compile']: job.model = torch.compile(model)
@@ -214,7 +214,7 @@ def evaluate(job: Job, step: int) -> float:
     cfg = job.cfg
     job.model.eval()
     with job.autocast():
-        bpb = evaluate_bpb(job.model, job.val_batches(), cfg['eval_batches'],
+        bpb = evaluate_bpb(job.model, job.held_out(), cfg['eval_batches'],
                            get_token_bytes(job.tokenizer, device=job.device))
     job.model.train()
     job.metrics.write(kind='eval', step=step, time=time.time(), val_bpb=bpb)
