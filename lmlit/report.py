@@ -19,7 +19,7 @@ from .loop import PART_ORDER, metrics_lines, step_windows
 __all__ = ['DROP_THRESHOLD', 'SIZEABLE_SHARE', 'REPORT_SCHEMA_VERSION', 'REPORT_SCHEMA', 'CONFIG_KEYS', 'PART_NAMES', 'TEXT',
            'BASELINE_WHY', 'COMPARE_ROWS', 'synthetic_metrics', 'Run', 'load_run', 'steady_steps', 'throughput_drops',
            'accuracy_sigma', 'baseline_kind', 'core_table', 'param_split', 'core_over_steps', 'training_table',
-           'overview', 'part_names', 'chat_evals', 'build_report', 'headline', 'compare']
+           'overview', 'part_names', 'chat_evals', 'build_report', 'headline', 'dig', 'compare']
 
 # %% ../nbs/12_report.ipynb #d34cfca5
 def synthetic_metrics(path, steps: int = 80, tokens_per_step: int = 1024, eval_every: int = 20, eval_s: float = 0.05,
@@ -701,7 +701,7 @@ COMPARE_ROWS = ('params', 'tokens_seen', 'tokens_per_step', 'steps_done', 'wall_
 def headline(rep: dict) -> dict:
     "The comparable figures of a report (`report.json`)."
     ov, tr = rep['overview'], rep['stages']['base']['training'] or {}
-    def g(*keys): return _dig(tr, *keys)
+    def g(*keys): return dig(tr, *keys)
     return dict(params=(ov.get('params') or {}).get('total'), tokens_seen=ov['tokens_seen'],
                 tokens_per_step=ov['tokens_per_step'],
                 steps_done=ov['steps_done'], wall_s=ov['wall_s'], train_s=ov['train_s'],
@@ -711,7 +711,8 @@ def headline(rep: dict) -> dict:
                 core=(rep.get('core') or {}).get('core'),
                 tok_per_s=g('tok_per_s'), mfu=g('mfu'), peak_gb=g('memory', 'peak_gb'))
 
-def _dig(d, *ks):
+def dig(d, *ks):
+    "`d[k1][k2]…` through nested dicts, or None where a level is missing (or not a dict)."
     for k in ks:
         if not isinstance(d, dict): return None
         d = d.get(k)
@@ -727,6 +728,6 @@ def compare(rep: dict, other: dict) -> dict:
         rows.append(dict(key=k, this=x, other=y, delta=delta, rel=delta / y if delta is not None and y else None))
     ca, cb = rep['overview']['config'], other['overview']['config']
     diff = {k: [ca.get(k), cb.get(k)] for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
-    na, nb = _dig(rep, 'core', 'noise_2sigma'), _dig(other, 'core', 'noise_2sigma')
+    na, nb = dig(rep, 'core', 'noise_2sigma'), dig(other, 'core', 'noise_2sigma')
     noise = math.sqrt(na**2 + nb**2) if na is not None and nb is not None else None
     return dict(run=other['run'], rows=rows, config_diff=diff, core_noise_2sigma=noise)

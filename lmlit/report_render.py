@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import LmlitError, write_json
 from .checkpoint import read_records, run_path
 from .loop import PART_ORDER
-from .report import load_run, build_report, _dig
+from .report import load_run, build_report, dig
 
 # %% auto #0
 __all__ = ['SECTIONS', 'LABELS', 'make_report_plots', 'render_markdown', 'write_report', 'cli_report']
@@ -57,7 +57,7 @@ def make_report_plots(rep: dict, run_dir) -> list[str]:
                            label=f"drop: {p['figures']['cause']}")
     save('report_tok_s.png', tok_s)
     def breakdown(ax):
-        wins = _dig(rep, 'stages', 'base', 'training', 'windows') or []
+        wins = dig(rep, 'stages', 'base', 'training', 'windows') or []
         labels = [f"{w['first_step']}–{w['last_step']}" for w in wins]
         bottom = [0.0] * len(wins)
         for p in PART_ORDER:
