@@ -402,17 +402,16 @@ def setup_rl(cfg: dict) -> Job | None:
     job, ck, start, (train, held, reward) = started
     context = start['meta']['model_shape']['sequence_len']
     report = None
-    if cfg['filter_problems']:
-        wanted = [cfg['filter_problems'], cfg['filter_samples']]
-        if ck is None:   # the pre-pass, on the starting model; its list goes into every checkpoint
-            job.loop['rl_problems'], report = solvable_problems(job.raw_model, job.tokenizer, train, reward, cfg,
-                                                                context, job.rank, job.world, job.device)
-            job.loop['rl_filter'] = wanted
-        elif job.loop.get('rl_filter') != wanted:
-            raise LmlitError(f"the checkpoint's run filtered its training problems with filter_problems, "
-                             f"filter_samples = {job.loop.get('rl_filter', 'none')}, not {wanted}: "
-                             "resume with the run's values")
-        if job.loop['rl_problems'] is not None: train = [train[i] for i in job.loop['rl_problems']]
+    wanted = [cfg['filter_problems'], cfg['filter_samples']] if cfg['filter_problems'] else None
+    if ck is not None and job.loop.get('rl_filter') != wanted:   # a resumed run trains on the problems it chose
+        raise LmlitError(f"the checkpoint's run filtered its training problems with filter_problems, "
+                         f"filter_samples = {job.loop.get('rl_filter') or 'none (0)'}, not {wanted or 'none (0)'}: "
+                         "resume with the run's values")
+    if wanted and ck is None:   # the pre-pass, on the starting model; its list goes into every checkpoint
+        job.loop['rl_problems'], report = solvable_problems(job.raw_model, job.tokenizer, train, reward, cfg, context,
+                                                            job.rank, job.world, job.device)
+        job.loop['rl_filter'] = wanted
+    if wanted and job.loop['rl_problems'] is not None: train = [train[i] for i in job.loop['rl_problems']]
     streams = cfg['prompts'] // cfg['device_prompts']
     job.loaders = {s: RLSampler(job.raw_model, job.tokenizer, train, reward, cfg, s, streams, job.device, context)
                    for s in range(job.rank * job.accum, (job.rank + 1) * job.accum)}

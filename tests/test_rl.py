@@ -151,6 +151,9 @@ def test_sigkill_then_resume_gives_the_same_losses(sft_run, tmp_path):
     r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args, '-p', 'filter_problems', '10'],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode != 0 and "filtered its training problems with filter_problems, filter_samples = [12, 4]" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args, '-p', 'filter_problems', '0'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)   # nor without one
+    assert r.returncode != 0 and "filter_samples = [12, 4], not none (0)" in r.stderr, r.stderr[-2000:]
     assert [s for s, _ in complete_checkpoints(killed/'rl')] == done
     r = subprocess.run([PY, '-m', 'lmlit.rl', '-p', 'run', 'killed', '-p', 'resume', 'true', *args], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=200)
