@@ -84,8 +84,9 @@ def main():
         t0 = time.time()
         rl(**params)
         seconds = round(time.time() - t0)
-        final = final_pass_rates(run, 'rl', resolve_config(**{k: v for k, v in params.items() if k != 'run'}))
-        results[name] = dict(params={k: v for k, v in params.items() if k != 'run'}, seconds=seconds, final=final, **curve(run))
+        kept_params = {k: v for k, v in params.items() if k != 'run'}   # the scratch folder's path is not a setting
+        final = final_pass_rates(run, 'rl', resolve_config(**kept_params))
+        results[name] = dict(params=kept_params, seconds=seconds, final=final, **curve(run))
         c, f0 = results[name], results['sft_final']
         diff, two_sigma = final['pass@1'] - f0['pass@1'], 2 * math.hypot(final['pass@1_se'], f0['pass@1_se'])
         print(f"{name}: pass@1 {c['pass1'][0]:.3f} ± {c['se'][0]:.3f} -> {c['pass1'][-1]:.3f} ± {c['se'][-1]:.3f} "
